@@ -1,0 +1,286 @@
+"""Typed, frozen job specs built from YAML, validated before any cluster starts.
+
+A job spec is data: what to run (``kind``), on which cohort, with which pyradiomics params,
+into which store, on which cluster. Each pipeline stage has its own section; every section
+rejects unknown keys and names the closest valid one, and every error names the key, the
+bad value and what is expected.
+
+Precedence is resolved in one place, :func:`build_job`: command-line overrides, then the job
+YAML, then the defaults declared on the models below (the single source of defaults;
+``radcluster config defaults`` prints them with their descriptions).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import SpecError
+
+__all__ = [
+    "LocalClusterSpec",
+    "AddressClusterSpec",
+    "SlurmClusterSpec",
+    "PBSClusterSpec",
+    "KubernetesClusterSpec",
+    "ClusterSpec",
+    "ExtractionSpec",
+    "JobSpec",
+    "build_job",
+    "load_job",
+    "read_params",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalClusterSpec(_Section):
+    """An in-process :class:`distributed.LocalCluster` (the default)."""
+
+    kind: Literal["local"] = "local"
+    workers: int | None = Field(None, ge=1, description="worker processes; default: one per core")
+    threads_per_worker: int = Field(1, ge=1, description="threads (concurrent scans) per worker")
+    memory_limit: str = Field("auto", description="per-worker memory limit, e.g. '4GiB' or 'auto'")
+    processes: bool = Field(True, description="worker processes (True) or threads in this process")
+    dashboard_address: str = Field("127.0.0.1:8787", description="dashboard bind; ':0' picks a port")
+
+
+class AddressClusterSpec(_Section):
+    """An already running scheduler."""
+
+    kind: Literal["address"] = "address"
+    address: str = Field(..., description="scheduler address, e.g. tcp://10.0.0.5:8786")
+
+
+class _JobQueueSpec(_Section):
+    cores: int = Field(1, ge=1, description="cores per batch job")
+    memory: str = Field("4GiB", description="memory per batch job")
+    processes: int = Field(1, ge=1, description="worker processes per batch job")
+    walltime: str = Field("01:00:00", description="batch job walltime")
+    queue: str | None = Field(None, description="partition / queue")
+    account: str | None = Field(None, description="account / project to charge")
+    job_extra_directives: tuple[str, ...] = Field((), description="extra #SBATCH / #PBS lines")
+    job_script_prologue: tuple[str, ...] = Field((), description="shell lines run before the worker")
+    interface: str | None = Field(None, description="network interface of workers and scheduler")
+    local_directory: str | None = Field(None, description="worker scratch directory")
+    python: str | None = Field(None, description="python on the compute nodes; default: this one")
+    minimum_jobs: int = Field(0, ge=0, description="adaptive scaling lower bound")
+    maximum_jobs: int = Field(4, ge=1, description="adaptive scaling upper bound")
+    dashboard_address: str = Field("127.0.0.1:8787", description="dashboard bind")
+
+
+class SlurmClusterSpec(_JobQueueSpec):
+    """Workers as SLURM jobs through :class:`dask_jobqueue.SLURMCluster`."""
+
+    kind: Literal["slurm"] = "slurm"
+
+
+class PBSClusterSpec(_JobQueueSpec):
+    """Workers as PBS jobs through :class:`dask_jobqueue.PBSCluster`."""
+
+    kind: Literal["pbs"] = "pbs"
+
+
+class KubernetesClusterSpec(_Section):
+    """Inside a Dask operator DaskJob: the scheduler address comes from the environment."""
+
+    kind: Literal["kubernetes"] = "kubernetes"
+    address_env: str = Field("DASK_SCHEDULER_ADDRESS", description="variable holding the address")
+
+
+ClusterSpec = Annotated[
+    LocalClusterSpec | AddressClusterSpec | SlurmClusterSpec | PBSClusterSpec | KubernetesClusterSpec,
+    Field(discriminator="kind"),
+]
+
+
+class ExtractionSpec(_Section):
+    """How each scan is extracted."""
+
+    params: str | None = Field(None, description="pyradiomics params YAML; default: the packaged one")
+    label_table: str | None = Field(None, description="CSV/TSV of label value -> region name")
+    fast: bool = Field(True, description="read/hash/crop once per scan; False: plain pyradiomics calls")
+    sitk_threads: int = Field(1, ge=1, description="SimpleITK threads inside one scan task")
+    flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
+    flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")
+
+
+class JobSpec(_Section):
+    """A whole job: what to run, on what, where."""
+
+    kind: Literal["extract", "train", "predict", "retrain"] = "extract"
+    manifest: str | None = Field(None, description="cohort manifest (CSV/Parquet)")
+    store: str | None = Field(None, description="feature store folder or URL")
+    registry: str | None = Field(None, description="model registry folder or URL")
+    extraction: ExtractionSpec = ExtractionSpec()
+    cluster: ClusterSpec = LocalClusterSpec()
+    train: dict[str, Any] | None = Field(None, description="training section (see `radcluster train`)")
+    base_dir: str | None = Field(None, exclude=True, description="folder relative paths resolve against")
+
+    @field_validator("manifest", "store", "registry")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def resolve(self, path: str | None) -> str | None:
+        """``path`` made absolute against the job file's folder (URLs pass unchanged)."""
+        if path is None or "://" in path or os.path.isabs(path) or self.base_dir is None:
+            return path
+        return str(Path(self.base_dir, path))
+
+
+def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at ``loc`` (used to suggest the closest one for an unknown key)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None:
+                # a discriminated-union member name (e.g. 'local') in the location
+                continue
+            ann = field.annotation
+            args = getattr(ann, "__args__", None)
+            current = next((a for a in args or () if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+            if ann is ClusterSpec or part == "cluster":
+                current = None
+        else:
+            current = None
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _format_errors(err: ValidationError, source: str, model: type[BaseModel], raw: dict) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            valid = _cluster_fields(raw, loc) or _fields_of(model, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+            lines.append(f"unknown key {key!r}{hint}")
+        else:
+            value = e.get("input")
+            lines.append(f"key {key!r}: {e['msg']} (got {value!r})")
+    return f"invalid job spec {source}:\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+_CLUSTER_KINDS = {
+    "local": LocalClusterSpec,
+    "address": AddressClusterSpec,
+    "slurm": SlurmClusterSpec,
+    "pbs": PBSClusterSpec,
+    "kubernetes": KubernetesClusterSpec,
+}
+
+
+def _cluster_fields(raw: dict, loc: tuple[Any, ...]) -> list[str]:
+    if len(loc) >= 2 and loc[0] == "cluster":
+        kind = (raw.get("cluster") or {}).get("kind", "local")
+        spec = _CLUSTER_KINDS.get(kind)
+        if spec is not None:
+            return list(spec.model_fields)
+    return []
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def build_job(data: dict[str, Any] | None, *, overrides: dict[str, Any] | None = None,
+              source: str = "<arguments>", base_dir: str | None = None) -> JobSpec:
+    """Validate a job from a mapping, with dotted-key overrides taking precedence.
+
+    Parameters
+    ----------
+    data : dict or None
+        The job as read from YAML.
+    overrides : dict, optional
+        ``{"cluster.workers": 2, ...}``; values that are ``None`` are ignored, so
+        unset command-line flags do not mask the YAML.
+    source : str
+        Named in error messages (the YAML path).
+    base_dir : str, optional
+        Relative paths in the job resolve against this folder.
+
+    Raises
+    ------
+    SpecError
+        Listing every invalid or unknown key, with the closest valid key.
+    """
+    raw: dict[str, Any] = dict(data or {})
+    if not isinstance(data, dict | None):
+        raise SpecError(f"job spec {source} must be a mapping of keys, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    if base_dir is not None:
+        raw["base_dir"] = base_dir
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, source, JobSpec, raw)) from None
+
+
+def load_job(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read and validate a job YAML file (see :func:`build_job`)."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"job spec {str(p)!r} does not exist") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"job spec {str(p)!r} is not valid YAML: {err}") from None
+    return build_job(data, overrides=overrides, source=repr(str(p)), base_dir=str(p.parent.resolve()))
+
+
+DEFAULT_PARAMS = Path(__file__).parent / "data" / "params_default.yaml"
+
+
+def read_params(path: str | os.PathLike | None) -> tuple[str, str]:
+    """The params YAML text and its hash, validated by pyradiomics' own schema.
+
+    The text (not a path) is what travels to workers, so a params file need not exist on
+    the compute nodes, and workers parse it once each.
+
+    Raises
+    ------
+    SpecError
+        When the file is missing or pyradiomics rejects a key or a value; the message names
+        the file and quotes pyradiomics' reason.
+    """
+    p = Path(path) if path is not None else DEFAULT_PARAMS
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise SpecError(f"params file {str(p)!r} cannot be read: {err.strerror or err}") from None
+    from ._radiomics import validate_params
+
+    validate_params(text, source=str(p))
+    return text, params_hash(text)
+
+
+def params_hash(text: str) -> str:
+    """Hash of the *parsed* params, so comments and key order do not force a re-extraction."""
+    parsed = yaml.safe_load(text) or {}
+    canonical = yaml.safe_dump(parsed, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
