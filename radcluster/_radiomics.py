@@ -1,8 +1,8 @@
 """The one place radcluster touches pyradiomics' process-wide behaviour.
 
-pyradiomics adds a stderr handler to the ``radiomics`` logger at import time; a library must
-leave logging to the application, so that handler is removed here and the logger is left to
-propagate (the CLI configures logging, a notebook user configures their own).
+pyradiomics adds a stderr handler to the ``radiomics`` logger and sets its level at import
+time; a library must leave logging to the application, so both are undone here and the logger
+is left to propagate (the CLI configures logging, a notebook user configures their own).
 
 Extractors are cached per params text in each process: a worker parses a params file once,
 not once per scan.
@@ -18,11 +18,17 @@ import yaml
 
 from .errors import SpecError
 
+_level_before_import = logging.getLogger("radiomics").level
+
 import radiomics  # noqa: E402  (import order is the point of this module)
 from radiomics import featureextractor  # noqa: E402
 
 radiomics.logger.removeHandler(radiomics.handler)
-radiomics.logger.setLevel(logging.NOTSET)
+radiomics.logger.setLevel(_level_before_import)
+# pyradiomics hands pykwalify the first handler of the radiomics logger when pykwalify has
+# none (and fails with IndexError once that handler is gone); a NullHandler, as the logging
+# docs recommend for libraries, satisfies it and leaves the output to the application.
+logging.getLogger("pykwalify.core").addHandler(logging.NullHandler())
 
 __all__ = ["get_extractor", "validate_params", "versions", "RADIOMICS_DIST"]
 

@@ -233,6 +233,8 @@ def build_job(data: dict[str, Any] | None, *, overrides: dict[str, Any] | None =
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
+    if isinstance(raw.get("cluster"), dict):
+        raw["cluster"] = {"kind": "local", **raw["cluster"]}  # the default kind may be left out
     if base_dir is not None:
         raw["base_dir"] = base_dir
     try:
@@ -284,3 +286,37 @@ def params_hash(text: str) -> str:
     parsed = yaml.safe_load(text) or {}
     canonical = yaml.safe_dump(parsed, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def defaults_yaml() -> str:
+    """Every job key with its default and description, as commented YAML.
+
+    Generated from the models above, so the documentation cannot drift from the code.
+    """
+    lines = ["# radcluster job spec: every key, its default and its meaning.",
+             "# `cluster` takes one of the kinds below; the first (local) is the default."]
+
+    def emit(model: type[BaseModel], indent: int) -> None:
+        pad = " " * indent
+        for name, f in model.model_fields.items():
+            if f.exclude:
+                continue
+            ann = f.annotation
+            if name == "cluster":
+                lines.append(f"{pad}cluster:")
+                for kind, spec in _CLUSTER_KINDS.items():
+                    lines.append(f"{pad}  # --- kind: {kind}: {spec.__doc__.strip().splitlines()[0]}")
+                    emit(spec, indent + 2)
+                continue
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                lines.append(f"{pad}{name}:")
+                emit(ann, indent + 2)
+                continue
+            default = f.get_default()
+            value = yaml.safe_dump(list(default) if isinstance(default, tuple) else default,
+                                   default_flow_style=True).strip().removesuffix("...").strip()
+            comment = f"  # {f.description}" if f.description else ""
+            lines.append(f"{pad}{name}: {value}{comment}")
+
+    emit(JobSpec, 0)
+    return "\n".join(lines)

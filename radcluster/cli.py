@@ -1,0 +1,242 @@
+"""The ``radcluster`` command: argument parsing, logging set-up, progress display.
+
+Thin by design: every sub-command parses its flags into a job spec or calls one library
+function, and prints what happened. This is the only module that configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import RadclusterError
+
+logger = logging.getLogger("radcluster")
+
+# Exit codes: 0 all done, 1 some scans failed (the rest is in the store), 2 bad input
+# (spec, manifest, params) found before any work started, 3 cluster/store problems.
+EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
+
+
+def _progress(iterator, total: int):
+    from tqdm import tqdm
+
+    return tqdm(iterator, total=total, unit="scan", file=sys.stderr, dynamic_ncols=True,
+                disable=None)  # disable=None: a bar on a terminal, nothing in CI logs
+
+
+def _print_dashboard(link: str | None) -> None:
+    print(f"Dask dashboard: {link or 'not available (install bokeh>=3.1)'}", flush=True)
+
+
+def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "scheduler_address", None):
+        out["cluster"] = {"kind": "address", "address": args.scheduler_address}
+        return out
+    for flag, key in (("workers", "workers"), ("threads_per_worker", "threads_per_worker"),
+                      ("memory_limit", "memory_limit"), ("dashboard_address", "dashboard_address")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[f"cluster.{key}"] = value
+    return out
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster (default: a LocalCluster sized to this machine)")
+    g.add_argument("--scheduler-address", help="use a running Dask scheduler, e.g. tcp://host:8786")
+    g.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    g.add_argument("--threads-per-worker", type=int, help="scans run at once per worker (default 1)")
+    g.add_argument("--memory-limit", help="per-worker memory limit, e.g. 4GiB (default auto)")
+    g.add_argument("--dashboard-address", help="dashboard bind (default 127.0.0.1:8787; ':0' any port)")
+
+
+def _run_extraction(job) -> int:
+    from .run import extract_job
+
+    summary = extract_job(job, progress=_progress, on_dashboard=_print_dashboard)
+    print(summary.text())
+    return EXIT_OK if summary.ok else EXIT_FAILURES
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .spec import build_job
+
+    overrides = {"kind": "extract", "manifest": str(Path(args.manifest).absolute())
+                 if "://" not in args.manifest else args.manifest,
+                 "store": args.out, "extraction.params": args.params,
+                 "extraction.label_table": args.label_table,
+                 "extraction.fast": False if args.plain else None}
+    cluster = _cluster_overrides(args)
+    if "cluster" in cluster:
+        overrides["cluster"] = cluster.pop("cluster")
+    overrides.update(cluster)
+    job = build_job({}, overrides=overrides, source="command line")
+    return _run_extraction(job)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .spec import load_job
+
+    job = load_job(args.job, overrides=_cluster_overrides(args))
+    if job.kind == "extract":
+        return _run_extraction(job)
+    raise RadclusterError(f"job kind {job.kind!r} ({args.job}) is not available in this version")
+
+
+def cmd_cohort_scan(args: argparse.Namespace) -> int:
+    from .cohort import scan_directory
+
+    frame = scan_directory(args.folder)
+    out = Path(args.output)
+    root = Path(args.folder).resolve()
+    # Paths relative to the manifest's own folder, as the manifest reader expects.
+    for col in ("image", "mask"):
+        frame[col] = [str(Path(_rel(root / p, out.resolve().parent))) for p in frame[col]]
+    frame.to_csv(out, index=False)
+    print(f"wrote {out}: {len(frame)} case(s)")
+    return EXIT_OK
+
+
+def _rel(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path, start)
+
+
+def cmd_cohort_check(args: argparse.Namespace) -> int:
+    from .cohort import check_cohort, read_manifest
+
+    cohort = read_manifest(args.manifest)
+    problems = check_cohort(cohort, tolerance=args.tolerance, check_labels=not args.headers_only)
+    for line in problems:
+        print(line)
+    bad = {line.split("'")[1] for line in problems if line.startswith("case '")}
+    print(f"{len(cohort)} case(s) checked, {len(bad)} with problems")
+    return EXIT_INVALID if problems else EXIT_OK
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    from .store import open_store
+
+    fails = open_store(args.store).failures()
+    if fails.empty:
+        print("no failures")
+        return EXIT_OK
+    for rec in fails.itertuples():
+        print(f"{rec.case_id}\t{rec.stage}\t{rec.error_type}\t{rec.message}")
+    return EXIT_FAILURES
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import prepare_demo
+    from .spec import build_job
+
+    out = Path(args.out).absolute()
+    manifest = prepare_demo(out, n_cases=args.cases, seed=args.seed)
+    print(f"demo cohort: {manifest}")
+    overrides = {"kind": "extract", "manifest": str(manifest), "store": str(out / "store"),
+                 **_cluster_overrides(args)}
+    job = build_job({}, overrides=overrides, source="demo")
+    code = _run_extraction(job)
+    print(f"features: {out / 'store' / 'features'}\nmatrix:   {out / 'store' / 'matrix.zarr'}")
+    print("open it: python -c \"import radcluster; print(radcluster.open_store("
+          f"'{out / 'store'}').features().head())\"")
+    return code
+
+
+def cmd_config_defaults(args: argparse.Namespace) -> int:
+    from .spec import defaults_yaml
+
+    print(defaults_yaml())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="radcluster", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"radcluster {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="extract features of every scan of a manifest into a store")
+    p.add_argument("manifest", help="CSV/Parquet manifest: case_id, image, mask[, label, patient_id, ...]")
+    p.add_argument("--params", help="pyradiomics params YAML (default: the packaged Params.yaml settings)")
+    p.add_argument("--out", "-o", required=True, help="store folder or URL")
+    p.add_argument("--label-table", help="CSV/TSV of label value -> region name (atlas masks)")
+    p.add_argument("--plain", action="store_true",
+                   help="call pyradiomics' execute() per label instead of the fast path")
+    _add_cluster_flags(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("run", help="run a job spec (jobs/*.yaml)")
+    p.add_argument("job")
+    _add_cluster_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="generate a demo cohort (synthetic + real samples) and extract it")
+    p.add_argument("--out", default="radcluster-demo", help="folder for the cohort and the store")
+    p.add_argument("--cases", type=int, default=24, help="synthetic cases")
+    p.add_argument("--seed", type=int, default=0)
+    _add_cluster_flags(p)
+    p.set_defaults(func=cmd_demo)
+
+    cohort = sub.add_parser("cohort", help="build or check a manifest").add_subparsers(dest="cohort_cmd",
+                                                                                      required=True)
+    p = cohort.add_parser("scan", help="build a manifest from a folder of images and masks")
+    p.add_argument("folder")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_cohort_scan)
+    p = cohort.add_parser("check", help="check every case of a manifest before running it")
+    p.add_argument("manifest")
+    p.add_argument("--tolerance", type=float, default=1e-6, help="geometry tolerance (ITK's rule)")
+    p.add_argument("--headers-only", action="store_true", help="skip reading masks for label checks")
+    p.set_defaults(func=cmd_cohort_check)
+
+    p = sub.add_parser("failures", help="list the failed scans of a store")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_failures)
+
+    config = sub.add_parser("config", help="job spec defaults").add_subparsers(dest="config_cmd", required=True)
+    p = config.add_parser("defaults", help="print every job key with its default and meaning")
+    p.set_defaults(func=cmd_config_defaults)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Dask logs every worker start and stop at INFO, and pyradiomics warns once per scan
+    # about settings it will use anyway; both are for -v. Dask reads DASK_LOGGING__* at
+    # import in this process and in every worker process it starts (they inherit the
+    # environment), so this quiets the workers too.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED",
+                          logging.getLevelName(level if args.verbose >= 2 else logging.WARNING).lower())
+    os.environ.setdefault("DASK_LOGGING__RADIOMICS",
+                          logging.getLevelName(level if args.verbose else logging.ERROR).lower())
+    from .errors import ClusterError, ManifestError, SpecError, StoreError
+
+    try:
+        return args.func(args)
+    except (SpecError, ManifestError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except (ClusterError, StoreError, RadclusterError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("interrupted: finished scans are in the store; run the same command again to go on",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: the shipped real cases, manifests over them, and one real LocalCluster.
+
+The cluster has two worker *processes* (not threads): extraction tasks are pickled, sent to
+other processes and read files there, as on a real cluster. It is shared by the session
+because starting one costs seconds on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+DATA = Path(__file__).parent / "data"
+PARAMS = DATA / "params"
+SHARED_CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "pyradiomics-cases"
+SMALL_CASES = ("brain1", "brain2", "breast1")
+
+
+def case_paths(case: str) -> tuple[Path, Path]:
+    """Image and mask of a real case: shipped ones from tests/data, CT ones from ../shared."""
+    folder = DATA if case in SMALL_CASES else SHARED_CASES
+    image, mask = folder / f"{case}_image.nrrd", folder / f"{case}_label.nrrd"
+    if not image.exists():
+        pytest.skip(f"{case} is not shipped in tests/data and {SHARED_CASES} is not present")
+    return image, mask
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def sample_manifest(tmp_path: Path) -> Path:
+    rows = [{"case_id": c, "image": str(case_paths(c)[0]), "mask": str(case_paths(c)[1]),
+             "outcome": i % 2, "site": "A"} for i, c in enumerate(SMALL_CASES)]
+    return write_manifest(tmp_path / "cohort.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cluster, Client(cluster) as c:
+        yield c
