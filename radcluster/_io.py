@@ -30,7 +30,7 @@ def join(base: str, path: str) -> str:
         return path
     if is_url(base):
         return base.rstrip("/") + "/" + path
-    return str(Path(base, path))
+    return os.path.normpath(Path(base, path))
 
 
 def exists(path: str) -> bool:

@@ -114,7 +114,7 @@ def _read_table(path: str) -> pd.DataFrame:
 
 def _restore_numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for col in columns:
-        if frame[col].dtype == object:
+        if pd.api.types.is_string_dtype(frame[col]) or frame[col].dtype == object:
             converted = pd.to_numeric(frame[col], errors="coerce")
             if converted.notna().sum() == frame[col].notna().sum():
                 frame[col] = converted
@@ -153,11 +153,11 @@ def read_manifest(path: str | os.PathLike) -> Cohort:
         problems.append(f"column(s) {', '.join(clash)} are written by radcluster itself; rename them")
     frame = _restore_numeric(frame, carried)
 
-    ids = frame["case_id"].astype("string").str.strip()
+    ids = frame["case_id"].astype("string").str.strip().fillna("")
     for row, cid in enumerate(ids, start=2):
-        if pd.isna(cid) or not cid:
+        if not cid:
             problems.append(f"row {row}: empty case_id")
-    dup = ids[ids.duplicated(keep=False) & ids.notna() & (ids != "")]
+    dup = ids[ids.duplicated(keep=False) & (ids != "")]
     for cid in sorted(set(dup)):
         rows = [str(i + 2) for i in np.flatnonzero((ids == cid).to_numpy())]
         problems.append(f"case {cid!r}: duplicate case_id (rows {', '.join(rows)})")
@@ -166,7 +166,7 @@ def read_manifest(path: str | os.PathLike) -> Cohort:
     base = os.path.abspath(base or ".") if not _io.is_url(source) else base
     scans = []
     for i, rec in enumerate(frame.to_dict("records")):
-        cid = str(ids.iloc[i]) if not pd.isna(ids.iloc[i]) else ""
+        cid = str(ids.iloc[i])
         paths = {}
         for col in ("image", "mask"):
             value = rec[col]
@@ -262,8 +262,8 @@ def scan_directory(root: str | os.PathLike) -> pd.DataFrame:
                     rows.append((case, str(img.relative_to(base)), str(label.relative_to(base))))
 
     if not rows:
-        files = {p.name: p for p in base.iterdir() if p.is_file()}
-        for name, p in sorted(files.items()):
+        files = sorted(p.name for p in base.iterdir() if p.is_file())
+        for name in files:
             split = _strip_suffix(name)
             if split is None:
                 continue
@@ -371,7 +371,7 @@ def check_cohort(cohort: Cohort, *, tolerance: float = 1e-6, default_label: int 
         if not check_labels:
             continue
         with _io.local_file(scan.mask) as local:
-            arr = sitk.GetArrayViewFromImage(sitk.ReadImage(local))
+            arr = sitk.GetArrayFromImage(sitk.ReadImage(local))
             if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
                 bad(scan.mask, f"mask voxels are not integers (pixel type {arr.dtype})")
                 continue

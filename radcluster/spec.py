@@ -165,7 +165,10 @@ def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _format_errors(err: ValidationError, source: str, model: type[BaseModel], raw: dict) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"])
+        loc = tuple(e["loc"])
+        if len(loc) > 1 and loc[0] == "cluster" and loc[1] in _CLUSTER_KINDS:
+            loc = (loc[0], *loc[2:])  # pydantic names the union member; users wrote 'cluster.x'
+
         key = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             valid = _cluster_fields(raw, loc) or _fields_of(model, loc)
@@ -311,6 +314,9 @@ def defaults_yaml() -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 lines.append(f"{pad}{name}:")
                 emit(ann, indent + 2)
+                continue
+            if f.is_required():
+                lines.append(f"{pad}{name}:   # required: {f.description}")
                 continue
             default = f.get_default()
             value = yaml.safe_dump(list(default) if isinstance(default, tuple) else default,
