@@ -30,9 +30,15 @@ __all__ = ["connect", "dashboard_link", "render_job_script", "make_jobqueue_clus
 
 def _local_cluster(spec: LocalClusterSpec):
     from distributed import LocalCluster
+    from distributed.worker_memory import parse_memory_limit
 
     workers = spec.workers or max(1, (os.cpu_count() or 1) // spec.threads_per_worker)
+    limit = parse_memory_limit(spec.memory_limit, spec.threads_per_worker,
+                               total_cores=workers * spec.threads_per_worker, logger=logger)
     return LocalCluster(
+        # Each worker advertises its memory as a resource; radcluster's plan gives every
+        # task its scan's estimated need, so big scans do not share a worker they cannot fit.
+        resources={"MEMORY": limit} if limit else None,
         n_workers=workers,
         threads_per_worker=spec.threads_per_worker,
         processes=spec.processes,

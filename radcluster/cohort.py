@@ -46,7 +46,7 @@ REQUIRED_COLUMNS = ("case_id", "image", "mask")
 RESERVED_COLUMNS = frozenset({
     "label", "label_name", "patient_id", "image_hash", "mask_hash", "params_hash", "row_key",
     "run_id", "extracted_at", "scan_seconds", "radcluster_version", "pyradiomics_version",
-    "simpleitk_version", "image_path", "mask_path",
+    "simpleitk_version", "image_path", "mask_path", "image_stat", "mask_stat",
 })
 
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")

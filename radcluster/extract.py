@@ -70,6 +70,7 @@ class ScanResult:
     image_hash: str | None = None
     mask_hash: str | None = None
     feature_names: list[str] = field(default_factory=list)
+    unchanged: bool = False
 
 
 def _failure(err: ScanError) -> dict[str, Any]:
@@ -150,7 +151,8 @@ def _labels_of(scan: Scan, present: list[int], default_label: int) -> list[int]:
     return list(scan.labels)
 
 
-def extract_scan(scan: Scan, settings: ExtractionSettings) -> ScanResult:
+def extract_scan(scan: Scan, settings: ExtractionSettings, *,
+                 unchanged_if: tuple[str, str] | None = None) -> ScanResult:
     """Extract every requested label of one scan.
 
     Parameters
@@ -159,6 +161,10 @@ def extract_scan(scan: Scan, settings: ExtractionSettings) -> ScanResult:
         Paths are read on the machine this runs on (a Dask worker), never on the client.
     settings : ExtractionSettings
         The params text (parsed once per process), label names, fast or plain path.
+    unchanged_if : (image_hash, mask_hash), optional
+        The content hashes of the stored extraction of this case with the same params: when
+        the files still hash the same, nothing is extracted and the result is marked
+        ``unchanged`` (a touched but identical file costs one read, not an extraction).
 
     Returns
     -------
@@ -187,6 +193,9 @@ def extract_scan(scan: Scan, settings: ExtractionSettings) -> ScanResult:
         image = _read(scan.case_id, scan.image, "image")
         mask = _read(scan.case_id, scan.mask, "mask")
         image_hash, mask_hash = _content_hash(image), _content_hash(mask)
+        if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
+            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash,
+                              unchanged=True)
         if not extractor.settings.get("correctMask"):
             _check_inputs(scan, image, mask, tolerance)
         per_label = _extract_labels(scan, image, mask, extractor, settings.fast)

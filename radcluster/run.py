@@ -19,15 +19,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _io
 from .cohort import Cohort, Scan, read_label_table, read_manifest
 from .extract import ExtractionSettings, ScanResult, extract_scan
+from .plan import Plan, file_stat, make_plan
 from .spec import JobSpec, read_params
 from .store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunSummary", "plan", "run_extract", "extract_job"]
+__all__ = ["RunSummary", "run_task", "run_extract", "extract_job"]
 
 
 @dataclass
@@ -43,6 +43,9 @@ class RunSummary:
     seconds: float = 0.0
     dashboard: str | None = None
     matrix_rows: int = 0
+    new: int = 0
+    changed: int = 0
+    skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -52,29 +55,14 @@ class RunSummary:
         lines = [
             f"run {self.run_id}: {self.scans} scan(s), {self.scans - len(self.failed_cases)} done, "
             f"{len(self.failed_cases)} failed, {self.rows} feature row(s), {self.seconds:.1f} s",
+            f"scans: {self.new} new, {self.changed} changed, {self.skipped} unchanged (skipped)"
+            + ("; nothing to extract: the store is up to date" if not (self.new or self.changed) else ""),
             f"store: {self.store} (features/, failures/, matrix.zarr with {self.matrix_rows} row(s))",
         ]
         if self.failed_cases:
             shown = ", ".join(self.failed_cases[:10]) + (" ..." if len(self.failed_cases) > 10 else "")
             lines.append(f"failed: {shown}; see `radcluster failures {self.store}`")
         return "\n".join(lines)
-
-
-def _size(path: str) -> int:
-    try:
-        if _io.is_url(path):
-            import fsspec
-
-            fs, p = fsspec.core.url_to_fs(path)
-            return int(fs.size(p) or 0)
-        return os.path.getsize(path)
-    except (OSError, ValueError):
-        return 0
-
-
-def plan(cohort: Cohort) -> list[Scan]:
-    """Scans in submission order: largest image first, so the tail of a run is short."""
-    return sorted(cohort.scans, key=lambda s: -_size(s.image))
 
 
 def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
@@ -85,6 +73,27 @@ def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
         "case_id": scan.case_id, "label": None, "stage": stage, "error_type": type(err).__name__,
         "message": f"case {scan.case_id!r}: {stage} failed ({scan.image}): {err}", "file": scan.image,
     }
+
+
+FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
+
+
+def run_task(scans: tuple[Scan, ...], settings: ExtractionSettings,
+             known: dict[str, tuple[str, str]]) -> list[ScanResult]:
+    """The Dask task: extract each scan of a group, recording the files' stats with the rows."""
+    fault = os.environ.get(FAULT_ENV)
+    results = []
+    for scan in scans:
+        if fault and scan.case_id == fault:
+            # Fault injection for the crash tests: a scan that kills its worker process every
+            # time, as a segfault in a native library would.
+            os._exit(70)
+        stats = {"image_stat": file_stat(scan.image), "mask_stat": file_stat(scan.mask)}
+        result = extract_scan(scan, settings, unchanged_if=known.get(scan.case_id))
+        for row in result.rows:
+            row.update(stats)
+        results.append(result)
+    return results
 
 
 class _Writer:
@@ -125,52 +134,86 @@ class _Writer:
         self.last_flush = time.monotonic()
 
 
+def _worker_memory(client) -> tuple[int | None, bool]:
+    """(largest worker's memory in bytes, whether every worker advertises a MEMORY resource)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    limits = [w.get("memory_limit") or 0 for w in workers]
+    with_resource = [w.get("resources", {}).get("MEMORY") for w in workers]
+    advertised = bool(with_resource) and all(with_resource)
+    largest = max(with_resource) if advertised else (max(limits) if limits and all(limits) else None)
+    return (int(largest) if largest else None), advertised
+
+
 def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, client, *,
                 progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
                 flush_rows: int = 256, flush_seconds: float = 30.0,
                 cluster_info: dict[str, Any] | None = None) -> RunSummary:
-    """Extract every scan of ``cohort`` on ``client``'s cluster into the store at ``store_url``.
+    """Extract what the store does not hold yet of ``cohort`` into the store at ``store_url``.
 
-    One task per scan; results are written as they arrive, so an interrupted run keeps every
-    batch already flushed. Returns the run's :class:`RunSummary` (also saved under ``runs/``).
+    Scans already extracted with the same params from unchanged files are skipped (see
+    :mod:`radcluster.plan`); results are written as they arrive, so an interrupted run keeps
+    every batch already flushed and a re-run goes on from there. Returns the run's
+    :class:`RunSummary` (also saved under ``runs/``).
     """
+    from distributed import as_completed
+
+    from ._radiomics import get_extractor, versions
+
     store = open_store(store_url, must_exist=False)
     run_id = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.UTC).isoformat()
-    from ._radiomics import versions
-
     meta = {"params_hash": settings.params_hash, "run_id": run_id, **versions()}
     writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
 
-    from distributed import as_completed
+    memory, use_resources = _worker_memory(client)
+    plan: Plan = make_plan(cohort, store.row_keys(), settings.params_hash,
+                           get_extractor(settings.params_text).enabledImagetypes, worker_memory=memory)
+    logger.info("run %s: %d new, %d changed, %d unchanged (skipped), %d in %d task(s)", run_id,
+                len(plan.new), len(plan.changed), len(plan.skipped),
+                len(plan.new) + len(plan.changed) - len(plan.too_large), len(plan.tasks))
+    summary.new, summary.changed, summary.skipped = len(plan.new), len(plan.changed), len(plan.skipped)
+    for scan, need in plan.too_large:
+        writer.add(None, [{
+            "case_id": scan.case_id, "label": None, "stage": "plan", "error_type": "ScanTooLarge",
+            "file": scan.image,
+            "message": f"case {scan.case_id!r}: plan failed ({scan.image}): needs about {need / 2**30:.1f} GiB "
+                       f"to extract, the largest worker has {memory / 2**30:.1f} GiB; use workers with more "
+                       "memory (--memory-limit, or fewer threads per worker)"}])
+        failed[scan.case_id] = None
 
-    ordered = plan(cohort)
     futures = {}
-    for i, scan in enumerate(ordered):
-        fut = client.submit(extract_scan, scan, settings, key=f"extract-{i:06d}-{uuid.uuid4().hex[:8]}",
-                            pure=False)
-        futures[fut] = scan
+    for task in plan.tasks:
+        fut = client.submit(run_task, task.scans, settings, task.known, pure=False,
+                            key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
+                            resources={"MEMORY": task.memory} if use_resources else None)
+        futures[fut] = task
     iterator: Iterator[Any] = as_completed(futures)
     if progress is not None:
         iterator = progress(iterator, len(futures))
     try:
         for fut in iterator:
-            scan = futures.pop(fut)
+            task = futures.pop(fut)
             try:
-                result: ScanResult = fut.result()
+                results: list[ScanResult] = fut.result()
             except Exception as err:  # the task itself died; see _task_failure
-                writer.add(None, [_task_failure(scan, err)])
-                failed[scan.case_id] = None
+                for scan in task.scans:
+                    writer.add(None, [_task_failure(scan, err)])
+                    failed[scan.case_id] = None
                 continue
             finally:
                 fut.release()
-            if result.failures:
-                failed[scan.case_id] = None
-            summary.rows += len(result.rows)
-            writer.add(result, result.failures)
+            for result in results:
+                if result.unchanged:
+                    summary.skipped += 1
+                    summary.changed -= 1
+                    continue
+                if result.failures:
+                    failed[result.case_id] = None
+                summary.rows += len(result.rows)
+                writer.add(result, result.failures)
     finally:
         # Whatever happened (Ctrl-C, a lost scheduler), what finished is written.
         writer.flush()
@@ -178,14 +221,15 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
             fut.cancel()
     summary.failures = writer.failures_written
     summary.failed_cases = list(failed)
-    summary.matrix_rows = store.build_matrix()
+    summary.matrix_rows = store.build_matrix() if writer.rows_written or not store.has_matrix() else store.matrix_rows()
     summary.seconds = time.perf_counter() - started
     summary.dashboard = (cluster_info or {}).get("dashboard")
     store.write_run(run_id, {
         "run_id": run_id, "kind": "extract", "started_at": started_at,
         "finished_at": _dt.datetime.now(_dt.UTC).isoformat(), "seconds": summary.seconds,
         "manifest": cohort.source, "scans": len(cohort), "rows": summary.rows,
-        "failures": summary.failures, "failed_cases": summary.failed_cases,
+        "new": summary.new, "changed": summary.changed, "skipped": summary.skipped,
+        "tasks": len(plan.tasks), "failures": summary.failures, "failed_cases": summary.failed_cases,
         "params_hash": settings.params_hash, "params": settings.params_text,
         "fast_path": settings.fast, "versions": versions(), "cluster": cluster_info or {},
     })

@@ -121,13 +121,15 @@ class Store:
             return pd.DataFrame(columns=list(columns) if columns else [])
         return pd.concat(frames, ignore_index=True, sort=False)
 
-    def feature_names(self) -> list[str]:
-        """Feature columns in pyradiomics order, across every part (first seen first)."""
+    def feature_names(self, params_hashes: Sequence[str] | None = None) -> list[str]:
+        """Feature columns in pyradiomics order (first seen first), of the parts written with
+        ``params_hashes`` (default: every part)."""
         names: dict[str, None] = {}
         for path in self._parts("features"):
             with self.fs.open(path, "rb") as f:
-                meta = pq.read_schema(f).metadata or {}
-            names.update(dict.fromkeys(json.loads(meta.get(_META_KEY, b"{}")).get("features", [])))
+                meta = json.loads((pq.read_schema(f).metadata or {}).get(_META_KEY, b"{}"))
+            if params_hashes is None or meta.get("params_hash") in params_hashes:
+                names.update(dict.fromkeys(meta.get("features", [])))
         return list(names)
 
     def features(self, *, all_versions: bool = False) -> pd.DataFrame:
@@ -145,7 +147,7 @@ class Store:
     def row_keys(self) -> pd.DataFrame:
         """Key columns of every stored row (cheap: reads only those columns)."""
         return self._read("features", columns=("case_id", "label", "image_hash", "mask_hash",
-                                              "params_hash", "extracted_at"))
+                                              "params_hash", "image_stat", "mask_stat", "extracted_at"))
 
     def failures(self) -> pd.DataFrame:
         """Failures not superseded by a later successful extraction of the same case."""
@@ -180,7 +182,8 @@ class Store:
         import zarr
 
         current = self.features()
-        names = self.feature_names()
+        # columns of the params that produced the current rows, not of superseded extractions
+        names = self.feature_names(current["params_hash"].unique().tolist() if len(current) else [])
         path = self._path("matrix.zarr")
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
@@ -210,6 +213,14 @@ class Store:
         if self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol:
             return LocalStore(path)
         return FsspecStore.from_url(self.fs.unstrip_protocol(path))
+
+    def has_matrix(self) -> bool:
+        return self.fs.exists(self._path("matrix.zarr", "zarr.json"))
+
+    def matrix_rows(self) -> int:
+        import zarr
+
+        return int(zarr.open_group(store=self._zarr_store(self._path("matrix.zarr")), mode="r").attrs["rows"])
 
     def matrix(self):
         """The feature matrix as a dask array, with its row ids and feature names.

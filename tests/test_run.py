@@ -8,8 +8,8 @@ import sys
 
 import dask.array as da
 import numpy as np
-import pandas as pd
 import pytest
+import SimpleITK as sitk
 import zarr
 from conftest import PARAMS, SMALL_CASES, case_paths, write_manifest
 
@@ -81,19 +81,56 @@ def test_matrix_matches_parquet_rows(client, sample_manifest, tmp_path):
                                   X.compute())
 
 
-def test_rerun_supersedes_instead_of_duplicating(client, sample_manifest, tmp_path):
-    store_dir = tmp_path / "store"
-    cohort = read_manifest(sample_manifest)
-    run_extract(cohort, _settings(), str(store_dir), client)
-    first = open_store(store_dir).features()
-    run_extract(cohort, _settings(), str(store_dir), client)
+def test_incremental_reruns_extract_only_what_changed(client, tmp_path):
+    """Same cohort: nothing extracted; grown cohort: only the new scan; touched file with the
+    same voxels: read, not extracted; changed mask or params: re-extracted and superseded."""
+    import os
+    import shutil
+
+    for c in SMALL_CASES:
+        for p in case_paths(c):
+            shutil.copy(p, tmp_path / p.name)
+    rows = [{"case_id": c, "image": f"{c}_image.nrrd", "mask": f"{c}_label.nrrd"} for c in SMALL_CASES[:2]]
+    manifest = write_manifest(tmp_path / "cohort.csv", rows)
+    store_dir = str(tmp_path / "store")
+    first = run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    assert (first.new, first.changed, first.skipped, first.rows) == (2, 0, 0, 2)
+
+    again = run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    assert (again.new, again.changed, again.skipped, again.rows) == (0, 0, 2, 0)
+    assert "nothing to extract: the store is up to date" in again.text()
+
+    write_manifest(manifest, rows + [{"case_id": "breast1", "image": "breast1_image.nrrd",
+                                      "mask": "breast1_label.nrrd"}])
+    grown = run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    assert (grown.new, grown.skipped, grown.rows) == (1, 2, 1)
+
+    os.utime(tmp_path / "brain2_image.nrrd", ns=(1, 1))  # touched, same voxels
+    touched = run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    assert (touched.skipped, touched.rows) == (3, 0)
+
+    image = sitk.ReadImage(str(tmp_path / "breast1_label.nrrd"))
+    arr = sitk.GetArrayFromImage(image)
+    arr[np.nonzero(arr)[0][0], np.nonzero(arr)[1][0], np.nonzero(arr)[2][0]] = 0  # one voxel less
+    edited = sitk.GetImageFromArray(arr)
+    edited.CopyInformation(image)
+    sitk.WriteImage(edited, str(tmp_path / "breast1_label.nrrd"))
+    changed = run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    assert (changed.changed, changed.skipped, changed.rows) == (1, 2, 1)
+
     store = open_store(store_dir)
-    assert len(store.features(all_versions=True)) == 6
+    assert len(store.features(all_versions=True)) == 4  # nothing duplicated, the old breast1 row kept
     current = store.features()
-    assert len(current) == 3
-    assert (current["run_id"] != first["run_id"]).all()
-    pd.testing.assert_series_equal(current["original_glcm_Contrast"], first["original_glcm_Contrast"])
-    assert store.matrix()[0].shape[0] == 3
+    assert current["case_id"].tolist() == ["brain1", "brain2", "breast1"]
+    assert current.set_index("case_id").loc["breast1", "original_shape_VoxelVolume"] < \
+        store.features(all_versions=True).query("case_id == 'breast1'")["original_shape_VoxelVolume"].max()
+
+    other = run_extract(read_manifest(manifest), _settings("exampleCT.yaml"), store_dir, client)
+    assert (other.changed, other.rows) == (3, 3)
+    current = open_store(store_dir).features()
+    assert len(current) == 3 and current["params_hash"].nunique() == 1
+    X, _, names = open_store(store_dir).matrix()
+    assert X.shape == (3, 1218) and len(names) == 1218
 
 
 def test_open_store_errors(tmp_path):

@@ -1,0 +1,179 @@
+"""Turning a cohort into tasks: what to skip, what each scan needs, how to group them.
+
+Nothing is computed twice: a scan whose stored rows were extracted with the same params from
+files that have not changed (same size and modification time) is skipped without being
+read; a scan whose files were touched is sent with the stored content hashes, and the task
+extracts only if the voxels really changed. New scans, scans with changed files or params,
+and scans that failed before are extracted.
+
+Each task carries an estimate of the memory its scan needs (from the image header and the
+enabled filters), used as a Dask resource so a large scan does not run beside others on a
+worker that cannot hold them; a scan larger than any worker fails up front with a message
+instead of killing workers. Tiny scans are grouped so that task overhead stays small against
+task time; the largest go first so the tail of a run is short.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import _io
+from .cohort import ALL_LABELS, Cohort, Scan
+
+__all__ = ["Task", "Plan", "make_plan", "file_stat", "estimate_bytes"]
+
+# Scans whose image file is smaller than this are grouped into one task, up to
+# _BATCH_BYTES of input per task: below ~1 MB a scan extracts in tens of milliseconds,
+# comparable to Dask's per-task cost.
+_SMALL_FILE = 1 << 20
+_BATCH_BYTES = 4 << 20
+_BATCH_MAX = 16
+
+# Working copies per voxel, in float64-equivalents, by image type: the decoded image and its
+# uint32 mask, one filtered image at a time, and pywt's stationary wavelet transform, which
+# holds every sub-band of a level at once.
+_FILTER_COPIES = {"Original": 1, "LoG": 2, "Wavelet": 10, "LBP3D": 4}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One Dask task: one scan, or a group of tiny ones."""
+
+    scans: tuple[Scan, ...]
+    known: dict[str, tuple[str, str]] = field(default_factory=dict)  # case -> stored hashes
+    memory: int = 0  # bytes the largest scan of the task needs
+
+    @property
+    def key(self) -> str:
+        return self.scans[0].case_id if len(self.scans) == 1 else f"{self.scans[0].case_id}+{len(self.scans) - 1}"
+
+
+@dataclass
+class Plan:
+    tasks: list[Task]
+    skipped: list[str]       # unchanged: same params, same files
+    new: list[str]           # never extracted (or only failed) before
+    changed: list[str]       # files or params differ from the stored rows
+    too_large: list[tuple[Scan, int]]
+
+
+def file_stat(path: str) -> str | None:
+    """A cheap identity of a file: size and modification time (or ETag) without reading it."""
+    try:
+        if _io.is_url(path):
+            import fsspec
+
+            fs, p = fsspec.core.url_to_fs(path)
+            info = fs.info(p)
+            tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+            return f"{info.get('size')}:{tag}"
+        st = os.stat(path)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except (OSError, ValueError):
+        return None
+
+
+def _header_voxels(path: str) -> tuple[int, int] | None:
+    """(voxels, bytes per voxel) from the image header, for local files; None otherwise."""
+    if _io.is_url(path) or not os.path.isfile(path):
+        return None
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None  # the task will read it and record why it cannot
+    voxels = math.prod(reader.GetSize())
+    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(),
+                                                     reader.GetPixelID())).itemsize
+    return voxels, itemsize * reader.GetNumberOfComponents()
+
+
+def estimate_bytes(scan: Scan, image_types: Iterable[str], file_size: int) -> int:
+    """Peak memory of extracting ``scan``: image + uint32 mask + float64 working copies.
+
+    Remote images are not opened here; their size is taken as four times the file size
+    (typical compression of CT/MR), which errs on the side of caution for compressed files.
+    """
+    header = _header_voxels(scan.image)
+    voxels, itemsize = header if header else (max(file_size, 1) * 4 // 2, 2)
+    copies = max((_FILTER_COPIES.get(t, 2) for t in image_types), default=1)
+    return int(voxels * (itemsize + 4 + 8 * copies))
+
+
+def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_types: Iterable[str], *,
+              worker_memory: int | None = None) -> Plan:
+    """Decide, for every scan, whether and how it is extracted.
+
+    Parameters
+    ----------
+    stored : DataFrame
+        The store's current row keys (:meth:`radcluster.store.Store.row_keys`).
+    worker_memory : int, optional
+        Bytes the largest worker may use; scans estimated above it are not submitted.
+    """
+    image_types = list(image_types)
+    same_params = stored[stored["params_hash"] == params_hash] if not stored.empty else stored
+    by_case = {cid: grp for cid, grp in same_params.groupby("case_id")} if not same_params.empty else {}
+    known_cases = set(stored["case_id"]) if not stored.empty else set()
+
+    todo: list[tuple[Scan, int, int, dict]] = []
+    skipped, new, changed, too_large = [], [], [], []
+    for scan in cohort.scans:
+        size = int(file_stat(scan.image).split(":")[0]) if file_stat(scan.image) else 0
+        rows = by_case.get(scan.case_id)
+        known: dict[str, tuple[str, str]] = {}
+        if rows is not None and _labels_covered(scan, rows):
+            latest = rows.sort_values("extracted_at").iloc[-1]
+            same_files = (latest.get("image_stat") == file_stat(scan.image)
+                          and latest.get("mask_stat") == file_stat(scan.mask))
+            if same_files:
+                skipped.append(scan.case_id)
+                continue
+            known[scan.case_id] = (latest["image_hash"], latest["mask_hash"])
+            changed.append(scan.case_id)
+        elif scan.case_id in known_cases:
+            changed.append(scan.case_id)
+        else:
+            new.append(scan.case_id)
+        need = estimate_bytes(scan, image_types, size)
+        if worker_memory is not None and need > worker_memory:
+            too_large.append((scan, need))
+            continue
+        todo.append((scan, size, need, known))
+
+    todo.sort(key=lambda t: -t[1])  # largest first: the last task to finish is a short one
+    tasks: list[Task] = []
+    group: list[tuple[Scan, int, int, dict]] = []
+    for item in todo:
+        if item[1] >= _SMALL_FILE:
+            tasks.append(Task((item[0],), item[3], item[2]))
+            continue
+        group.append(item)
+        if sum(g[1] for g in group) >= _BATCH_BYTES or len(group) >= _BATCH_MAX:
+            tasks.append(_grouped(group))
+            group = []
+    if group:
+        tasks.append(_grouped(group))
+    return Plan(tasks, skipped, new, changed, too_large)
+
+
+def _grouped(group: list[tuple[Scan, int, int, dict]]) -> Task:
+    known: dict[str, tuple[str, str]] = {}
+    for item in group:
+        known.update(item[3])
+    return Task(tuple(g[0] for g in group), known, max(g[2] for g in group))
+
+
+def _labels_covered(scan: Scan, rows: pd.DataFrame) -> bool:
+    """Whether the stored rows hold every label the manifest asks for now."""
+    if scan.labels is None or scan.labels == ALL_LABELS:
+        return True  # 'all' and the default label were extracted in full when stored
+    return set(scan.labels) <= set(rows["label"].astype(int))
