@@ -144,15 +144,9 @@ def dask_schemas(strict: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
             s = copy.deepcopy(v["schema"]["openAPIV3Schema"])
             props = s.setdefault("properties", {})
             props.pop("status", None)  # written by the operator, never by us
-            props["metadata"] = {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "generateName": {"type": "string"},
-                               "namespace": {"type": "string"},
-                               "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                               "annotations": {"type": "object",
-                                               "additionalProperties": {"type": "string"}}},
-                "anyOf": [{"required": ["name"]}, {"required": ["generateName"]}],
-            }
+            # the fields of metadata are checked against ObjectMeta by _metadata_errors
+            props["metadata"] = {"type": "object",
+                                 "anyOf": [{"required": ["name"]}, {"required": ["generateName"]}]}
             props["apiVersion"] = {"const": f"{group}/{v['name']}"}
             props["kind"] = {"const": kind}
             s["required"] = sorted(set(s.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
@@ -160,6 +154,27 @@ def dask_schemas(strict: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
     if not schemas:
         raise ValidationFailure(f"no CRDs found in dask_kubernetes/{CRD_DIR}")
     return schemas
+
+
+@functools.cache
+def _objectmeta_validator(version: str, strict: bool) -> jsonschema.protocols.Validator:
+    """Kubernetes' own ObjectMeta schema (from kubernetes-validate) for custom resources' metadata."""
+    from referencing import Registry, Resource
+
+    folder = _schema_folder(version, strict)
+    schema = _schema_file(folder, "objectmeta-meta-v1.json")
+    definitions = _schema_file(folder, "_definitions.json")
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _metadata_errors(doc: Mapping[str, Any], strict: bool) -> list[str]:
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping):
+        return []  # reported by the CRD schema
+    validator = _objectmeta_validator(K8S_VERSIONS[-1], strict)
+    return [f"{_path(['metadata', *e.absolute_path])}: {e.message}"
+            for e in sorted(validator.iter_errors(dict(meta)), key=lambda e: list(map(str, e.absolute_path)))]
 
 
 def _cluster_name_errors(doc: Mapping[str, Any]) -> list[str]:
@@ -184,25 +199,60 @@ def validate_dask(doc: Mapping[str, Any], *, strict: bool = True) -> list[str]:
     validator = jsonschema.Draft7Validator(schema)
     errors = [f"{_path(e.absolute_path)}: {e.message}"
               for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
-    return errors + _cluster_name_errors(doc)
+    return errors + _metadata_errors(doc, strict) + _cluster_name_errors(doc)
 
 
 # ------------------------------------------------------------------------------------------ core kinds
+def _schema_folder(version: str, strict: bool) -> str:
+    """kubernetes-validate's schema folder for ``version`` (the newest one not newer than it)."""
+    from kubernetes_validate import utils as kv
+    from packaging.version import Version
+
+    wanted = Version(kv.major_minor(version.removeprefix("v")))
+    known = sorted(kv.all_versions(), key=Version)
+    usable = [v for v in known if Version(kv.major_minor(v)) <= wanted]
+    if not usable or wanted > Version(kv.major_minor(known[-1])):
+        raise ValidationFailure(f"kubernetes-validate has no schemas for Kubernetes {version}; "
+                                f"it knows {known[0]} to {known[-1]}")
+    return f"kubernetes-json-schema/v{usable[-1]}-local{'-strict' if strict else ''}"
+
+
+@functools.cache
+def _schema_file(folder: str, name: str) -> Any:
+    from kubernetes_validate import utils as kv
+
+    return kv.schema_contents(f"{folder}/{name}", folder)
+
+
+@functools.cache
+def _core_validator(version: str, api_version: str, kind: str, strict: bool):
+    """Validator for one core kind, as kubernetes-validate builds it, but cached and reporting every
+    error (kubernetes-validate's own ``validate`` stops at the first and rereads the schemas per call)."""
+    from referencing import Registry, Resource
+
+    folder = _schema_folder(version, strict)
+    # rbac.authorization.k8s.io/v1 -> rbac-v1, batch/v1 -> batch-v1, v1 -> v1 (kubernetes-validate's naming)
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = _schema_file(folder, f"{kind.lower()}-{group}.json")
+    except FileNotFoundError:
+        return None
+    definitions = _schema_file(folder, "_definitions.json")
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
 def validate_core(doc: Mapping[str, Any], *, versions: Iterable[str] = K8S_VERSIONS,
                   strict: bool = True) -> list[str]:
     """Errors of one core Kubernetes document, for every version in ``versions``."""
-    from kubernetes_validate import utils as kv
-
     errors: list[str] = []
     for version in versions:
-        try:
-            kv.validate(dict(doc), version, strict)
-        except kv.ValidationError as e:
+        validator = _core_validator(version, str(doc["apiVersion"]), str(doc["kind"]), strict)
+        if validator is None:
+            errors.append(f"<root>: no schema for {doc['apiVersion']}/{doc['kind']} in Kubernetes {version}")
+            continue
+        for e in sorted(validator.iter_errors(dict(doc)), key=lambda e: list(map(str, e.absolute_path))):
             errors.append(f"{_path(e.absolute_path)}: {e.message} (Kubernetes {version})")
-        except kv.SchemaNotFoundError as e:
-            errors.append(f"<root>: {e.message}")
-        except kv.VersionNotSupportedError as e:
-            raise ValidationFailure(f"{e.message}; supported: {', '.join(kv.all_versions())}") from None
     return errors
 
 
