@@ -12,10 +12,13 @@ extraction task receives.
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
 import re
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import _io
-from .errors import ManifestError
+from .errors import ManifestError, ScanError
 
 __all__ = [
     "Scan",
@@ -35,6 +38,8 @@ __all__ = [
     "read_label_table",
     "scan_directory",
     "check_cohort",
+    "check_scan",
+    "read_image",
     "geometry_mismatch",
     "RESERVED_COLUMNS",
 ]
@@ -314,84 +319,200 @@ def geometry_mismatch(image, mask, tolerance: float = 1e-6) -> str | None:
     return None
 
 
-def _header(path: str):
+def read_image(case_id: str, path: str, role: str, *, header_only: bool = False):
+    """The SimpleITK image at ``path``, or with ``header_only`` a reader holding its header.
+
+    Shared by :func:`check_cohort` and the extraction task, so both give the same reason for
+    the same file. Besides what SimpleITK rejects, a file that SimpleITK reads without
+    complaint but that is cut short is rejected: a truncated gzip stream or NIfTI file (ITK's
+    NIfTI reader fills the missing voxels with zeros).
+
+    Raises
+    ------
+    ScanError
+        Stage ``read``, naming the case, the file and why it cannot be used.
+    """
     import SimpleITK as sitk
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
-    return reader
+    def unusable(reason: str) -> ScanError:
+        return ScanError(case_id, "read", reason, file=path)
+
+    if not _io.exists(path):
+        raise unusable(f"{role} file does not exist")
+    with _io.local_file(path) as local:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(local)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as err:
+            raise unusable(f"{role} is not a readable image ({itk_error_reason(err)})") from err
+        if header_only:
+            return reader
+        try:
+            image = reader.Execute()
+        except RuntimeError as err:
+            raise unusable(f"{role} is not a readable image: its header reads but its voxel data does not "
+                           f"(truncated or corrupt file; {itk_error_reason(err)})") from err
+        short = _cut_short(local)
+        if short:
+            raise unusable(f"{role} file is truncated or corrupt: {short}")
+    return image
+
+
+def _cut_short(local: str) -> str | None:
+    """Why a gzip or NIfTI file is incomplete, or None; reads (and inflates) the whole file."""
+    if not local.lower().endswith((".gz", ".nii")):
+        return None
+    gz = False
+    try:
+        with open(local, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            head = stream.read(540)
+            have = len(head)
+            if gz:
+                while chunk := stream.read(1 << 22):
+                    have += len(chunk)
+            else:
+                have = os.fstat(raw.fileno()).st_size
+    except EOFError:
+        return "the gzip stream ends before its end marker (the file was cut short)"
+    except (OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        return f"the gzip stream is corrupt ({err})" if gz else f"it cannot be read back ({err})"
+    needed = _nifti_bytes(head)
+    if needed is not None and have < needed:
+        return f"its NIfTI header describes {needed} bytes of header and voxels, the file holds {have}"
+    return None
+
+
+def _nifti_bytes(head: bytes) -> int | None:
+    """Bytes a single-file NIfTI-1 or NIfTI-2 image needs, from its header; None if not one."""
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(f"{order}i", head[:4])[0] == 348 and head[344:347] == b"n+1":
+            dims = struct.unpack(f"{order}8h", head[40:56])
+            bitpix = struct.unpack(f"{order}h", head[72:74])[0]
+            offset = int(struct.unpack(f"{order}f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(f"{order}i", head[:4])[0] == 540 and head[4:7] == b"n+2":
+            bitpix = struct.unpack(f"{order}h", head[14:16])[0]
+            dims = struct.unpack(f"{order}8q", head[16:80])
+            offset = struct.unpack(f"{order}q", head[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return None
+    return offset + math.prod(max(int(d), 1) for d in dims[1:dims[0] + 1]) * bitpix // 8
+
+
+def _components(image) -> int:
+    """Components per voxel of a SimpleITK image or of an image file reader."""
+    if hasattr(image, "GetNumberOfComponentsPerPixel"):
+        return image.GetNumberOfComponentsPerPixel()
+    return image.GetNumberOfComponents()
+
+
+def check_scan(scan: Scan, image, mask, *, tolerance: float = 1e-6, geometry: bool = True) -> None:
+    """Raise :class:`ScanError` (stage ``check``) for the first problem of an image and its mask.
+
+    ``image`` and ``mask`` are SimpleITK images, or readers holding their headers only (then
+    the voxel checks are skipped). Shared by :func:`check_cohort` and the extraction task.
+    Checks, in this order: 2D or 3D image, same dimension, one component per image voxel,
+    the same grid (unless ``geometry`` is false: pyradiomics' ``correctMask`` resamples the
+    mask), finite image voxels, integer mask voxels. A vector mask passes: pyradiomics picks
+    its ``label_channel``.
+    """
+    import SimpleITK as sitk
+
+    def bad(role: str, reason: str):
+        return ScanError(scan.case_id, "check", reason, file=scan.image if role == "image" else scan.mask)
+
+    dim, mask_dim = image.GetDimension(), mask.GetDimension()
+    if dim not in (2, 3):
+        raise bad("image", f"image is {dim}D; only 2D and 3D images are supported")
+    if mask_dim != dim:
+        raise bad("mask", f"mask is {mask_dim}D but image is {dim}D")
+    if _components(image) != 1:
+        raise bad("image", "image has several components per voxel (a vector image)")
+    reason = geometry_mismatch(image, mask, tolerance) if geometry else None
+    if reason:
+        raise bad("mask", f"image/mask geometry mismatch: {reason}")
+    if isinstance(image, sitk.Image):
+        arr = sitk.GetArrayViewFromImage(image)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            counts = [f"{n} {kind}" for n, kind in ((int(np.isnan(arr).sum()), "NaN"),
+                                                     (int(np.isinf(arr).sum()), "infinite")) if n]
+            raise bad("image", f"image has {' and '.join(counts)} voxel(s); features would be NaN or wrong")
+    if isinstance(mask, sitk.Image) and _components(mask) == 1:
+        marr = sitk.GetArrayViewFromImage(mask)
+        if np.issubdtype(marr.dtype, np.floating) and not np.all(np.mod(marr, 1) == 0):
+            raise bad("mask", f"mask voxels are not integers (pixel type {marr.dtype})")
 
 
 def check_cohort(cohort: Cohort, *, tolerance: float = 1e-6, default_label: int = 1,
                  check_labels: bool = True) -> list[str]:
     """Every problem of every scan, one line per problem, without extracting anything.
 
-    Checks that files exist and are readable images (headers only), that image and mask
-    grids agree (size, spacing, origin, direction within ``tolerance``), that masks are
-    scalar integer volumes, and (``check_labels``) that requested labels are present, which
-    reads each mask's voxels.
+    Runs the checks the extraction task runs (:func:`read_image`, :func:`check_scan`), so a
+    scan is reported here for the reason its extraction would fail. With ``check_labels``
+    (the default) both files are read whole: images for truncated data and NaN or infinite
+    voxels, masks for integer values and the requested labels (present, more than one voxel);
+    without it only headers are read (existence, format, dimensions, grid).
     """
     import SimpleITK as sitk
 
     problems: list[str] = []
     for scan in cohort.scans:
-        def bad(file: str, reason: str, scan=scan) -> None:
-            problems.append(f"case {scan.case_id!r}: {file}: {reason}")
-
-        headers = {}
+        files, errors = {}, []
         for role, path in (("image", scan.image), ("mask", scan.mask)):
-            if not _io.exists(path):
-                bad(path, f"{role} file does not exist")
-                continue
             try:
-                with _io.local_file(path) as local:
-                    headers[role] = _header(local)
-            except RuntimeError as err:
-                bad(path, f"{role} is not a readable image ({itk_error_reason(err)})")
-        if len(headers) < 2:
-            continue
-        image, mask = headers["image"], headers["mask"]
-        if image.GetDimension() != mask.GetDimension():
-            bad(scan.mask, f"mask is {mask.GetDimension()}D but image is {image.GetDimension()}D")
-            continue
-        if image.GetDimension() not in (2, 3):
-            bad(scan.image, f"image is {image.GetDimension()}D; only 2D and 3D images are supported")
-            continue
-        if mask.GetNumberOfComponents() != 1:
-            bad(scan.mask, "mask has several components per voxel (a vector image)")
-            continue
-        if image.GetNumberOfComponents() != 1:
-            bad(scan.image, "image has several components per voxel (a vector image)")
-            continue
-        reason = geometry_mismatch(image, mask, tolerance)
-        if reason:
-            bad(scan.mask, f"image/mask geometry mismatch: {reason}")
-            continue
-        if not check_labels:
-            continue
-        with _io.local_file(scan.mask) as local:
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(local))
-            if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
-                bad(scan.mask, f"mask voxels are not integers (pixel type {arr.dtype})")
-                continue
-            present = np.unique(arr)
-        present = present[present != 0].astype(np.int64)
-        if present.size == 0:
-            bad(scan.mask, "mask is empty (no non-zero voxel)")
-            continue
-        wanted = (default_label,) if scan.labels is None else (() if scan.labels == ALL_LABELS else scan.labels)
-        missing = [v for v in wanted if v not in set(present.tolist())]
-        if missing:
-            bad(scan.mask, f"label(s) {missing} not present in mask; present: {present.tolist()[:20]}")
+                files[role] = read_image(scan.case_id, path, role, header_only=not check_labels)
+            except ScanError as err:
+                errors.append(err)
+        if not errors:
+            try:
+                check_scan(scan, files["image"], files["mask"], tolerance=tolerance)
+                if check_labels and _components(files["mask"]) == 1:
+                    _check_labels(scan, sitk.GetArrayViewFromImage(files["mask"]), default_label)
+            except ScanError as err:
+                errors.append(err)
+        problems.extend(f"case {scan.case_id!r}: {err.file}: {err.reason}" for err in errors)
     return problems
 
 
+def _check_labels(scan: Scan, arr: np.ndarray, default_label: int) -> None:
+    values, counts = np.unique(arr, return_counts=True)
+    keep = values != 0
+    present = dict(zip(values[keep].astype(np.int64).tolist(), counts[keep].tolist(), strict=True))
+    if not present:
+        raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
+    wanted = ((default_label,) if scan.labels is None
+              else tuple(present) if scan.labels == ALL_LABELS else scan.labels)
+    missing = [v for v in wanted if v not in present]
+    if missing:
+        raise ScanError(scan.case_id, "check", f"label(s) {missing} not present in mask; present: "
+                        f"{list(present)[:20]}", file=scan.mask)
+    single = [v for v in wanted if present[v] == 1]
+    if single:
+        raise ScanError(scan.case_id, "check", f"label(s) {single}: mask only contains 1 segmented voxel; "
+                        "features cannot be extracted for a single voxel", file=scan.mask)
+
+
 def itk_error_reason(err: BaseException) -> str:
-    """The reason in an ITK/SimpleITK error, without its source-file preamble."""
+    """The reason in an ITK/SimpleITK error, without its source-file preamble and object address.
+
+    NRRD errors carry their cause on the last line (``expected 226800 bytes but received
+    5856``); it is appended.
+    """
     text = str(err).strip()
-    for line in text.splitlines():
-        if "ERROR:" in line:
-            return line.split("ERROR:", 1)[1].strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Exception thrown in" not in ln]
-    return lines[0] if lines else (text or type(err).__name__)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    reason = next((ln.split("ERROR:", 1)[1].strip() for ln in lines if "ERROR:" in ln), None)
+    if reason is None:
+        rest = [ln for ln in lines if "Exception thrown in" not in ln]
+        reason = rest[0] if rest else (text or type(err).__name__)
+    reason = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", reason)
+    nrrd = [ln for ln in lines if ln.startswith("[nrrd]")]
+    if nrrd:
+        reason = f"{reason.rstrip(':')}: {nrrd[-1].removeprefix('[nrrd]').strip()}"
+    return reason

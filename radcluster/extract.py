@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import _io
-from .cohort import ALL_LABELS, Scan, geometry_mismatch
+from .cohort import ALL_LABELS, Scan, check_scan
 from .errors import ScanError
 
 __all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
@@ -98,18 +98,9 @@ def _content_hash(image) -> str:
 
 
 def _read(case_id: str, path: str, role: str):
-    import SimpleITK as sitk
+    from .cohort import read_image
 
-    if not _io.exists(path):
-        raise ScanError(case_id, "read", f"{role} file does not exist", file=path)
-    try:
-        with _io.local_file(path) as local:
-            return sitk.ReadImage(local)
-    except RuntimeError as err:
-        from .cohort import itk_error_reason
-
-        raise ScanError(case_id, "read", f"{role} is not a readable image ({itk_error_reason(err)})",
-                        file=path) from err
+    return read_image(case_id, path, role)
 
 
 def _as_float(value: Any) -> float:
@@ -119,28 +110,33 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
-def _check_inputs(scan: Scan, image, mask, tolerance: float) -> None:
-    import SimpleITK as sitk
-
-    if image.GetDimension() not in (2, 3):
-        raise ScanError(scan.case_id, "check", f"image is {image.GetDimension()}D; only 2D and 3D images "
-                        "are supported", file=scan.image)
-    if image.GetDimension() != mask.GetDimension():
-        raise ScanError(scan.case_id, "check", f"mask is {mask.GetDimension()}D but image is "
-                        f"{image.GetDimension()}D", file=scan.mask)
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ScanError(scan.case_id, "check", "image has several components per voxel", file=scan.image)
-    arr = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise ScanError(scan.case_id, "check", "image has NaN or infinite voxels", file=scan.image)
-    if mask.GetNumberOfComponentsPerPixel() == 1:
-        marr = sitk.GetArrayViewFromImage(mask)
-        if np.issubdtype(marr.dtype, np.floating) and not np.all(np.mod(marr, 1) == 0):
-            raise ScanError(scan.case_id, "check", f"mask voxels are not integers (pixel type {marr.dtype})",
-                            file=scan.mask)
-    reason = geometry_mismatch(image, mask, tolerance)
+def _check_inputs(scan: Scan, image, mask, extractor, tolerance: float) -> None:
+    """The checks ``radcluster cohort check`` runs, then those that depend on the params."""
+    settings = extractor.settings
+    # correctMask resamples the mask onto the image grid, so only then may the grids differ
+    check_scan(scan, image, mask, tolerance=tolerance, geometry=not settings.get("correctMask"))
+    reason = _params_mismatch(image, extractor)
     if reason:
-        raise ScanError(scan.case_id, "check", f"image/mask geometry mismatch: {reason}", file=scan.mask)
+        raise ScanError(scan.case_id, "check", reason, file=scan.image)
+
+
+def _params_mismatch(image, extractor) -> str | None:
+    """Why the params cannot give this image the features they give others, or None.
+
+    pyradiomics skips the 3D-only ``shape`` class for 2D input with only a log warning, so
+    a 2D scan's row would silently lack features its 3D neighbours have; a resampling
+    spacing of the wrong length fails deep inside the resampler.
+    """
+    dim = image.GetDimension()
+    spacing = extractor.settings.get("resampledPixelSpacing")
+    if spacing is not None and len(spacing) != dim:
+        return (f"image is {dim}D but the params' resampledPixelSpacing {list(spacing)} has {len(spacing)} "
+                "values; extract it with params for its dimension")
+    if dim == 2 and "shape" in extractor.enabledFeatures:
+        return ("image is 2D but the params are for 3D images: featureClass 'shape' is 3D-only and "
+                "pyradiomics would skip it, leaving this row without its features; extract 2D scans "
+                "with their own params (shape2D instead of shape)")
+    return None
 
 
 def _labels_of(scan: Scan, present: list[int], default_label: int) -> list[int]:
@@ -196,8 +192,7 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
         if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
             return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash,
                               unchanged=True)
-        if not extractor.settings.get("correctMask"):
-            _check_inputs(scan, image, mask, tolerance)
+        _check_inputs(scan, image, mask, extractor, tolerance)
         per_label = _extract_labels(scan, image, mask, extractor, settings.fast)
     except ScanError as err:
         failures.append(_failure(err))
