@@ -278,8 +278,8 @@ def _compare(reference: dict[str, tuple[float, float]], features: dict[str, dict
     return out
 
 
-def check_compliance(reference_dir: str | Path, *, modes: tuple[str, ...] = MODES,
-                     ct: bool = True) -> ComplianceResult:
+def check_compliance(reference_dir: str | Path, *, modes: tuple[str, ...] = MODES, ct: bool = True,
+                     configs: tuple[str, ...] | None = None) -> ComplianceResult:
     """Compute every mappable feature on the IBSI phantoms and compare with the reference values.
 
     Parameters
@@ -292,6 +292,8 @@ def check_compliance(reference_dir: str | Path, *, modes: tuple[str, ...] = MODE
     modes : tuple of {"stock", "ibsi"}
     ct : bool
         Check the CT phantom when present.
+    configs : tuple of str, optional
+        Only these data sets: ``digital_phantom`` and/or CT configurations ``A``-``E``.
     """
     root = Path(reference_dir)
     refdir = root / "reference_values"
@@ -305,12 +307,16 @@ def check_compliance(reference_dir: str | Path, *, modes: tuple[str, ...] = MODE
     for mode in modes:
         if mode not in MODES:
             raise SpecError(f"compliance mode must be one of {list(MODES)}; got {mode!r}")
+    known = [c for _, c, _, _ in _DATASETS]
+    for name in configs or ():
+        if name not in known:
+            raise SpecError(f"unknown IBSI data set {name!r}; known: {known}")
     results = []
     for title, config_name, folder, ref_file in _DATASETS:
         image_path, mask_path = root / folder / "image.nii.gz", root / folder / "mask.nii.gz"
         if not (refdir / ref_file).is_file() or not image_path.is_file() or not mask_path.is_file():
             continue
-        if folder == "ct_phantom" and not ct:
+        if (folder == "ct_phantom" and not ct) or (configs is not None and config_name not in configs):
             continue
         reference = read_reference(refdir / ref_file)
         config = IBSIConfig.named(config_name)

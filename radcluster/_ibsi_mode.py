@@ -9,7 +9,8 @@ pyradiomics' own feature classes:
    ``(s_a (n_a - 1) - s_b (n_b - 1)) / 2``. pyradiomics instead aligns the grid to a corner of
    the mask's bounding box. The image is interpolated with (bi/tri)linear or cubic B-spline
    interpolation, the mask with linear interpolation and a partial-volume threshold of 0.5.
-2. **Rounding** of interpolated intensities to integers when the configuration asks for it.
+2. **Rounding** of interpolated intensities to the nearest integer (halves up) when the
+   configuration asks for it.
 3. **Resegmentation** that combines a range and outlier filtering (mean +/- n sigma of the
    interpolated ROI, population sigma); pyradiomics offers one or the other. The mask before
    resegmentation is the *morphological* mask (shape features), the one after it the
@@ -175,7 +176,9 @@ def preprocess(image: sitk.Image, mask: sitk.Image, label: int, config: IBSIConf
         morph = _resample(src_mask, sub_size, sub_origin, sb, sitk.sitkLinear) >= config.mask_threshold
         spacing = tuple(float(s) for s in sb)
         if config.round_intensities:
-            intensities = np.round(intensities)
+            # half up; the 1e-9 makes a value that is a half up to interpolation noise (common:
+            # linear interpolation half-way between integers) round the same way on every grid
+            intensities = np.floor(intensities + 0.5 + 1e-9)
     for axis, name in enumerate("xyz"):
         diag[f"img_dim_{name}_interp_img"] = float(size[axis])
         diag[f"vox_dim_{name}_interp_img"] = spacing[axis]
