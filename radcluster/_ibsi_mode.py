@@ -112,6 +112,19 @@ def _resample(image: sitk.Image, size, origin, spacing, interpolator: int) -> np
     return sitk.GetArrayFromImage(f.Execute(image))
 
 
+def _check_geometry(image: sitk.Image, mask: sitk.Image) -> None:
+    if image.GetDimension() != 3 or mask.GetDimension() != 3:
+        raise ValueError(f"IBSI mode needs 3D images; got a {image.GetDimension()}D image and a "
+                         f"{mask.GetDimension()}D mask")
+    if image.GetSize() != mask.GetSize():
+        raise ValueError(f"image size {image.GetSize()} and mask size {mask.GetSize()} differ")
+    tol = 1e-3 * min(image.GetSpacing())  # float32 headers: image and mask may differ in the last bits
+    for what in ("Spacing", "Origin", "Direction"):
+        a, b = getattr(image, f"Get{what}")(), getattr(mask, f"Get{what}")()
+        if not np.allclose(a, b, rtol=0, atol=tol if what != "Direction" else 1e-6):
+            raise ValueError(f"image and mask differ in {what.lower()}: {a} vs {b}")
+
+
 def preprocess(image: sitk.Image, mask: sitk.Image, label: int, config: IBSIConfig, *,
                crop: bool = True) -> Preprocessed:
     """Resample, round, resegment and discretise one ROI as IBSI 1 prescribes.
@@ -135,8 +148,7 @@ def preprocess(image: sitk.Image, mask: sitk.Image, label: int, config: IBSIConf
     mask_arr = sitk.GetArrayFromImage(mask) == label
     if not mask_arr.any():
         raise ValueError(f"label {label} is not present in the mask")
-    if image.GetSize() != mask.GetSize():
-        raise ValueError(f"image size {image.GetSize()} and mask size {mask.GetSize()} differ")
+    _check_geometry(image, mask)
     diag: dict[str, float] = {}
     if config.spacing is None:
         intensities = sitk.GetArrayFromImage(image).astype(float)

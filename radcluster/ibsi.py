@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._ibsi_compliance import (
     ComplianceResult,
@@ -35,6 +35,9 @@ from ._ibsi_config import AGGREGATIONS, NAMED_CONFIGS, IBSIConfig, resolve_confi
 from ._ibsi_names import aggregation_from_settings, name_table, to_ibsi_names
 from ._ibsi_report import render_report
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    import SimpleITK
 
 __all__ = [
     "AGGREGATIONS",
@@ -98,7 +101,7 @@ def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str
     return classes, settings
 
 
-def extract_ibsi(image, mask, label: int = 1, params: dict[str, Any] | None = None,
+def extract_ibsi(image: SimpleITK.Image, mask: SimpleITK.Image, label: int = 1, params: dict[str, Any] | None = None,
                  config: IBSIConfig | str | dict | None = None) -> dict[str, float]:
     """Features of one ROI in IBSI mode, under pyradiomics names.
 

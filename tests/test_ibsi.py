@@ -265,6 +265,14 @@ def test_preprocess_reports_what_went_wrong():
         preprocess(image, mask, 1, IBSIConfig(bin_count=8, resegment_range=(100, 200)))
 
 
+def test_mask_on_another_grid_is_refused():
+    image = sitk.GetImageFromArray(np.zeros((3, 3, 3)))
+    mask = sitk.GetImageFromArray(np.ones((3, 3, 3), np.uint8))
+    mask.SetOrigin((0.0, 0.0, 5.0))
+    with pytest.raises(ValueError, match="image and mask differ in origin"):
+        extract_ibsi(image, mask, 1, None, IBSIConfig(bin_count=8))
+
+
 def test_ibsi_mode_leaves_stock_pyradiomics_unchanged():
     """Default unchanged: IBSI mode subclasses pyradiomics' classes and patches nothing."""
     from radiomics import base, featureextractor, glcm
