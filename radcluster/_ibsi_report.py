@@ -201,7 +201,8 @@ def render_report(result: ComplianceResult, *, reference_label: str = "the IBSI 
           "and outlier filtering are intersected (E); rounding is to the nearest integer; IBSI's "
           "'tricubic' interpolation (E) is cubic B-spline interpolation (SimpleITK `sitkBSpline`, as "
           "scipy's `map_coordinates(order=3)`); `Ng` in normalised GLCM features of a single slice is the "
-          "highest grey level of the whole ROI.", "",
+          "highest grey level of the whole ROI. Configuration D has outlier filtering but no range "
+          "resegmentation: its reference maximum intensity after resegmentation is 521 HU, above 400.", "",
           "Where stock pyradiomics departs from the configuration:", ""]
     for d in result.datasets:
         if d.stock_caveats:
