@@ -191,7 +191,7 @@ def _slurm_logs(folder: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_slurmcluster_runs_two_worker_jobs(slurm):
+def test_slurmcluster_runs_two_worker_jobs(slurm, tmp_path):
     """The plumbing alone: the template's cluster settings give two SLURM jobs with one worker each."""
     from dask_jobqueue import SLURMCluster
     from distributed import Client
@@ -200,7 +200,7 @@ def test_slurmcluster_runs_two_worker_jobs(slurm):
 
     c = load_job(TEMPLATE).cluster
     with SLURMCluster(cores=c.cores, memory=c.memory, processes=c.processes, queue=slurm["partition"],
-                      interface=c.interface, walltime="00:10:00",
+                      interface=c.interface, walltime="00:10:00", log_directory=str(tmp_path),
                       scheduler_options={"dashboard_address": "127.0.0.1:0"}) as cluster:
         assert f"#SBATCH -p {slurm['partition']}" in cluster.job_script()
         cluster.scale(jobs=2)
