@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import RadclusterError
 
 logger = logging.getLogger("radcluster")
@@ -71,7 +73,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                  if "://" not in args.manifest else args.manifest,
                  "store": args.out, "extraction.params": args.params,
                  "extraction.label_table": args.label_table,
-                 "extraction.fast": False if args.plain else None}
+                 "extraction.fast": False if args.plain else None,
+                 "extraction.ibsi": args.ibsi}
     cluster = _cluster_overrides(args)
     if "cluster" in cluster:
         overrides["cluster"] = cluster.pop("cluster")
@@ -150,6 +153,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _ibsi_arg(value: str):
+    return value.upper()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .store import open_store
+
+    frame = open_store(args.store).features()
+    if args.names == "ibsi":
+        from .ibsi import aggregation_from_settings, to_ibsi_names
+
+        runs = open_store(args.store).runs()
+        params = yaml.safe_load(runs[-1]["params"]) if runs else {}
+        aggregation = aggregation_from_settings((params or {}).get("setting") or {})
+        frame = to_ibsi_names(frame, aggregation=aggregation, unmapped="keep" if args.keep_unmapped else "drop")
+    out = args.output
+    if out.endswith(".parquet"):
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+    print(f"wrote {out}: {len(frame)} row(s), {frame.shape[1]} column(s)")
+    return EXIT_OK
+
+
 def cmd_config_defaults(args: argparse.Namespace) -> int:
     from .spec import defaults_yaml
 
@@ -172,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-table", help="CSV/TSV of label value -> region name (atlas masks)")
     p.add_argument("--plain", action="store_true",
                    help="call pyradiomics' execute() per label instead of the fast path")
+    p.add_argument("--ibsi", nargs="?", const=True, choices=[True, "A", "B", "C", "D", "E"], type=_ibsi_arg,
+                   help="IBSI mode (IBSI binning, resampling grid, resegmentation); optionally an IBSI 1 "
+                        "configuration A-E instead of the params file's settings")
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_extract)
 
@@ -202,6 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("failures", help="list the failed scans of a store")
     p.add_argument("store")
     p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("export", help="write a store's current features as CSV or Parquet")
+    p.add_argument("store")
+    p.add_argument("-o", "--output", required=True, help="file.csv or file.parquet")
+    p.add_argument("--names", choices=["pyradiomics", "ibsi"], default="pyradiomics",
+                   help="column names: pyradiomics' or IBSI feature tags (kurtosis as excess kurtosis)")
+    p.add_argument("--keep-unmapped", action="store_true", help="with --names ibsi: keep features IBSI lacks")
+    p.set_defaults(func=cmd_export)
+
+    from . import ibsi
+
+    p = sub.add_parser("ibsi", help="IBSI compliance report against the IBSI reference values")
+    ibsi.add_arguments(p)
+    p.set_defaults(func=ibsi.run)
 
     config = sub.add_parser("config", help="job spec defaults").add_subparsers(dest="config_cmd", required=True)
     p = config.add_parser("defaults", help="print every job key with its default and meaning")

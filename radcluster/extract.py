@@ -57,6 +57,7 @@ class ExtractionSettings:
     label_names: Mapping[int, str] = field(default_factory=dict)
     fast: bool = True
     sitk_threads: int = 1
+    ibsi: bool | str = False  # IBSI mode (radcluster.ibsi): True, or a configuration name "A".."E"
 
 
 @dataclass
@@ -193,7 +194,8 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
             return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash,
                               unchanged=True)
         _check_inputs(scan, image, mask, extractor, tolerance)
-        per_label = _extract_labels(scan, image, mask, extractor, settings.fast)
+        per_label = _extract_labels(scan, image, mask, extractor, settings.fast, settings.params_text,
+                                    settings.ibsi)
     except ScanError as err:
         failures.append(_failure(err))
         per_label = {}
@@ -220,13 +222,35 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
     return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
 
 
-def _extract_labels(scan: Scan, image, mask, extractor, fast: bool) -> dict[int, Any]:
+def _ibsi(scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_label: int) -> dict[int, Any]:
+    """IBSI mode: radcluster.ibsi's preprocessing around pyradiomics' feature classes."""
+    import SimpleITK as sitk
+    import yaml
+
+    from .ibsi import extract_ibsi
+
+    params = yaml.safe_load(params_text) or {}
+    arr = sitk.GetArrayViewFromImage(mask)
+    present = [int(v) for v in np.unique(arr) if v != 0]
+    out: dict[int, Any] = {}
+    for label in _labels_of(scan, present, default_label):
+        try:
+            out[label] = extract_ibsi(image, mask, label, params, None if ibsi is True else ibsi)
+        except ValueError as err:
+            out[label] = _label_error(scan, label, err)
+    return out
+
+
+def _extract_labels(scan: Scan, image, mask, extractor, fast: bool, params_text: str = "",
+                    ibsi: bool | str = False) -> dict[int, Any]:
     """features or a ScanError, per label."""
     import SimpleITK as sitk
     from scipy import ndimage
 
     default_label = int(extractor.settings.get("label", 1))
     vector_mask = mask.GetNumberOfComponentsPerPixel() > 1
+    if ibsi:
+        return _ibsi(scan, image, mask, params_text, ibsi, default_label)
     if vector_mask or not fast or extractor.settings.get("correctMask"):
         # Masks resampled onto the image (correctMask) or picked from a vector image take
         # pyradiomics' own route; the fast path assumes a shared scalar grid.

@@ -251,8 +251,16 @@ def extract_job(job: JobSpec, *, progress=None, on_dashboard: Callable[[str | No
     cohort = read_manifest(job.resolve(job.manifest))
     params_text, params_hash = read_params(job.resolve(job.extraction.params))
     labels = read_label_table(job.resolve(job.extraction.label_table))
+    if job.extraction.ibsi:
+        import yaml
+
+        from .ibsi import check_ibsi_params
+
+        check_ibsi_params(yaml.safe_load(params_text))  # before any cluster starts
+        # IBSI mode changes every value: its rows must not pass for stock-mode rows
+        params_hash = f"{params_hash}-ibsi-{job.extraction.ibsi}"
     settings = ExtractionSettings(params_text, params_hash, labels, job.extraction.fast,
-                                  job.extraction.sitk_threads)
+                                  job.extraction.sitk_threads, job.extraction.ibsi)
     store_url = job.resolve(job.store)
     with contextlib.ExitStack() as stack:
         if client is None:

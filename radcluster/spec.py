@@ -108,6 +108,8 @@ class ExtractionSpec(_Section):
     params: str | None = Field(None, description="pyradiomics params YAML; default: the packaged one")
     label_table: str | None = Field(None, description="CSV/TSV of label value -> region name")
     fast: bool = Field(True, description="read/hash/crop once per scan; False: plain pyradiomics calls")
+    ibsi: bool | Literal["A", "B", "C", "D", "E"] = Field(
+        False, description="IBSI mode: true (settings from the params file) or an IBSI 1 configuration name")
     sitk_threads: int = Field(1, ge=1, description="SimpleITK threads inside one scan task")
     flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")
