@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from .cohort import Cohort, Scan, read_label_table, read_manifest
 from .extract import ExtractionSettings, ScanResult, extract_scan
 from .plan import Plan, file_stat, make_plan
@@ -111,6 +113,17 @@ class _Writer:
         self.rows_written = 0
         self.failures_written = 0
 
+    def _ibsi_names(self) -> dict[str, str]:
+        """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
+        import pandas as pd
+
+        from .ibsi import to_ibsi_names
+
+        names = list(self.features)
+        renamed = to_ibsi_names(pd.DataFrame(columns=names), aggregation=self.metadata.get("ibsi_aggregation"),
+                                unmapped="keep").columns
+        return {a: b for a, b in zip(names, renamed, strict=True) if a != b}
+
     def add(self, result: ScanResult | None, failures: list[dict[str, Any]]) -> None:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         if result is not None:
@@ -122,7 +135,7 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        meta = {**self.metadata, "features": list(self.features)}
+        meta = {**self.metadata, "features": list(self.features), "ibsi_names": self._ibsi_names()}
         if self.rows:
             self.store.write_part("features", self.rows, run_id=self.run_id, seq=self.seq, metadata=meta)
             self.rows_written += len(self.rows)
@@ -163,7 +176,11 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
     run_id = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.UTC).isoformat()
-    meta = {"params_hash": settings.params_hash, "run_id": run_id, **versions()}
+    from .ibsi import aggregation_from_settings
+
+    parsed = yaml.safe_load(settings.params_text) or {}
+    meta = {"params_hash": settings.params_hash, "run_id": run_id, **versions(),
+            "ibsi_aggregation": aggregation_from_settings(parsed.get("setting") or {})}
     writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
@@ -252,8 +269,6 @@ def extract_job(job: JobSpec, *, progress=None, on_dashboard: Callable[[str | No
     params_text, params_hash = read_params(job.resolve(job.extraction.params))
     labels = read_label_table(job.resolve(job.extraction.label_table))
     if job.extraction.ibsi:
-        import yaml
-
         from .ibsi import check_ibsi_params
 
         check_ibsi_params(yaml.safe_load(params_text))  # before any cluster starts

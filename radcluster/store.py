@@ -132,6 +132,15 @@ class Store:
                 names.update(dict.fromkeys(meta.get("features", [])))
         return list(names)
 
+    def ibsi_names(self) -> dict[str, str]:
+        """pyradiomics feature name -> IBSI tag, as recorded in the parts' metadata."""
+        names: dict[str, str] = {}
+        for path in self._parts("features"):
+            with self.fs.open(path, "rb") as f:
+                meta = json.loads((pq.read_schema(f).metadata or {}).get(_META_KEY, b"{}"))
+            names.update(meta.get("ibsi_names", {}))
+        return names
+
     def features(self, *, all_versions: bool = False) -> pd.DataFrame:
         """The current features: one row per (case_id, label), the newest extraction of each.
 

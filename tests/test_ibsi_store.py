@@ -54,6 +54,10 @@ def test_cli_ibsi_mode_and_export_with_ibsi_names(tmp_path):
     # IBSI kurtosis is excess kurtosis: pyradiomics' value minus 3
     assert frame.loc[0, "stat_kurt"] == pytest.approx(stock.loc[0, "original_firstorder_Kurtosis"] - 3)
     assert frame.loc[0, "case_id"] == "phantom"
+    # the store carries the mapping itself, as metadata of its part files
+    mapping = open_store(store).ibsi_names()
+    assert mapping["original_firstorder_Kurtosis"] == "stat_kurt"
+    assert mapping["original_glcm_SumSquares"].startswith("cm_joint_var")
 
     ibsi_store = tmp_path / "ibsi-store"
     run = subprocess.run([*base, "extract", str(manifest), "--out", str(ibsi_store), "--params",
