@@ -182,7 +182,7 @@ def test_retrain_cronjob_and_its_rbac(rendered):
     role = _one(docs, "Role", "radcluster-launcher")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]}
     assert rules == {(("kubernetes.dask.org",), ("daskjobs",)): ["create", "get", "list", "watch"],
-                     (("",), ("pods/log",)): ["get"]}
+                     (("",), ("pods", "pods/log")): ["get"]}
     binding = _one(docs, "RoleBinding", "radcluster-launcher")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
@@ -374,10 +374,11 @@ def test_launcher_dry_run_prints_a_valid_daskjob():
 class FakeApi:
     """CustomObjectsApi + CoreV1Api stand-in: DaskJob statuses advance one step per read."""
 
-    def __init__(self, statuses, existing=()):
+    def __init__(self, statuses, existing=(), pod_image="registry.example.org/radcluster:site"):
         self.statuses = list(statuses)
         self.existing = list(existing)
         self.created = []
+        self.pod_image = pod_image
 
     def list_namespaced_custom_object(self, group, version, namespace, plural, **kw):
         if kw.get("watch"):
@@ -398,10 +399,17 @@ class FakeApi:
     def read_namespaced_pod_log(self, name, namespace, tail_lines):
         return f"log of {name}: Traceback ... SpecError"
 
+    def read_namespaced_pod(self, name, namespace):
+        if self.pod_image is None:
+            raise PermissionError("pods is forbidden")
+        assert name == "radcluster-retrain-1-abcde"
+        return {"spec": {"containers": [{"name": "launcher", "image": self.pod_image}]}}
+
 
 def _launch(api, *extra):
     out, err = io.StringIO(), io.StringIO()
-    env = {"POD_NAMESPACE": "team-a", "OWNER_JOB_NAME": "radcluster-retrain-1", "OWNER_JOB_UID": "u-1"}
+    env = {"POD_NAMESPACE": "team-a", "POD_NAME": "radcluster-retrain-1-abcde",
+           "OWNER_JOB_NAME": "radcluster-retrain-1", "OWNER_JOB_UID": "u-1"}
     with redirect_stdout(out), redirect_stderr(err):
         rc = launcher.main(["--template", str(K8S / "base" / "launcher" / "retrain-daskjob.yaml"),
                             "--prefix", "radcluster-retrain", "--poll", "0.01", *extra],
@@ -416,6 +424,34 @@ def test_launcher_creates_and_follows_a_successful_daskjob():
     (job,) = api.created
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert "Running" in out and "Successful" in out
+    # the DaskJob runs the launcher's own image, whatever image the template names
+    images = {c["image"] for c in launcher._all_containers(job["spec"])}
+    assert images == {"registry.example.org/radcluster:site"}
+
+
+def test_launcher_keeps_the_template_images_without_pod_access():
+    api = FakeApi(["Successful"], pod_image=None)
+    rc, _, err = _launch(api)
+    assert rc == 0 and "cannot read pod" in err
+    images = {c["image"] for c in launcher._all_containers(api.created[0]["spec"])}
+    assert images == {f"{IMAGE_REPO}:{_version()}"}
+
+
+def test_an_images_override_reaches_the_retrain_daskjob(tmp_path):
+    """A site overlay that swaps the image (kustomize `images:`) changes every container, including
+    those of the DaskJob the CronJob will create (kustomize cannot see inside its template)."""
+    if not _has_kubectl():
+        pytest.skip(NO_KUBECTL)
+    import os
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(K8S / "overlays" / "small", tmp_path)],
+        "images": [{"name": IMAGE_REPO, "newName": "registry.example.org/radcluster", "newTag": "site"}]}))
+    docs = validate.render(tmp_path)
+    docs = docs + validate.retrain_daskjobs(docs)
+    images = {c["image"] for d in docs for _, c in validate._containers(d.get("spec") or {}, "spec")}
+    assert images == {"registry.example.org/radcluster:site"}
+    assert validate.validate_documents(docs) == []
 
 
 def test_launcher_reports_a_failed_daskjob_with_the_runner_log():

@@ -438,8 +438,9 @@ def retrain_daskjobs(docs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     env = {e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e}
                     settings = launcher._settings(env)
                     name = launcher.unique_name(prefix, dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+                    # at run time the launcher gives the DaskJob its own image (read from its pod)
                     out.append(launcher.render_daskjob(yaml.safe_load(cm["data"][key]), name,
-                                                       schedule=prefix, **settings))
+                                                       schedule=prefix, image=c.get("image"), **settings))
     return out
 
 

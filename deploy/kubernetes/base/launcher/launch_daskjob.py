@@ -8,7 +8,9 @@ itself, and a DaskJob runs once under a fixed name, so each scheduled run:
    ``concurrencyPolicy: Forbid`` only sees this pod, not a DaskJob that outlived it);
 2. renders the template (:func:`render_daskjob`, a pure function the tests validate offline):
    name ``<prefix>-<UTC timestamp>``, scheduler Service selector, worker replicas and resources, labels,
-   and an ownerReference to this pod's Job so the DaskJob is garbage-collected with the Job history;
+   an ownerReference to this pod's Job so the DaskJob is garbage-collected with the Job history, and
+   this pod's own image for every container (read from the API), so an overlay's ``images:`` override
+   reaches the DaskJob too although kustomize cannot see into the template;
 3. creates it and follows ``status.jobStatus`` until ``Successful`` (exit 0) or ``Failed`` (exit 1, after
    printing the tail of the runner pod's log), or until ``--timeout`` (exit 2).
 
@@ -17,8 +19,8 @@ Usage::
     python launch_daskjob.py --template retrain-daskjob.yaml --prefix radcluster-retrain [--timeout S]
     python launch_daskjob.py --template retrain-daskjob.yaml --prefix radcluster-retrain --dry-run
 
-Environment: ``POD_NAMESPACE``, ``OWNER_JOB_NAME``, ``OWNER_JOB_UID`` (downward API) and the optional
-``RADCLUSTER_WORKER_REPLICAS``, ``RADCLUSTER_WORKER_CPU``, ``RADCLUSTER_WORKER_MEMORY``.
+Environment: ``POD_NAMESPACE``, ``POD_NAME``, ``OWNER_JOB_NAME``, ``OWNER_JOB_UID`` (downward API) and the
+optional ``RADCLUSTER_WORKER_REPLICAS``, ``RADCLUSTER_WORKER_CPU``, ``RADCLUSTER_WORKER_MEMORY``.
 """
 
 from __future__ import annotations
@@ -72,9 +74,24 @@ def _worker_container(job: dict[str, Any]) -> dict[str, Any]:
                       f"(found {[c.get('name') for c in containers]})")
 
 
+def _all_containers(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                found += [c for c in value if isinstance(c, dict)]
+            else:
+                found += _all_containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _all_containers(item)
+    return found
+
+
 def render_daskjob(template: Mapping[str, Any], name: str, *, schedule: str,
                    owner: Mapping[str, str] | None = None, replicas: int | None = None,
-                   cpu: str | None = None, memory: str | None = None) -> dict[str, Any]:
+                   cpu: str | None = None, memory: str | None = None,
+                   image: str | None = None) -> dict[str, Any]:
     """The DaskJob to create: ``template`` renamed to ``name``; nothing is sent anywhere.
 
     Parameters
@@ -91,6 +108,8 @@ def render_daskjob(template: Mapping[str, Any], name: str, *, schedule: str,
     replicas, cpu, memory : optional
         Worker count and per-worker ``requests = limits``; the worker's ``--memory-limit`` follows the
         memory limit when it is wired through the downward API (as in the shipped template).
+    image : str, optional
+        Image for every container (runner, scheduler, workers).
     """
     if template.get("kind") != "DaskJob" or template.get("apiVersion") != f"{GROUP}/{VERSION}":
         raise LaunchError(f"template is a {template.get('apiVersion')}/{template.get('kind')}, "
@@ -114,6 +133,9 @@ def render_daskjob(template: Mapping[str, Any], name: str, *, schedule: str,
         if replicas < 0:
             raise LaunchError(f"worker replicas must be >= 0, got {replicas}")
         worker["replicas"] = int(replicas)
+    if image:
+        for c in _all_containers(job.get("spec")):
+            c["image"] = image
     container = _worker_container(job)
     for key, value in (("cpu", cpu), ("memory", memory)):
         if value is None:
@@ -157,6 +179,21 @@ def _namespace(env: Mapping[str, str]) -> str:
             return fh.read().strip()
     except OSError:
         raise LaunchError(f"no POD_NAMESPACE and no {path}: not running in a pod?") from None
+
+
+def own_image(core: Any, namespace: str, pod_name: str | None) -> str | None:
+    """The image this launcher runs in (so the DaskJob runs the same radcluster), or None."""
+    if not pod_name:
+        return None
+    try:
+        pod = core.read_namespaced_pod(pod_name, namespace)
+    except Exception as err:  # no RBAC for pods/get: keep the template's images, say so
+        print(f"warning: cannot read pod {pod_name} ({err}); the DaskJob keeps the template's images",
+              file=sys.stderr)
+        return None
+    containers = pod.spec.containers if hasattr(pod, "spec") else pod["spec"]["containers"]
+    images = [c.image if hasattr(c, "image") else c["image"] for c in containers]
+    return images[0] if images else None
 
 
 def _wait(api, core, namespace: str, name: str, timeout: float, poll: float) -> int:
@@ -215,8 +252,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, *,
             template = yaml.safe_load(fh)
         name = unique_name(args.prefix, dt.datetime.now(dt.UTC))
         owner = {"name": env.get("OWNER_JOB_NAME", ""), "uid": env.get("OWNER_JOB_UID", "")}
-        job = render_daskjob(template, name, schedule=args.prefix, owner=owner, **_settings(env))
         if args.dry_run:
+            job = render_daskjob(template, name, schedule=args.prefix, owner=owner, **_settings(env))
             yaml.safe_dump(job, sys.stdout, sort_keys=False)
             return 0
         namespace = _namespace(env)
@@ -226,6 +263,9 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, *,
 
             config.load_incluster_config()
             api, core = client.CustomObjectsApi(), client.CoreV1Api()
+        image = own_image(core, namespace, env.get("POD_NAME"))
+        job = render_daskjob(template, name, schedule=args.prefix, owner=owner, image=image,
+                             **_settings(env))
         running = [j["metadata"]["name"] for j in api.list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, label_selector=f"{SCHEDULE_LABEL}={args.prefix}")["items"]
             if is_active(j)]
