@@ -360,7 +360,12 @@ def read_image(case_id: str, path: str, role: str, *, header_only: bool = False)
 
 
 def _cut_short(local: str) -> str | None:
-    """Why a gzip or NIfTI file is incomplete, or None; reads (and inflates) the whole file."""
+    """Why a gzip or NIfTI file is incomplete, or None.
+
+    A gzip file's trailer records its inflated size: when that is the size the NIfTI header
+    describes, the file is whole and nothing more is read. Otherwise (another gzip file, or
+    a trailer that disagrees) the stream is inflated to its end to find where it breaks.
+    """
     if not local.lower().endswith((".gz", ".nii")):
         return None
     gz = False
@@ -368,19 +373,22 @@ def _cut_short(local: str) -> str | None:
         with open(local, "rb") as raw:
             gz = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
-            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-            head = stream.read(540)
-            have = len(head)
-            if gz:
+            head = (gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw).read(540)
+            needed = _nifti_bytes(head)
+            if not gz:
+                have = os.fstat(raw.fileno()).st_size
+            else:
+                raw.seek(-4, os.SEEK_END)
+                if needed is not None and int.from_bytes(raw.read(4), "little") == needed % 2**32:
+                    return None
+                raw.seek(0)
+                stream, have = gzip.GzipFile(fileobj=raw, mode="rb"), 0
                 while chunk := stream.read(1 << 22):
                     have += len(chunk)
-            else:
-                have = os.fstat(raw.fileno()).st_size
     except EOFError:
         return "the gzip stream ends before its end marker (the file was cut short)"
     except (OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         return f"the gzip stream is corrupt ({err})" if gz else f"it cannot be read back ({err})"
-    needed = _nifti_bytes(head)
     if needed is not None and have < needed:
         return f"its NIfTI header describes {needed} bytes of header and voxels, the file holds {have}"
     return None
