@@ -94,7 +94,7 @@ def test_validator_cli_passes_on_every_overlay(capsys):
         pytest.skip(NO_KUBECTL)
     assert validate.main([]) == 0
     out = capsys.readouterr().out
-    assert out.count("OK ") == len(OVERLAYS), out
+    assert out.count("OK ") == len(validate.DEFAULT_PATHS), out
 
 
 def _worker_containers(docs: list[dict]):
@@ -293,6 +293,12 @@ def test_validator_cli_fails_on_a_broken_file(tmp_path, capsys):
     assert validate.main([str(bad)]) == 1
     out = capsys.readouterr().out
     assert "startingDeadlineSeconds" in out and "concurrencyPolicy" in out and "FAIL" in out
+
+
+def test_loader_pod_is_valid_and_mounts_the_data_volume():
+    (pod,) = _yaml_docs(K8S / "loader-pod.yaml")
+    assert validate.validate_documents([pod]) == []
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "radcluster-data"
 
 
 # ------------------------------------------------------------------------------------- embedded files
@@ -494,7 +500,7 @@ def test_dockerfile_pins_base_runs_unprivileged_and_enters_radcluster():
 
 def test_manifests_use_the_image_of_this_version():
     images = set()
-    for file in list((K8S / "base").rglob("*.yaml")):
+    for file in K8S.rglob("*.yaml"):
         images |= set(re.findall(r"image: (\S+)", file.read_text()))
     assert images == {f"{IMAGE_REPO}:{_version()}"}
 

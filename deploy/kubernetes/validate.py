@@ -14,7 +14,7 @@
 
 Usage::
 
-    python deploy/kubernetes/validate.py                 # render base + every overlay, validate all
+    python deploy/kubernetes/validate.py                 # base, every overlay and loader-pod.yaml
     python deploy/kubernetes/validate.py DIR_OR_FILE...  # kustomization folders are rendered first
     python deploy/kubernetes/validate.py -k 1.33 ...     # other Kubernetes versions (repeatable)
 
@@ -43,6 +43,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 OVERLAYS = ("base", "overlays/small", "overlays/large")
+DEFAULT_PATHS = (*OVERLAYS, "loader-pod.yaml")  # what `validate.py` with no arguments checks
 # the oldest Kubernetes minor still in common support (CronJob.timeZone is GA since 1.27), and the newest
 # kubernetes-validate knows; override with -k
 K8S_VERSIONS = ("1.30.0", "1.37.0")
@@ -460,12 +461,12 @@ def validate_documents(docs: Iterable[Mapping[str, Any]], *, versions: Iterable[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Validate radcluster's Kubernetes manifests offline.")
     p.add_argument("paths", nargs="*",
-                   help=f"kustomization folders or YAML files (default: {', '.join(OVERLAYS)})")
+                   help=f"kustomization folders or YAML files (default: {', '.join(DEFAULT_PATHS)})")
     p.add_argument("-k", "--kubernetes-version", action="append", dest="versions",
                    help=f"Kubernetes version(s) for core kinds (default: {', '.join(K8S_VERSIONS)})")
     p.add_argument("--no-rules", action="store_true", help="schemas only, without radcluster's rules")
     args = p.parse_args(argv)
-    paths = [Path(x) for x in args.paths] or [HERE / o for o in OVERLAYS]
+    paths = [Path(x) for x in args.paths] or [HERE / o for o in DEFAULT_PATHS]
     versions = tuple(args.versions or K8S_VERSIONS)
     failed = 0
     for path in paths:
