@@ -35,7 +35,9 @@ def _local_cluster(spec: LocalClusterSpec):
     workers = spec.workers or max(1, (os.cpu_count() or 1) // spec.threads_per_worker)
     limit = parse_memory_limit(spec.memory_limit, spec.threads_per_worker,
                                total_cores=workers * spec.threads_per_worker, logger=logger)
+    tls = {"protocol": "tls", "security": spec.tls.security()} if spec.tls else {}
     return LocalCluster(
+        **tls,
         # Each worker advertises its memory as a resource; radcluster's plan gives every
         # task its scan's estimated need, so big scans do not share a worker they cannot fit.
         resources={"MEMORY": limit} if limit else None,
@@ -106,7 +108,7 @@ def connect(spec, *, timeout: float = 60) -> Iterator[Any]:
     try:
         if isinstance(spec, LocalClusterSpec):
             cluster = _local_cluster(spec)
-            client = Client(cluster)
+            client = Client(cluster, security=spec.tls.security() if spec.tls else None)
         elif isinstance(spec, SlurmClusterSpec | PBSClusterSpec):
             cluster = make_jobqueue_cluster(spec)
             cluster.adapt(minimum_jobs=spec.minimum_jobs, maximum_jobs=spec.maximum_jobs)
@@ -120,7 +122,8 @@ def connect(spec, *, timeout: float = 60) -> Iterator[Any]:
                         "which is not set: run inside a DaskJob runner pod, or use kind 'address'")
             else:
                 address = spec.address
-            client = Client(address, timeout=timeout)
+            tls = getattr(spec, "tls", None)
+            client = Client(address, timeout=timeout, security=tls.security() if tls else None)
         else:  # pragma: no cover - the spec's discriminated union admits nothing else
             raise ClusterError(f"unknown cluster spec {spec!r}")
     except ClusterError:

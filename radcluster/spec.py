@@ -42,6 +42,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TLSSpec(_Section):
+    """Certificates for TLS between client, scheduler and workers (``distributed.Security``)."""
+
+    ca_file: str = Field(..., description="CA certificate (PEM) that signed the others")
+    cert_file: str = Field(..., description="certificate (PEM) of this process")
+    key_file: str = Field(..., description="private key (PEM) of cert_file")
+
+    def security(self):
+        from distributed import Security
+
+        return Security(
+            tls_ca_file=self.ca_file, tls_client_cert=self.cert_file, tls_client_key=self.key_file,
+            tls_scheduler_cert=self.cert_file, tls_scheduler_key=self.key_file,
+            tls_worker_cert=self.cert_file, tls_worker_key=self.key_file, require_encryption=True)
+
+
 class LocalClusterSpec(_Section):
     """An in-process :class:`distributed.LocalCluster` (the default)."""
 
@@ -51,13 +67,15 @@ class LocalClusterSpec(_Section):
     memory_limit: str = Field("auto", description="per-worker memory limit, e.g. '4GiB' or 'auto'")
     processes: bool = Field(True, description="worker processes (True) or threads in this process")
     dashboard_address: str = Field("127.0.0.1:8787", description="dashboard bind; ':0' picks a port")
+    tls: TLSSpec | None = Field(None, description="encrypt scheduler/worker/client traffic (certificates)")
 
 
 class AddressClusterSpec(_Section):
     """An already running scheduler."""
 
     kind: Literal["address"] = "address"
-    address: str = Field(..., description="scheduler address, e.g. tcp://10.0.0.5:8786")
+    address: str = Field(..., description="scheduler address, e.g. tcp://10.0.0.5:8786 or tls://...")
+    tls: TLSSpec | None = Field(None, description="client certificates for a tls:// scheduler")
 
 
 class _JobQueueSpec(_Section):
