@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cohort.add_parser("check", help="check every case of a manifest before running it")
     p.add_argument("manifest")
     p.add_argument("--tolerance", type=float, default=1e-6, help="geometry tolerance (ITK's rule)")
-    p.add_argument("--headers-only", action="store_true", help="skip reading masks for label checks")
+    p.add_argument("--headers-only", action="store_true",
+                   help="read only file headers: skip the voxel checks (labels, NaN/inf, truncation)")
     p.set_defaults(func=cmd_cohort_check)
 
     p = sub.add_parser("failures", help="list the failed scans of a store")
