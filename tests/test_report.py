@@ -1,0 +1,123 @@
+"""The HTML report of a version: valid, self-contained, every plot present (and it renders)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from _stores import trained_as
+
+from radcluster._cli_models import add_commands
+from radcluster.registry import open_version
+from radcluster.report import PLOTS, render_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+VOID = {"meta", "img", "br", "hr", "link", "input", "col", "source", "area", "base", "wbr"}
+
+
+class _Checker(HTMLParser):
+    """Collects figures and images, and checks that every non-void element is closed in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.figures: list[str] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self.figures.append(attrs.get("id", ""))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("src", "href"):
+            if attrs.get(key) and not attrs[key].startswith("data:"):
+                self.external.append(attrs[key])
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+
+def check_html(text: str) -> _Checker:
+    checker = _Checker()
+    checker.feed(text)
+    checker.close()
+    assert not checker.errors, checker.errors[:5]
+    assert not checker.stack, f"unclosed: {checker.stack}"
+    assert not checker.external, f"external resources: {checker.external}"  # self-contained
+    assert text.startswith("<!DOCTYPE html>")
+    return checker
+
+
+def _png_ok(src: str) -> bool:
+    prefix = "data:image/png;base64,"
+    return src.startswith(prefix) and base64.b64decode(src[len(prefix):])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def binary(tmp_path_factory, client):
+    return trained_as(tmp_path_factory, client, "binary")
+
+
+def test_binary_report_is_valid_html_with_every_plot(binary):
+    _, result = binary
+    text = (result.version / "report.html").read_text()
+    checker = check_html(text)
+    assert set(PLOTS) <= set(checker.figures), checker.figures
+    assert len(checker.images) == len(checker.figures) and all(_png_ok(src) for src in checker.images)
+    for needle in ("roc auc 95% CI", "held-out test", "balanced accuracy", "brier", "calibration slope",
+                   "ComBat harmonisation", "not applied", '"pca": 0.9', "config hash"):
+        assert needle in text, needle
+    assert re.search(r"roc_auc per fold: ([01]\.\d{3}, ){2}[01]\.\d{3}", text)
+
+
+def test_report_command_rewrites_without_touching_the_version(binary, tmp_path, capsys):
+    _, result = binary
+    copy = tmp_path / result.version.name
+    shutil.copytree(result.version, copy)
+    (copy / "report.html").unlink()
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", str(copy)])
+    assert args.func(args) == 0
+    assert f"wrote {copy / 'report.html'}" in capsys.readouterr().out
+    assert (copy / "report.html").read_text() == (result.version / "report.html").read_text()
+    open_version(copy)  # every hashed file is as trained
+
+
+@pytest.mark.parametrize("key, figure", [("regression", "observed"), ("survival", "km"),
+                                         ("clustering", "clusters"), ("multiclass", "confusion")])
+def test_reports_of_other_tasks(tmp_path_factory, client, key, figure):
+    _, result = trained_as(tmp_path_factory, client, key)  # shared with test_learn
+    checker = check_html(render_report(result.version))
+    assert figure in checker.figures and "importance" in checker.figures
+    assert "scree" in checker.figures and "pca_scores" in checker.figures
+    assert all(_png_ok(src) for src in checker.images)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium; the HTML checks above cover the report")
+def test_report_renders_in_headless_chromium(binary, tmp_path):
+    _, result = binary
+    shot = tmp_path / "shot.png"
+    done = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1200,3000", (result.version / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
