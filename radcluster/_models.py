@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from ._train_spec import MODELS
 from .errors import ModelError, RegistryError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ _SKLEARN = {
                       "regression": ("sklearn.tree", "DecisionTreeRegressor")},
     "ridge": {"regression": ("sklearn.linear_model", "Ridge")},
 }
-MODELS = ("xgboost", *_SKLEARN, "kmeans")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "xgboost": {"n_estimators": 300, "max_depth": 3, "learning_rate": 0.05, "subsample": 0.8,

@@ -11,387 +11,33 @@ report. :func:`predict_store` applies a version to another store. :class:`TrainS
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import learn
+from ._dataset import (
+    TrainingData,
+    load_training_data,
+    matrix_params_hashes,
+    pivot_by_label,
+    read_clinical,
+    read_store_columns,
+)
+from ._train_spec import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, parse_train_spec
 from .errors import ModelError, SpecError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_spec", "TrainingData",
            "load_training_data", "TrainResult", "train_store", "train_job", "predict_store", "demo_train"]
-
-
-# --- the config ------------------------------------------------------------------------------
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PreprocessSpec(_Section):
-    """Preprocessing, fitted on the training rows of each fold only."""
-
-    impute: Literal["median", "mean"] = Field("median", description="fill missing/non-finite values with")
-    max_missing_fraction: float = Field(0.5, ge=0, le=1, description="drop features missing in more rows")
-    max_mode_fraction: float | None = Field(
-        0.95, gt=0, le=1, description="near-constant: this share of rows equal to the median; null: off")
-    min_relative_std: float = Field(1e-6, ge=0, description="constant: sd <= this x |mean|")
-    max_correlation: float | None = Field(
-        None, gt=0, le=1, description="drop the later feature of each pair with |r| above; null: off")
-    scale: bool = Field(True, description="dask-ml StandardScaler")
-    pca: int | float | None = Field(
-        0.95, description="PCA components (int) or explained-variance share (float in (0,1)); null: off")
-    pca_max_components: int = Field(50, ge=1, description="components fitted when pca is a share")
-    pca_solver: Literal["auto", "tsqr", "randomized"] = Field("auto", description="dask-ml PCA solver")
-    combat: str | None = Field(None, description="ComBat-harmonise by this batch column (e.g. site)")
-
-    @field_validator("pca")
-    @classmethod
-    def _pca(cls, v):
-        if v is None or isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v < 1:
-            return v
-        raise ValueError("must be a number of components (int >= 1) or a variance share in (0, 1)")
-
-
-class CVSpec(_Section):
-    """Evaluation: grouped, stratified folds; an optional held-out test split."""
-
-    folds: int = Field(5, ge=0, description="cross-validation folds (0: none; else >= 2)")
-    test_fraction: float = Field(0.0, ge=0, le=0.5, description="held-out test share of patients (0: none)")
-    group: str = Field("auto", description="'auto' (patient_id, else case_id), a column, or 'none'")
-    validation_fraction: float = Field(0.2, ge=0, lt=0.5, description="early-stopping split of training rows")
-    early_stopping_rounds: int | None = Field(20, ge=1, description="xgboost early stopping; null: off")
-    seed: int = Field(0, ge=0, description="seed of folds, bootstrap and models")
-
-    @field_validator("folds")
-    @classmethod
-    def _folds(cls, v: int) -> int:
-        if v == 1:
-            raise ValueError("must be 0 (no cross-validation) or at least 2")
-        return v
-
-
-class MetricsSpec(_Section):
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
-    level: float = Field(0.95, gt=0, lt=1, description="confidence level")
-    calibration_bins: int = Field(10, ge=2, description="bins of the calibration curve")
-
-
-class TrainSpec(_Section):
-    """The ``train`` section of a job spec (``radcluster train``)."""
-
-    target: str | None = Field(None, description="target column (store or clinical table); kmeans: optional")
-    task: Literal["auto", "binary", "multiclass", "regression", "survival", "clustering"] = Field(
-        "auto", description="auto: survival when 'event' is set, else from the target's values")
-    event: str | None = Field(None, description="survival: event column (1 event, 0 censored)")
-    clinical: str | None = Field(None, description="CSV/Parquet keyed by case_id with target columns")
-    labels: Literal["rows", "pivot"] = Field(
-        "rows", description="multi-label stores: one row per (case, label), or pivot to one per case")
-    model: str = Field("xgboost", description="xgboost, logistic_regression, random_forest, svm, "
-                                              "naive_bayes, decision_tree, ridge, kmeans")
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict,
-                                              description="per-model parameters, keyed by model name")
-    preprocess: PreprocessSpec = PreprocessSpec()
-    cv: CVSpec = CVSpec()
-    metrics: MetricsSpec = MetricsSpec()
-    max_gather_mb: float = Field(512.0, gt=0, description="largest matrix gathered for scikit-learn models")
-    persist: bool = Field(True, description="keep the training matrix in cluster memory while training")
-    shuffle_target: bool = Field(False, description="permute the target across patients (a leak check)")
-    report: bool = Field(True, description="write report.html into the version")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        if v not in learn.MODELS:
-            import difflib
-
-            close = difflib.get_close_matches(v, learn.MODELS, n=1)
-            raise ValueError("unknown model" + (f"; did you mean {close[0]!r}?" if close
-                                                else f"; one of {', '.join(learn.MODELS)}"))
-        return v
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        unknown = [k for k in v if k not in learn.MODELS]
-        if unknown:
-            raise ValueError(f"keys are model names ({', '.join(learn.MODELS)}); unknown: {', '.join(unknown)}")
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TrainSpec:
-        if self.target is None and self.model != "kmeans":
-            raise ValueError("'target' is required (only model 'kmeans' trains without one)")
-        if self.task == "survival" and self.event is None:
-            raise ValueError("task 'survival' needs 'event' (and 'target' as the time column)")
-        if self.model == "kmeans" and self.task not in ("auto", "clustering") or (
-                self.task == "clustering" and self.model != "kmeans"):
-            raise ValueError("task 'clustering' goes with model 'kmeans' and only with it")
-        return self
-
-    def resolved_task(self) -> str | None:
-        if self.model == "kmeans":
-            return "clustering"
-        if self.event is not None:
-            return "survival"
-        return None if self.task == "auto" else self.task
-
-    def digest(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "train") -> TrainSpec:
-    """Validate a ``train`` mapping; :class:`SpecError` names every bad key and the closest valid one."""
-    import difflib
-
-    if isinstance(data, TrainSpec):
-        return data
-    try:
-        return TrainSpec.model_validate(data or {})
-    except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                section: type[BaseModel] = TrainSpec
-                for part in e["loc"][:-1]:
-                    ann = section.model_fields[str(part)].annotation if part in section.model_fields else None
-                    section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else section
-                valid = list(section.model_fields)
-                close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-                lines.append(f"unknown key {source}.{loc!s}; {hint}")
-            elif not loc:  # a rule across keys
-                lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
-            else:
-                lines.append(f"key {source}.{loc!s}: {e['msg'].removeprefix('Value error, ')} "
-                             f"(got {e.get('input')!r})")
-        raise SpecError("invalid training config:\n" + "\n".join(f"  - {x}" for x in lines)) from None
-
-
-# --- data ------------------------------------------------------------------------------------
-@dataclass
-class TrainingData:
-    """The matrix (dask, rows x features) and everything row-aligned with it."""
-
-    X: Any
-    rows: pd.DataFrame  # case_id, label and the needed columns, one per matrix row
-    feature_names: list[str]
-    groups: np.ndarray
-    target: learn.Target
-    batch: np.ndarray | None
-    left_out: pd.DataFrame  # case_id, label, reason
-    pivot_labels: list[int] | None
-    params_hashes: list[str]
-
-
-def _read_store_columns(store, columns: list[str]) -> pd.DataFrame:
-    """The current (case_id, label) rows of the store's Parquet parts, with only ``columns``.
-
-    Reads the needed columns only (not the features), keeping the newest extraction of each
-    row as :meth:`radcluster.store.Store.features` does.
-    """
-    import pyarrow.parquet as pq
-
-    keys = ["case_id", "label", "extracted_at"]
-    frames = []
-    for path in store._parts("features"):
-        with store.fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            present = [c for c in (*keys, *columns) if c in pf.schema_arrow.names]
-            frames.append(pf.read(columns=present).to_pandas())
-    if not frames:
-        return pd.DataFrame({"case_id": pd.Series(dtype=str), "label": pd.Series(dtype="int64")})
-    frame = pd.concat(frames, ignore_index=True, sort=False)
-    if "extracted_at" in frame:
-        frame = frame.sort_values("extracted_at", kind="stable")
-    frame = frame.drop_duplicates(["case_id", "label"], keep="last").drop(columns="extracted_at",
-                                                                          errors="ignore")
-    frame["case_id"] = frame["case_id"].astype(str)
-    return frame
-
-
-def _read_clinical(path: str) -> pd.DataFrame:
-    try:
-        if path.lower().endswith((".parquet", ".pq")):
-            table = pd.read_parquet(path)
-        else:
-            table = pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",",
-                                dtype={"case_id": str})
-    except FileNotFoundError:
-        raise ModelError(f"clinical table {path!r} does not exist") from None
-    except Exception as err:  # pandas raises many types for unreadable tables
-        raise ModelError(f"clinical table {path!r} is not a readable CSV/Parquet table: {err}") from None
-    if "case_id" not in table.columns:
-        raise ModelError(f"clinical table {path!r} has no 'case_id' column; found {', '.join(table.columns)}")
-    table["case_id"] = table["case_id"].astype(str)
-    dup = table["case_id"][table["case_id"].duplicated()].unique().tolist()
-    if dup:
-        raise ModelError(f"clinical table {path!r}: duplicate case_id(s) {dup[:5]}")
-    return table
-
-
-def _pivot(X, rows: pd.DataFrame, names: list[str], labels: list[int] | None = None):
-    """One row per case: the features of every label side by side as ``<feature>@<label>``.
-
-    A case without some label gets NaN for that label's features (imputed or dropped later).
-    """
-    import dask.array as da
-
-    cases = np.array(sorted(rows["case_id"].unique()))
-    labels = sorted(int(v) for v in rows["label"].unique()) if labels is None else list(labels)
-    case_pos = pd.Index(cases).get_indexer(rows["case_id"])
-    blocks, out_names = [], []
-    for lab in labels:
-        pos = np.full(len(cases), -1)
-        sel = np.flatnonzero(rows["label"].to_numpy() == lab)
-        pos[case_pos[sel]] = sel
-        present = pos >= 0
-        block = X[np.where(present, pos, 0)]
-        blocks.append(da.where(present[:, None], block, np.nan) if not present.all() else block)
-        out_names += [f"{n}@{lab}" for n in names]
-    first = rows.groupby("case_id", sort=True).first().reindex(cases).reset_index()
-    first["label"] = 0  # a pivoted row stands for the whole case
-    return da.concatenate(blocks, axis=1), first, out_names, labels
-
-
-def _infer_task(values: pd.Series) -> str:
-    uniq = values.dropna().unique()
-    if len(uniq) < 2:
-        raise ModelError(f"target {values.name!r} has {len(uniq)} distinct value(s); nothing to learn")
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if len(uniq) == 2:
-        return "binary"
-    if not numeric:
-        return "multiclass"
-    integral = np.all(np.asarray(uniq, dtype=float) == np.round(np.asarray(uniq, dtype=float)))
-    return "multiclass" if integral and len(uniq) <= 10 else "regression"
-
-
-def _make_target(frame: pd.DataFrame, spec: TrainSpec, task: str) -> learn.Target:
-    if task == "clustering":
-        raw = frame[spec.target].to_numpy() if spec.target else None
-        return learn.Target(task, None, raw=raw)
-    values = frame[spec.target]
-    if pd.api.types.is_float_dtype(values) and (values == values.round()).all():
-        values = values.astype("int64")  # 0.0/1.0 from a column that had gaps: classes 0 and 1
-    if task in ("binary", "multiclass"):
-        classes = np.unique(values.to_numpy())
-        y = np.searchsorted(classes, values.to_numpy())
-        if task == "binary" and len(classes) != 2:
-            raise ModelError(f"task 'binary': target {spec.target!r} has {len(classes)} classes {classes[:5]}")
-        return learn.Target(task, y, classes=classes, strata=y, raw=values.to_numpy())
-    y = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-    if np.isnan(y).any():
-        raise ModelError(f"task {task!r}: target {spec.target!r} is not numeric")
-    if task == "regression":
-        return learn.Target(task, y, raw=y)
-    event = pd.to_numeric(frame[spec.event], errors="coerce").to_numpy(dtype=float)
-    if not np.isin(event, (0, 1)).all():
-        raise ModelError(f"survival: event column {spec.event!r} must hold 0 (censored) or 1 (event)")
-    if (y <= 0).any():
-        raise ModelError(f"survival: time column {spec.target!r} must be > 0")
-    event = event.astype(int)
-    return learn.Target(task, np.where(event == 1, y, -y), time=y, event=event, strata=event, raw=y)
-
-
-def _groups(frame: pd.DataFrame, group: str) -> np.ndarray:
-    if group == "none":
-        return np.arange(len(frame))
-    if group == "auto":
-        if "patient_id" in frame and frame["patient_id"].notna().any():
-            return frame["patient_id"].astype("string").fillna(frame["case_id"]).astype(str).to_numpy()
-        return frame["case_id"].astype(str).to_numpy()
-    if group not in frame:
-        raise ModelError(f"cv.group: column {group!r} is not in the store or clinical table")
-    return frame[group].astype("string").fillna(frame["case_id"]).astype(str).to_numpy()
-
-
-def _shuffle_by_group(frame: pd.DataFrame, columns: list[str], groups: np.ndarray, seed: int) -> pd.DataFrame:
-    """Permute the target columns across groups: a patient keeps one (someone else's) value."""
-    uniq, first = np.unique(groups, return_index=True)
-    perm = np.random.default_rng(seed).permutation(len(uniq))
-    code = np.searchsorted(uniq, groups)
-    frame = frame.copy()
-    for col in columns:
-        values = frame[col].to_numpy()[first][perm]
-        frame[col] = values[code]
-    return frame
-
-
-def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None = None) -> TrainingData:
-    """Join the store's matrix to the target; rows with a missing target are left out (logged).
-
-    Nothing of the matrix is read: ``X`` is a lazy dask array over ``matrix.zarr``.
-    """
-    from .store import open_store
-
-    store = open_store(store_url)
-    X, rows, names = store.matrix()
-    rows = rows.assign(case_id=rows["case_id"].astype(str))
-    needed = [c for c in (spec.target, spec.event, spec.preprocess.combat, "patient_id",
-                          None if spec.cv.group in ("auto", "none") else spec.cv.group) if c]
-    table = _read_store_columns(store, needed)
-    frame = rows.merge(table, on=["case_id", "label"], how="left", validate="one_to_one")
-    clinical = clinical or spec.clinical
-    if clinical:
-        clin = _read_clinical(clinical)
-        overlap = [c for c in clin.columns if c != "case_id" and c in frame.columns]
-        if overlap:
-            logger.info("clinical table %s overrides store column(s) %s", clinical, overlap)
-        frame = frame.drop(columns=overlap).merge(clin, on="case_id", how="left")
-    pivot_labels = None
-    if spec.labels == "pivot":
-        X, frame, names, pivot_labels = _pivot(X, frame, names)
-    for col in needed:
-        if col != "patient_id" and col not in frame.columns:
-            where = "the store's carried columns" + (" or the clinical table" if clinical else "")
-            avail = [c for c in frame.columns if c not in ("case_id", "label")]
-            raise ModelError(f"column {col!r} is not in {where}; available: {', '.join(avail) or 'none'}")
-
-    required = [c for c in (spec.target, spec.event, spec.preprocess.combat) if c]
-    missing = frame[required].isna().any(axis=1).to_numpy() if required else np.zeros(len(frame), bool)
-    left_out = frame.loc[missing, ["case_id", "label"]].assign(reason="missing " + "/".join(required))
-    if missing.any():
-        logger.warning("left out %d of %d row(s) with a missing %s", int(missing.sum()), len(frame),
-                       " or ".join(repr(c) for c in required))
-    keep = np.flatnonzero(~missing)
-    frame = frame.iloc[keep].reset_index(drop=True)
-    X = X[keep] if missing.any() else X
-    if len(frame) < 3:
-        raise ModelError(f"only {len(frame)} row(s) with a target in store {store_url!r}; need at least 3")
-    groups = _groups(frame, spec.cv.group)
-    task = spec.resolved_task() or _infer_task(frame[spec.target])
-    if spec.shuffle_target and spec.target:
-        # by patient whatever cv.group says: a patient's scans keep sharing one (permuted) value
-        frame = _shuffle_by_group(frame, [c for c in (spec.target, spec.event) if c], _groups(frame, "auto"),
-                                  spec.cv.seed)
-    target = _make_target(frame, spec, task)
-    learn.check_model(spec.model, task, spec.params.get(spec.model, {}))
-    batch = frame[spec.preprocess.combat].astype(str).to_numpy() if spec.preprocess.combat else None
-    hashes = _matrix_hashes(store)
-    return TrainingData(X, frame, names, groups, target, batch, left_out, pivot_labels, hashes)
-
-
-def _matrix_hashes(store) -> list[str]:
-    import zarr
-
-    with contextlib.suppress(Exception):
-        group = zarr.open_group(store=store._zarr_store(store._path("matrix.zarr")), mode="r")
-        return list(group.attrs.get("params_hashes", []))
-    return []
 
 
 # --- training --------------------------------------------------------------------------------
@@ -410,7 +56,7 @@ class TrainResult:
         m = self.metrics
         main = m["main_metric"]
         lines = [f"model version: {self.version}"]
-        for part in ("cv", "test"):
+        for part in ("cv", "test", "train"):
             block = m.get(part)
             if block:
                 ci = block.get(f"{main}_ci") or [None, None]
@@ -664,14 +310,14 @@ def predict_store(version_path: str | os.PathLike, store_url: str, *, out: str |
     feats = version.features
     combat = feats.get("combat")
     if combat or feats.get("pivot_labels"):
-        extra = _read_store_columns(store, [combat] if combat else [])
+        extra = read_store_columns(store, [combat] if combat else [])
         rows = rows.merge(extra, on=["case_id", "label"], how="left")
         if clinical:
-            clin = _read_clinical(clinical)
+            clin = read_clinical(clinical)
             rows = rows.drop(columns=[c for c in clin.columns if c != "case_id" and c in rows]).merge(
                 clin, on="case_id", how="left")
     if feats.get("pivot_labels"):
-        X, rows, names, _ = _pivot(X, rows, names, feats["pivot_labels"])
+        X, rows, names, _ = pivot_by_label(X, rows, names, feats["pivot_labels"])
     wanted = feats["input"]
     position = {n: i for i, n in enumerate(names)}
     missing = [f for f in wanted if f not in position]
@@ -683,7 +329,7 @@ def predict_store(version_path: str | os.PathLike, store_url: str, *, out: str |
     idx = np.array([position[f] for f in wanted])
     if not np.array_equal(idx, np.arange(len(names))):
         X = X[:, idx]
-    hashes = set(_matrix_hashes(store))
+    hashes = set(matrix_params_hashes(store))
     trained = set(version.meta.get("store_params_hashes") or [])
     if hashes and trained and not hashes <= trained:
         logger.warning("store %s was extracted with params %s, the model with %s: features may differ",
@@ -710,11 +356,12 @@ def predict_store(version_path: str | os.PathLike, store_url: str, *, out: str |
 
 
 # --- demo ------------------------------------------------------------------------------------
+# Two dozen cases: boosted stumps on a few PCA scores, a model small enough for that many.
 DEMO_SPEC = {
     "target": "outcome",
     "model": "xgboost",
-    "params": {"xgboost": {"n_estimators": 200, "max_depth": 2, "learning_rate": 0.1}},
-    "preprocess": {"pca": 0.95, "pca_max_components": 10},
+    "params": {"xgboost": {"n_estimators": 100, "max_depth": 1, "learning_rate": 0.1}},
+    "preprocess": {"pca": 0.9, "pca_max_components": 10},
     "cv": {"folds": 5, "seed": 0},
     "metrics": {"bootstrap": 500},
 }

@@ -183,6 +183,9 @@ def test_splits_are_grouped_and_stratified():
 
 
 def test_model_names_tasks_and_params_are_checked():
+    from radcluster import _models
+
+    assert set(_models.MODELS) == {"xgboost", "kmeans", *_models._SKLEARN}  # the spec's list is complete
     with pytest.raises(ModelError, match="did you mean 'random_forest'"):
         make_model("random_forrest", "binary").fit(np.zeros((4, 2)), np.array([0, 1, 0, 1]))
     with pytest.raises(ModelError, match="did you mean 'max_depth'"):
