@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "run_train"]
 
 # Same values as radcluster.cli (which this module must not import: the CLI sits on top).
 EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
@@ -62,9 +62,6 @@ def _fmt(value: Any) -> str:
 
 # --- train -----------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .errors import ModelError
-    from .train import parse_train_spec, train_job
-
     flags = {
         "train.target": args.target, "train.model": args.model, "train.task": args.task,
         "train.event": args.event, "train.clinical": _abs(args.clinical),
@@ -79,9 +76,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.pca is not None and args.pca.lower() in ("none", "off"):
         job = job.model_copy(update={"train": {**(job.train or {}), "preprocess": {
             **((job.train or {}).get("preprocess") or {}), "pca": None}}})
+    return run_train(job)
+
+
+def run_train(job) -> int:
+    """Run a ``kind: train`` job spec, printing progress; for ``radcluster train`` and ``radcluster run``.
+
+    A missing registry defaults to ``./models``; data problems found before training
+    (missing target column, unknown model for the task) exit with ``EXIT_INVALID``.
+    """
+    import sys
+
+    from .errors import ModelError
+    from .train import parse_train_spec, train_job
+
     parse_train_spec(job.train)  # config errors: SpecError -> exit 2 in cli.main
-    registry = job.resolve(job.registry) or str(Path("models").absolute())
-    job = job.model_copy(update={"registry": registry})
+    if job.registry is None:
+        job = job.model_copy(update={"registry": str(Path("models").absolute())})
 
     def on_fold(k: int, m: dict[str, Any]) -> None:
         main = m.get("roc_auc", m.get("c_index", m.get("r2")))
@@ -93,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train_job(job, on_dashboard=on_dashboard, on_fold=on_fold)
     except ModelError as err:
-        print(f"error: {err}", file=__import__("sys").stderr)
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     print(result.text())
     return EXIT_OK
