@@ -89,6 +89,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job, overrides=_cluster_overrides(args))
     if job.kind == "extract":
         return _run_extraction(job)
+    if job.kind == "train":
+        from .train import train_job
+
+        print(train_job(job, on_dashboard=_print_dashboard).text())
+        return EXIT_OK
     raise RadclusterError(f"job kind {job.kind!r} ({args.job}) is not available in this version")
 
 
@@ -137,8 +142,11 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .cluster import connect, dashboard_link
     from .demo import prepare_demo
+    from .run import extract_job
     from .spec import build_job
+    from .train import demo_train
 
     out = Path(args.out).absolute()
     manifest = prepare_demo(out, n_cases=args.cases, seed=args.seed)
@@ -146,11 +154,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides = {"kind": "extract", "manifest": str(manifest), "store": str(out / "store"),
                  **_cluster_overrides(args)}
     job = build_job({}, overrides=overrides, source="demo")
-    code = _run_extraction(job)
-    print(f"features: {out / 'store' / 'features'}\nmatrix:   {out / 'store' / 'matrix.zarr'}")
-    print("open it: python -c \"import radcluster; print(radcluster.open_store("
+    # one cluster for the whole pipeline: extraction, then training on the same workers
+    with connect(job.cluster) as client:
+        _print_dashboard(dashboard_link(client))
+        summary = extract_job(job, progress=_progress, client=client)
+        print(summary.text())
+        version, auc, report = demo_train(str(out / "store"), str(out / "models"), client)
+    print(f"model:    {version}")
+    print(f"cross-validated ROC AUC (xgboost on the synthetic outcome): {auc:.3f}")
+    if report is not None:
+        print(f"report:   {report}")
+    print("open the store: python -c \"import radcluster; print(radcluster.open_store("
           f"'{out / 'store'}').features().head())\"")
-    return code
+    return EXIT_OK if summary.ok else EXIT_FAILURES
 
 
 def _ibsi_arg(value: str):
@@ -212,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate a demo cohort (synthetic + real samples) and extract it")
     p.add_argument("--out", default="radcluster-demo", help="folder for the cohort and the store")
-    p.add_argument("--cases", type=int, default=24, help="synthetic cases")
+    p.add_argument("--cases", type=int, default=60, help="synthetic cases")
     p.add_argument("--seed", type=int, default=0)
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_demo)
@@ -247,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ibsi", help="IBSI compliance report against the IBSI reference values")
     ibsi.add_arguments(p)
     p.set_defaults(func=ibsi.run)
+
+    from ._cli_models import add_commands
+
+    add_commands(sub)
 
     config = sub.add_parser("config", help="job spec defaults").add_subparsers(dest="config_cmd", required=True)
     p = config.add_parser("defaults", help="print every job key with its default and meaning")
