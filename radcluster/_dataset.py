@@ -6,7 +6,6 @@ features); the feature matrix stays a dask array over ``matrix.zarr``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -40,27 +39,10 @@ class TrainingData:
 
 
 def read_store_columns(store, columns: list[str]) -> pd.DataFrame:
-    """The current (case_id, label) rows of the store's Parquet parts, with only ``columns``.
-
-    Reads the needed columns only (not the features), keeping the newest extraction of each
-    row as :meth:`radcluster.store.Store.features` does.
-    """
-    import pyarrow.parquet as pq
-
-    keys = ["case_id", "label", "extracted_at"]
-    frames = []
-    for path in store._parts("features"):
-        with store.fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            present = [c for c in (*keys, *columns) if c in pf.schema_arrow.names]
-            frames.append(pf.read(columns=present).to_pandas())
-    if not frames:
+    """The current (case_id, label) rows of the store with only ``columns`` (not the features)."""
+    frame = store.features(columns).drop(columns="extracted_at", errors="ignore")
+    if frame.empty:
         return pd.DataFrame({"case_id": pd.Series(dtype=str), "label": pd.Series(dtype="int64")})
-    frame = pd.concat(frames, ignore_index=True, sort=False)
-    if "extracted_at" in frame:
-        frame = frame.sort_values("extracted_at", kind="stable")
-    frame = frame.drop_duplicates(["case_id", "label"], keep="last").drop(columns="extracted_at",
-                                                                          errors="ignore")
     frame["case_id"] = frame["case_id"].astype(str)
     return frame
 
@@ -228,9 +210,4 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
 
 
 def matrix_params_hashes(store) -> list[str]:
-    import zarr
-
-    with contextlib.suppress(Exception):
-        group = zarr.open_group(store=store._zarr_store(store._path("matrix.zarr")), mode="r")
-        return list(group.attrs.get("params_hashes", []))
-    return []
+    return list(store.matrix_attrs().get("params_hashes", []))

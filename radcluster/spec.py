@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._train_spec import TrainSpec
 from .errors import SpecError
 
 __all__ = [
@@ -142,7 +143,7 @@ class JobSpec(_Section):
     registry: str | None = Field(None, description="model registry folder or URL")
     extraction: ExtractionSpec = ExtractionSpec()
     cluster: ClusterSpec = LocalClusterSpec()
-    train: dict[str, Any] | None = Field(None, description="training section (see `radcluster train`)")
+    train: TrainSpec | None = Field(None, description="training section (see jobs/train.yaml)")
     base_dir: str | None = Field(None, exclude=True, description="folder relative paths resolve against")
 
     @field_validator("manifest", "store", "registry")
@@ -331,14 +332,16 @@ def defaults_yaml() -> str:
                     lines.append(f"{pad}  # --- kind: {kind}: {spec.__doc__.strip().splitlines()[0]}")
                     emit(spec, indent + 2)
                 continue
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                lines.append(f"{pad}{name}:")
-                emit(ann, indent + 2)
+            section = next((a for a in (ann, *getattr(ann, "__args__", ()))
+                            if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if section is not None:
+                lines.append(f"{pad}{name}:" + ("   # optional section" if section is not ann else ""))
+                emit(section, indent + 2)
                 continue
             if f.is_required():
                 lines.append(f"{pad}{name}:   # required: {f.description}")
                 continue
-            default = f.get_default()
+            default = f.get_default(call_default_factory=True)
             value = yaml.safe_dump(list(default) if isinstance(default, tuple) else default,
                                    default_flow_style=True).strip().removesuffix("...").strip()
             comment = f"  # {f.description}" if f.description else ""

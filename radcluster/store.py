@@ -111,11 +111,11 @@ class Store:
         for path in self._parts(table):
             with self.fs.open(path, "rb") as f:
                 try:
-                    part = pq.read_table(f)
+                    pf = pq.ParquetFile(f)
+                    wanted = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+                    part = pf.read(columns=wanted)
                 except (pa.ArrowInvalid, OSError) as err:
                     raise StoreError(f"store {self.url!r}: part {path!r} is not readable Parquet: {err}") from err
-            if columns is not None:
-                part = part.select([c for c in columns if c in part.column_names])
             frames.append(part.to_pandas())
         if not frames:
             return pd.DataFrame(columns=list(columns) if columns else [])
@@ -141,12 +141,14 @@ class Store:
             names.update(meta.get("ibsi_names", {}))
         return names
 
-    def features(self, *, all_versions: bool = False) -> pd.DataFrame:
+    def features(self, columns: Sequence[str] | None = None, *, all_versions: bool = False) -> pd.DataFrame:
         """The current features: one row per (case_id, label), the newest extraction of each.
 
+        ``columns`` reads only those columns (plus the row keys) from the Parquet parts;
         ``all_versions=True`` returns every row ever written, superseded ones included.
         """
-        frame = self._read("features")
+        wanted = None if columns is None else list(dict.fromkeys([*ID_COLUMNS, "extracted_at", *columns]))
+        frame = self._read("features", columns=wanted)
         if frame.empty or all_versions:
             return frame
         frame = frame.sort_values("extracted_at", kind="stable")
@@ -223,13 +225,19 @@ class Store:
             return LocalStore(path)
         return FsspecStore.from_url(self.fs.unstrip_protocol(path))
 
+    def matrix_attrs(self) -> dict[str, Any]:
+        """The matrix's attributes (feature_names, rows, params_hashes, built_at); {} without one."""
+        import zarr
+
+        if not self.has_matrix():
+            return {}
+        return dict(zarr.open_group(store=self._zarr_store(self._path("matrix.zarr")), mode="r").attrs)
+
     def has_matrix(self) -> bool:
         return self.fs.exists(self._path("matrix.zarr", "zarr.json"))
 
     def matrix_rows(self) -> int:
-        import zarr
-
-        return int(zarr.open_group(store=self._zarr_store(self._path("matrix.zarr")), mode="r").attrs["rows"])
+        return int(self.matrix_attrs()["rows"])
 
     def matrix(self):
         """The feature matrix as a dask array, with its row ids and feature names.
