@@ -15,36 +15,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._cli_common import EXIT_INVALID, EXIT_OK, print_dashboard
+from ._cli_common import add_cluster_flags as _add_cluster_flags
+from ._cli_common import cluster_overrides as _cluster_overrides
+
 __all__ = ["add_commands", "run_train"]
-
-# Same values as radcluster.cli (which this module must not import: the CLI sits on top).
-EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
-
 
 def _abs(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
     return str(Path(path).absolute())
-
-
-def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster (default: a LocalCluster sized to this machine)")
-    g.add_argument("--scheduler-address", help="use a running Dask scheduler, e.g. tcp://host:8786")
-    g.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    g.add_argument("--threads-per-worker", type=int, help="threads per local worker (default 1)")
-    g.add_argument("--memory-limit", help="per-worker memory limit, e.g. 4GiB (default auto)")
-    g.add_argument("--dashboard-address", help="dashboard bind (default 127.0.0.1:8787; ':0' any port)")
-
-
-def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    if getattr(args, "scheduler_address", None):
-        return {"cluster": {"kind": "address", "address": args.scheduler_address}}
-    out: dict[str, Any] = {}
-    for flag in ("workers", "threads_per_worker", "memory_limit", "dashboard_address"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            out[f"cluster.{flag}"] = value
-    return out
 
 
 def _build(args: argparse.Namespace, kind: str, overrides: dict[str, Any]):
@@ -98,11 +78,8 @@ def run_train(job) -> int:
         main = m.get("roc_auc", m.get("c_index", m.get("r2")))
         print(f"fold {k + 1}: {_fmt(main)} on {m.get('n')} row(s) (trained on {m.get('n_train')})", flush=True)
 
-    def on_dashboard(link: str | None) -> None:
-        print(f"Dask dashboard: {link or 'not available (install bokeh>=3.1)'}", flush=True)
-
     try:
-        result = train_job(job, on_dashboard=on_dashboard, on_fold=on_fold)
+        result = train_job(job, on_dashboard=print_dashboard, on_fold=on_fold)
     except ModelError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID

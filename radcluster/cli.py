@@ -12,50 +12,22 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from ._cli_common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME
+from ._cli_common import add_cluster_flags as _add_cluster_flags
+from ._cli_common import cluster_overrides as _cluster_overrides
+from ._cli_common import print_dashboard as _print_dashboard
 from .errors import RadclusterError
 
 logger = logging.getLogger("radcluster")
-
-# Exit codes: 0 all done, 1 some scans failed (the rest is in the store), 2 bad input
-# (spec, manifest, params) found before any work started, 3 cluster/store problems.
-EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
-
 
 def _progress(iterator, total: int):
     from tqdm import tqdm
 
     return tqdm(iterator, total=total, unit="scan", file=sys.stderr, dynamic_ncols=True,
                 disable=None)  # disable=None: a bar on a terminal, nothing in CI logs
-
-
-def _print_dashboard(link: str | None) -> None:
-    print(f"Dask dashboard: {link or 'not available (install bokeh>=3.1)'}", flush=True)
-
-
-def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if getattr(args, "scheduler_address", None):
-        out["cluster"] = {"kind": "address", "address": args.scheduler_address}
-        return out
-    for flag, key in (("workers", "workers"), ("threads_per_worker", "threads_per_worker"),
-                      ("memory_limit", "memory_limit"), ("dashboard_address", "dashboard_address")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            out[f"cluster.{key}"] = value
-    return out
-
-
-def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster (default: a LocalCluster sized to this machine)")
-    g.add_argument("--scheduler-address", help="use a running Dask scheduler, e.g. tcp://host:8786")
-    g.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    g.add_argument("--threads-per-worker", type=int, help="scans run at once per worker (default 1)")
-    g.add_argument("--memory-limit", help="per-worker memory limit, e.g. 4GiB (default auto)")
-    g.add_argument("--dashboard-address", help="dashboard bind (default 127.0.0.1:8787; ':0' any port)")
 
 
 def _run_extraction(job) -> int:
@@ -75,10 +47,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                  "extraction.label_table": args.label_table,
                  "extraction.fast": False if args.plain else None,
                  "extraction.ibsi": args.ibsi}
-    cluster = _cluster_overrides(args)
-    if "cluster" in cluster:
-        overrides["cluster"] = cluster.pop("cluster")
-    overrides.update(cluster)
+    overrides.update(_cluster_overrides(args))
     job = build_job({}, overrides=overrides, source="command line")
     return _run_extraction(job)
 
@@ -90,10 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if job.kind == "extract":
         return _run_extraction(job)
     if job.kind == "train":
-        from .train import train_job
+        from ._cli_models import run_train
 
-        print(train_job(job, on_dashboard=_print_dashboard).text())
-        return EXIT_OK
+        return run_train(job)
     raise RadclusterError(f"job kind {job.kind!r} ({args.job}) is not available in this version")
 
 
