@@ -91,7 +91,7 @@ def pivot_by_label(X, rows: pd.DataFrame, names: list[str], labels: list[int] | 
     return da.concatenate(blocks, axis=1), first, out_names, labels
 
 
-def _infer_task(values: pd.Series) -> str:
+def infer_task(values: pd.Series) -> str:
     uniq = values.dropna().unique()
     if len(uniq) < 2:
         raise ModelError(f"target {values.name!r} has {len(uniq)} distinct value(s); nothing to learn")
@@ -197,7 +197,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     if len(frame) < 3:
         raise ModelError(f"only {len(frame)} row(s) with a target in store {store_url!r}; need at least 3")
     groups = _groups(frame, spec.cv.group)
-    task = spec.resolved_task() or _infer_task(frame[spec.target])
+    task = spec.resolved_task() or infer_task(frame[spec.target])
     if spec.shuffle_target and spec.target:
         # by patient whatever cv.group says: a patient's scans keep sharing one (permuted) value
         frame = _shuffle_by_group(frame, [c for c in (spec.target, spec.event) if c], _groups(frame, "auto"),

@@ -62,7 +62,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ._cli_models import run_train
 
         return run_train(job)
+    if job.kind == "retrain":
+        return _retrain(job)
     raise RadclusterError(f"job kind {job.kind!r} ({args.job}) is not available in this version")
+
+
+def _retrain(job) -> int:
+    from .retrain import retrain_job
+
+    print(retrain_job(job, on_dashboard=_print_dashboard).text())
+    return EXIT_OK
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .spec import load_job
+
+    job = load_job(args.job, overrides={"kind": "retrain", **_cluster_overrides(args)})
+    return _retrain(job)
 
 
 def cmd_cohort_scan(args: argparse.Namespace) -> int:
@@ -193,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("retrain", help="extract what is new, train a challenger, promote it if not worse")
+    p.add_argument("job", help="job spec (jobs/retrain.yaml)")
+    _add_cluster_flags(p)
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("demo", help="generate a demo cohort (synthetic + real samples) and extract it")
     p.add_argument("--out", default="radcluster-demo", help="folder for the cohort and the store")

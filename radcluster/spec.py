@@ -134,6 +134,14 @@ class ExtractionSpec(_Section):
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")
 
 
+class RetrainSpec(_Section):
+    """How a retrain decides whether the new model replaces the champion."""
+
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="patients drawn once per registry as hold-out")
+    margin: float = Field(0.0, ge=0, description="promote when challenger >= champion - margin")
+    seed: int = Field(0, ge=0, description="seed of the hold-out draw")
+
+
 class JobSpec(_Section):
     """A whole job: what to run, on what, where."""
 
@@ -144,6 +152,7 @@ class JobSpec(_Section):
     extraction: ExtractionSpec = ExtractionSpec()
     cluster: ClusterSpec = LocalClusterSpec()
     train: TrainSpec | None = Field(None, description="training section (see jobs/train.yaml)")
+    retrain: RetrainSpec = RetrainSpec()
     base_dir: str | None = Field(None, exclude=True, description="folder relative paths resolve against")
 
     @field_validator("manifest", "store", "registry")
