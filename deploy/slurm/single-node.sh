@@ -74,7 +74,9 @@ start_munge() {
 
 write_conf() {
   local cpus mem_mb tmp
-  cpus=$(nproc)
+  # nproc obeys OMP_NUM_THREADS, which Dask and test runners set to 1 in their processes: the
+  # node must advertise its real cores, or SLURM fits fewer jobs than the machine can run
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   mem_mb=${RADCLUSTER_SLURM_MEM_MB:-$(awk '/^MemTotal:/ {print int($2 / 1024 * 3 / 4)}' /proc/meminfo)}
   mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$STATE/log"
   tmp=$(mktemp)
