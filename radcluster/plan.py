@@ -33,6 +33,7 @@ __all__ = ["Task", "Plan", "make_plan", "file_stat", "estimate_bytes"]
 _SMALL_FILE = 1 << 20
 _BATCH_BYTES = 4 << 20
 _BATCH_MAX = 16
+_TASKS_PER_SLOT = 10
 
 # Working copies per voxel, in float64-equivalents, by image type: the decoded image and its
 # uint32 mask, one filtered image at a time, and pywt's stationary wavelet transform, which
@@ -99,17 +100,21 @@ def _header_voxels(path: str) -> tuple[int, int] | None:
 def estimate_bytes(scan: Scan, image_types: Iterable[str], file_size: int) -> int:
     """Peak memory of extracting ``scan``: image + uint32 mask + float64 working copies.
 
-    Remote images are not opened here; their size is taken as four times the file size
-    (typical compression of CT/MR), which errs on the side of caution for compressed files.
+    The header is read for files of 1 MB and more and for detached headers (``.nhdr``,
+    ``.mhd``, ``.hdr``), whose own size says nothing of the data; reading a compressed header
+    costs milliseconds, which across a cohort of thousands of tiny scans would delay the first
+    task by a minute. Other images (small, or remote) are taken as four times their file size
+    (typical compression of CT/MR), which errs on the side of caution.
     """
-    header = _header_voxels(scan.image)
+    detached = scan.image.lower().endswith((".nhdr", ".mhd", ".hdr"))
+    header = _header_voxels(scan.image) if detached or file_size >= _SMALL_FILE else None
     voxels, itemsize = header if header else (max(file_size, 1) * 4 // 2, 2)
     copies = max((_FILTER_COPIES.get(t, 2) for t in image_types), default=1)
     return int(voxels * (itemsize + 4 + 8 * copies))
 
 
 def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_types: Iterable[str], *,
-              worker_memory: int | None = None) -> Plan:
+              worker_memory: int | None = None, slots: int = 1) -> Plan:
     """Decide, for every scan, whether and how it is extracted.
 
     Parameters
@@ -118,6 +123,10 @@ def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_type
         The store's current row keys (:meth:`radcluster.store.Store.row_keys`).
     worker_memory : int, optional
         Bytes the largest worker may use; scans estimated above it are not submitted.
+    slots : int
+        Tasks the cluster runs at once (worker threads); groups of tiny scans are kept small
+        enough that there are several tasks per slot, so no worker idles while another finishes
+        a long group at the end of the run.
     """
     image_types = list(image_types)
     same_params = stored[stored["params_hash"] == params_hash] if not stored.empty else stored
@@ -150,6 +159,8 @@ def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_type
         todo.append((scan, size, need, known))
 
     todo.sort(key=lambda t: -t[1])  # largest first: the last task to finish is a short one
+    n_small = sum(1 for t in todo if t[1] < _SMALL_FILE)
+    group_max = max(1, min(_BATCH_MAX, n_small // (_TASKS_PER_SLOT * max(slots, 1))))
     tasks: list[Task] = []
     group: list[tuple[Scan, int, int, dict]] = []
     for item in todo:
@@ -157,7 +168,7 @@ def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_type
             tasks.append(Task((item[0],), item[3], item[2]))
             continue
         group.append(item)
-        if sum(g[1] for g in group) >= _BATCH_BYTES or len(group) >= _BATCH_MAX:
+        if sum(g[1] for g in group) >= _BATCH_BYTES or len(group) >= group_max:
             tasks.append(_grouped(group))
             group = []
     if group:

@@ -147,14 +147,16 @@ class _Writer:
         self.last_flush = time.monotonic()
 
 
-def _worker_memory(client) -> tuple[int | None, bool]:
-    """(largest worker's memory in bytes, whether every worker advertises a MEMORY resource)."""
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+def _worker_memory(client) -> tuple[int | None, bool, int]:
+    """(largest worker's memory in bytes, whether every worker advertises a MEMORY resource,
+    worker threads in all)."""
+    workers = list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
     limits = [w.get("memory_limit") or 0 for w in workers]
     with_resource = [w.get("resources", {}).get("MEMORY") for w in workers]
     advertised = bool(with_resource) and all(with_resource)
     largest = max(with_resource) if advertised else (max(limits) if limits and all(limits) else None)
-    return (int(largest) if largest else None), advertised
+    threads = sum(int(w.get("nthreads", 1)) for w in workers)
+    return (int(largest) if largest else None), advertised, threads
 
 
 def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, client, *,
@@ -185,9 +187,10 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
 
-    memory, use_resources = _worker_memory(client)
+    memory, use_resources, threads = _worker_memory(client)
     plan: Plan = make_plan(cohort, store.row_keys(), settings.params_hash,
-                           get_extractor(settings.params_text).enabledImagetypes, worker_memory=memory)
+                           get_extractor(settings.params_text).enabledImagetypes, worker_memory=memory,
+                           slots=threads)
     logger.info("run %s: %d new, %d changed, %d unchanged (skipped), %d in %d task(s)", run_id,
                 len(plan.new), len(plan.changed), len(plan.skipped),
                 len(plan.new) + len(plan.changed) - len(plan.too_large), len(plan.tasks))
