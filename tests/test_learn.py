@@ -313,3 +313,24 @@ def test_combat_end_to_end_is_recorded(client, tmp_path):
     with pytest.raises(ModelError, match="column 'scanner' is not in"):
         train_store(str(tmp_path / "store"), {"target": "outcome", "preprocess": {"combat": "scanner"}},
                     client, tmp_path / "m")
+
+
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory):
+    X, columns = planted(90, 12, seed=4)
+    return matrix_store(tmp_path_factory.mktemp("every-model") / "store", X, columns)
+
+
+@pytest.mark.parametrize("model", ["logistic_regression", "svm", "naive_bayes", "decision_tree", "random_forest",
+                                   "xgboost"])
+def test_every_classifier_trains_registers_and_predicts(client, planted_store, tmp_path, model):
+    """Each model name of the pipeline, end to end: CV on planted signal, a version, predict."""
+    from radcluster.train import predict_store
+
+    spec = {"target": "outcome", "model": model, "cv": {"folds": 3}, **FAST}
+    result = train_store(str(planted_store), spec, client, tmp_path / "models")
+    assert result.metrics["cv"]["roc_auc"] > 0.8, (model, result.metrics["cv"])
+    pred = predict_store(result.version, str(planted_store))
+    assert len(pred) == 90 and pred["probability"].between(0, 1).all()
+    outcome = pd.DataFrame(planted(90, 12, seed=4)[1])["outcome"].to_numpy()
+    assert roc_auc_score(outcome, pred["probability"]) > 0.8  # the final model, on its training rows
