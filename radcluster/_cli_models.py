@@ -19,7 +19,7 @@ from ._cli_common import EXIT_INVALID, EXIT_OK, print_dashboard
 from ._cli_common import add_cluster_flags as _add_cluster_flags
 from ._cli_common import cluster_overrides as _cluster_overrides
 
-__all__ = ["add_commands", "run_train"]
+__all__ = ["add_commands", "run_train", "run_predict"]
 
 def _abs(path: str | None) -> str | None:
     if path is None or "://" in path:
@@ -95,24 +95,48 @@ def _pca_value(text: str) -> int | float | None:
 
 
 # --- predict ---------------------------------------------------------------------------------
-def cmd_predict(args: argparse.Namespace) -> int:
+def run_predict(job, *, clinical: str | None = None, trust: tuple[str, ...] = (), use_cluster: bool = True) -> int:
+    """Run a ``kind: predict`` job spec; for ``radcluster predict`` and ``radcluster run``.
+
+    ``predict.version: champion`` applies the registry's current champion (``champion.json``,
+    written by ``radcluster retrain``).
+    """
     import contextlib
+    import sys
 
     from .cluster import connect
-    from .errors import ModelError
+    from .errors import ModelError, SpecError
+    from .retrain import read_champion
     from .train import predict_store
 
-    job = _build(args, "predict", {"store": _abs(args.store)})
+    if job.store is None:
+        raise SpecError("a predict job needs 'store'")
+    version = job.predict.version
+    if version == "champion":
+        champion = read_champion(job.resolve(job.registry)) if job.registry else None
+        if champion is None:
+            raise SpecError("predict.version 'champion' needs a 'registry' with a champion "
+                            "(run `radcluster retrain` first) or a version folder")
+        version = champion["version"]
+    else:
+        version = job.resolve(version)
+    output = job.resolve(job.predict.output)
     try:
-        with connect(job.cluster) if not args.no_cluster else contextlib.nullcontext():
-            frame = predict_store(args.version, job.store, out=args.output, clinical=_abs(args.clinical),
-                                  trust=tuple(args.trust or ()))
+        with connect(job.cluster) if use_cluster else contextlib.nullcontext():
+            frame = predict_store(version, job.resolve(job.store), out=output, clinical=clinical, trust=trust)
     except ModelError as err:
-        print(f"error: {err}", file=__import__("sys").stderr)
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"wrote {args.output}: {len(frame)} prediction(s) from model {frame['model_version'].iloc[0]}"
-          if len(frame) else f"wrote {args.output}: no rows in the store")
+    print(f"wrote {output}: {len(frame)} prediction(s) from model {frame['model_version'].iloc[0]}"
+          if len(frame) else f"wrote {output}: no rows in the store")
     return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    job = _build(args, "predict", {"store": _abs(args.store), "predict.version": _abs(args.version),
+                                   "predict.output": _abs(args.output)})
+    return run_predict(job, clinical=_abs(args.clinical), trust=tuple(args.trust or ()),
+                       use_cluster=not args.no_cluster)
 
 
 # --- report, models --------------------------------------------------------------------------

@@ -64,7 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_train(job)
     if job.kind == "retrain":
         return _retrain(job)
-    raise RadclusterError(f"job kind {job.kind!r} ({args.job}) is not available in this version")
+    from ._cli_models import run_predict  # the spec admits no other kind than predict here
+
+    return run_predict(job)
 
 
 def _retrain(job) -> int:

@@ -142,6 +142,13 @@ class RetrainSpec(_Section):
     seed: int = Field(0, ge=0, description="seed of the hold-out draw")
 
 
+class PredictSpec(_Section):
+    """Which model version a predict job applies, and where the predictions go."""
+
+    version: str = Field("champion", description="model version folder, or 'champion' (the registry's)")
+    output: str = Field("predictions.parquet", description="predictions Parquet file")
+
+
 class JobSpec(_Section):
     """A whole job: what to run, on what, where."""
 
@@ -153,6 +160,7 @@ class JobSpec(_Section):
     cluster: ClusterSpec = LocalClusterSpec()
     train: TrainSpec | None = Field(None, description="training section (see jobs/train.yaml)")
     retrain: RetrainSpec = RetrainSpec()
+    predict: PredictSpec = PredictSpec()
     base_dir: str | None = Field(None, exclude=True, description="folder relative paths resolve against")
 
     @field_validator("manifest", "store", "registry")
