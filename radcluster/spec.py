@@ -177,27 +177,22 @@ class JobSpec(_Section):
         return str(Path(self.base_dir, path))
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a field annotated ``Section`` or ``Section | None``."""
+    return next((a for a in (annotation, *getattr(annotation, "__args__", ()))
+                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
 def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys at ``loc`` (used to suggest the closest one for an unknown key)."""
-    current: Any = model
+    """Valid keys at ``loc`` (used to suggest the closest one for an unknown key).
+
+    ``cluster`` sections depend on their kind and are answered by :func:`_cluster_fields`.
+    """
+    current: type[BaseModel] | None = model
     for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part)
-            if field is None:
-                # a discriminated-union member name (e.g. 'local') in the location
-                continue
-            ann = field.annotation
-            args = getattr(ann, "__args__", None)
-            current = next((a for a in args or () if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-            if ann is ClusterSpec or part == "cluster":
-                current = None
-        else:
-            current = None
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        field = current.model_fields.get(part) if current is not None and part != "cluster" else None
+        current = _section_model(field.annotation) if field is not None else None
+    return list(current.model_fields) if current is not None else []
 
 
 def _format_errors(err: ValidationError, source: str, model: type[BaseModel], raw: dict) -> str:
@@ -349,8 +344,7 @@ def defaults_yaml() -> str:
                     lines.append(f"{pad}  # --- kind: {kind}: {spec.__doc__.strip().splitlines()[0]}")
                     emit(spec, indent + 2)
                 continue
-            section = next((a for a in (ann, *getattr(ann, "__args__", ()))
-                            if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            section = _section_model(ann)
             if section is not None:
                 lines.append(f"{pad}{name}:" + ("   # optional section" if section is not ann else ""))
                 emit(section, indent + 2)
