@@ -21,7 +21,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,13 +121,17 @@ class Store:
             return pd.DataFrame(columns=list(columns) if columns else [])
         return pd.concat(frames, ignore_index=True, sort=False)
 
+    def _part_metadata(self) -> Iterator[dict[str, Any]]:
+        """radcluster's metadata of each features part (schema only, no rows are read)."""
+        for path in self._parts("features"):
+            with self.fs.open(path, "rb") as f:
+                yield json.loads((pq.read_schema(f).metadata or {}).get(_META_KEY, b"{}"))
+
     def feature_names(self, params_hashes: Sequence[str] | None = None) -> list[str]:
         """Feature columns in pyradiomics order (first seen first), of the parts written with
         ``params_hashes`` (default: every part)."""
         names: dict[str, None] = {}
-        for path in self._parts("features"):
-            with self.fs.open(path, "rb") as f:
-                meta = json.loads((pq.read_schema(f).metadata or {}).get(_META_KEY, b"{}"))
+        for meta in self._part_metadata():
             if params_hashes is None or meta.get("params_hash") in params_hashes:
                 names.update(dict.fromkeys(meta.get("features", [])))
         return list(names)
@@ -135,9 +139,7 @@ class Store:
     def ibsi_names(self) -> dict[str, str]:
         """pyradiomics feature name -> IBSI tag, as recorded in the parts' metadata."""
         names: dict[str, str] = {}
-        for path in self._parts("features"):
-            with self.fs.open(path, "rb") as f:
-                meta = json.loads((pq.read_schema(f).metadata or {}).get(_META_KEY, b"{}"))
+        for meta in self._part_metadata():
             names.update(meta.get("ibsi_names", {}))
         return names
 
