@@ -245,7 +245,6 @@ def _extract_labels(scan: Scan, image, mask, extractor, fast: bool, params_text:
                     ibsi: bool | str = False) -> dict[int, Any]:
     """features or a ScanError, per label."""
     import SimpleITK as sitk
-    from scipy import ndimage
 
     default_label = int(extractor.settings.get("label", 1))
     vector_mask = mask.GetNumberOfComponentsPerPixel() > 1
@@ -261,14 +260,42 @@ def _extract_labels(scan: Scan, image, mask, extractor, fast: bool, params_text:
             labels = _labels_of(scan, [], default_label)
         return {label: _plain(scan, image, mask, extractor, label) for label in labels}
 
-    mask = sitk.Cast(mask, sitk.sitkUInt32)
-    marr = sitk.GetArrayViewFromImage(mask)
-    objects = ndimage.find_objects(marr)
+    objects = _find_labels(scan, mask)
     present = [i + 1 for i, sl in enumerate(objects) if sl is not None]
     if not present:
         raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
     labels = _labels_of(scan, present, default_label)
     return _fast(scan, image, mask, extractor, labels, objects, present)
+
+
+def _find_labels(scan: Scan, mask) -> list[tuple[slice, ...] | None]:
+    """``ndimage.find_objects`` of the mask as pyradiomics sees it (cast to UInt32).
+
+    Casting a whole CT-sized mask and scanning it label by label was over a third of a lung
+    task; the non-zero bounding box (one pass) is usually a small block, so the labels are
+    found in that block only and the slices shifted back to the whole volume.
+    """
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    arr = sitk.GetArrayViewFromImage(mask)
+    if arr.dtype.kind not in "ui":
+        # a float mask's values are truncated by the cast, so find labels after it
+        arr = sitk.GetArrayViewFromImage(sitk.Cast(mask, sitk.sitkUInt32))
+    nonzero = arr != 0
+    box = []
+    for axis in range(arr.ndim):
+        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(arr.ndim) if a != axis)))
+        if hit.size == 0:
+            return []
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    block = arr[tuple(box)]
+    if block.dtype.kind == "i" and block.min() < 0:
+        raise ScanError(scan.case_id, "check", f"mask has negative values (minimum {block.min()}); labels must be "
+                        "non-negative integers", file=scan.mask)
+    return [None if sl is None else tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(sl, box,
+                                                                                                   strict=True))
+            for sl in ndimage.find_objects(block)]
 
 
 def _plain(scan: Scan, image, mask, extractor, label: int):
@@ -297,6 +324,7 @@ def _crop(image, lower: np.ndarray, upper: np.ndarray, pad: np.ndarray | int):
 
 def _fast(scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int]):
     """pyradiomics' ``execute`` steps on per-label crops, with shared work done once."""
+    import SimpleITK as sitk
     from radiomics import imageoperations
 
     base = dict(extractor.settings)
@@ -313,6 +341,9 @@ def _fast(scan: Scan, image, mask, extractor, labels: list[int], objects, presen
     out: dict[int, Any] = {}
     state: dict[int, tuple] = {}
     spacing = np.array(image.GetSpacing())
+    # pyradiomics casts every mask to UInt32; a crop is cast after cropping (the same voxels),
+    # but resampling computes its grid from the whole mask, which is then cast once.
+    whole_mask = sitk.Cast(mask, sitk.sitkUInt32) if resample else None
     for label in labels:
         kw = dict(base, label=label)
         if label not in present:
@@ -327,12 +358,13 @@ def _fast(scan: Scan, image, mask, extractor, labels: list[int], objects, presen
                 pad = np.ceil((int(base.get("padDistance", 5)) + 1) * new / spacing).astype(int) + _RESAMPLE_MARGIN
                 # The output grid is computed by pyradiomics from the full mask, exactly as in
                 # execute(); only the image it interpolates from is cropped.
-                image_l, mask_l = imageoperations.resampleImage(_crop(image, lower, upper, pad), mask, **kw)
+                image_l, mask_l = imageoperations.resampleImage(_crop(image, lower, upper, pad), whole_mask, **kw)
             elif pre_crop:
                 image_l = _crop(image, lower, upper, int(base.get("padDistance", 5)))
-                mask_l = _crop(mask, lower, upper, int(base.get("padDistance", 5)))
+                mask_l = sitk.Cast(_crop(mask, lower, upper, int(base.get("padDistance", 5))), sitk.sitkUInt32)
             else:
-                image_l, mask_l = _crop(image, lower, upper, 1), _crop(mask, lower, upper, 1)
+                image_l = _crop(image, lower, upper, 1)
+                mask_l = sitk.Cast(_crop(mask, lower, upper, 1), sitk.sitkUInt32)
             bbox, _ = imageoperations.checkMask(image_l, mask_l, **kw)
             reseg = None
             if base.get("resegmentRange") is not None:

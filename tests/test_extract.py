@@ -128,6 +128,38 @@ def test_multilabel_every_label_equals_direct_call(tmp_path, params):
         assert_same_features(row, direct(PARAMS / params, image, mask, label=row["label"]))
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint32])
+def test_mask_pixel_type_does_not_change_features(tmp_path, dtype):
+    """Labels are found without casting the whole mask; every type still gives execute()'s values."""
+    image, mask = _multilabel(tmp_path)
+    m = sitk.ReadImage(str(mask))
+    typed = sitk.GetImageFromArray(sitk.GetArrayFromImage(m).astype(dtype))
+    typed.CopyInformation(m)
+    path = tmp_path / f"mask_{np.dtype(dtype).name}.nrrd"
+    sitk.WriteImage(typed, str(path))
+    result = extract_scan(Scan("typed", str(image), str(path), ALL_LABELS), settings_for(PARAMS / "Params.yaml"))
+    assert result.failures == []
+    assert [r["label"] for r in result.rows] == [1, 2, 3]
+    for row in result.rows:
+        assert_same_features(row, direct(PARAMS / "Params.yaml", image, path, label=row["label"]))
+
+
+def test_negative_mask_values_are_a_clear_failure(tmp_path):
+    image, mask = case_paths("brain1")
+    m = sitk.ReadImage(str(mask))
+    arr = sitk.GetArrayFromImage(m).astype(np.int16)
+    arr[0, 0, 0] = -1
+    bad = sitk.GetImageFromArray(arr)
+    bad.CopyInformation(m)
+    path = tmp_path / "negative.nrrd"
+    sitk.WriteImage(bad, str(path))
+    result = extract_scan(Scan("neg", str(image), str(path)), settings_for(PARAMS / "Params.yaml"))
+    assert result.rows == []
+    [failure] = result.failures
+    assert failure["stage"] == "check" and failure["file"] == str(path)
+    assert "negative values (minimum -1)" in failure["message"] and "neg" in failure["message"]
+
+
 def test_requested_label_list_and_absent_label(tmp_path):
     image, mask = _multilabel(tmp_path)
     result = extract_scan(Scan("multi", str(image), str(mask), (3, 7)), settings_for(PARAMS / "Params.yaml"))
