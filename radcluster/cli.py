@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ._cli_common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME
+from ._cli_common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, prestart_local_workers
 from ._cli_common import add_cluster_flags as _add_cluster_flags
 from ._cli_common import cluster_overrides as _cluster_overrides
 from ._cli_common import print_dashboard as _print_dashboard
@@ -33,6 +33,7 @@ def _progress(iterator, total: int):
 def _run_extraction(job) -> int:
     from .run import extract_job
 
+    prestart_local_workers(job)
     summary = extract_job(job, progress=_progress, on_dashboard=_print_dashboard)
     print(summary.text())
     return EXIT_OK if summary.ok else EXIT_FAILURES
@@ -72,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _retrain(job) -> int:
     from .retrain import retrain_job
 
+    prestart_local_workers(job)
     print(retrain_job(job, on_dashboard=_print_dashboard).text())
     return EXIT_OK
 
@@ -140,6 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides = {"kind": "extract", "manifest": str(manifest), "store": str(out / "store"),
                  **_cluster_overrides(args)}
     job = build_job({}, overrides=overrides, source="demo")
+    prestart_local_workers(job)
     # one cluster for the whole pipeline: extraction, then training on the same workers
     with connect(job.cluster) as client:
         _print_dashboard(dashboard_link(client))

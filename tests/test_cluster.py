@@ -104,3 +104,41 @@ def test_tls_cluster_on_loopback_extracts(tmp_path, sample_manifest):
         summary = extract_job(job, client=client)
     assert summary.ok and summary.rows == 3
     assert len(open_store(tmp_path / "store").features()) == 3
+
+
+_FORKSERVER_PROBE = """
+import json
+from radcluster._cli_common import prestart_local_workers
+from radcluster.cluster import connect
+from radcluster.spec import build_job
+
+job = build_job({}, overrides={"kind": "extract", "cluster.workers": 2, "cluster.dashboard_address": ":0"})
+prestart_local_workers(job)
+with connect(job.cluster) as client:
+    def probe():
+        import sys, os
+        return {"radiomics": "radiomics" in sys.modules, "omp": os.environ.get("OMP_NUM_THREADS")}
+    print(json.dumps(list(client.run(probe).values())))
+"""
+
+
+@pytest.mark.parametrize("method", ["default", "spawn"])
+def test_cli_forks_local_workers_with_pyradiomics_imported(method):
+    """Workers come from a fork server that imported pyradiomics, with one BLAS thread each;
+    a user's own DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD is left alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if method == "spawn":
+        env["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "spawn"
+    out = subprocess.run([sys.executable, "-c", _FORKSERVER_PROBE], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    workers = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(workers) == 2
+    # a spawned worker imports pyradiomics only at its first task
+    assert all(w["radiomics"] is (method == "default") for w in workers)
+    assert all(w["omp"] == "1" for w in workers)
