@@ -140,16 +140,19 @@ def _params_mismatch(image, extractor) -> str | None:
     return None
 
 
-def _labels_of(scan: Scan, present: list[int], default_label: int) -> list[int]:
+def _labels_of(scan: Scan, present: list[int], default_label: int, part: tuple[int, int] | None) -> list[int]:
+    """The labels this task extracts: the manifest's, or every present one, or part i of k of them."""
     if scan.labels == ALL_LABELS:
-        return present
-    if scan.labels is None:
-        return [default_label]
-    return list(scan.labels)
+        labels = present
+    elif scan.labels is None:
+        labels = [default_label]
+    else:
+        labels = list(scan.labels)
+    return labels[part[0]::part[1]] if part else labels
 
 
 def extract_scan(scan: Scan, settings: ExtractionSettings, *,
-                 unchanged_if: tuple[str, str] | None = None) -> ScanResult:
+                 unchanged_if: tuple[str, str] | None = None, part: tuple[int, int] | None = None) -> ScanResult:
     """Extract every requested label of one scan.
 
     Parameters
@@ -162,6 +165,9 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
         The content hashes of the stored extraction of this case with the same params: when
         the files still hash the same, nothing is extracted and the result is marked
         ``unchanged`` (a touched but identical file costs one read, not an extraction).
+    part : (i, k), optional
+        Extract only every k-th of the scan's labels, starting at the i-th (in label order):
+        the plan splits a many-label scan over otherwise idle workers this way.
 
     Returns
     -------
@@ -194,8 +200,7 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
             return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash,
                               unchanged=True)
         _check_inputs(scan, image, mask, extractor, tolerance)
-        per_label = _extract_labels(scan, image, mask, extractor, settings.fast, settings.params_text,
-                                    settings.ibsi)
+        per_label = _extract_labels(scan, image, mask, extractor, settings, part)
     except ScanError as err:
         failures.append(_failure(err))
         per_label = {}
@@ -222,7 +227,8 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
     return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
 
 
-def _ibsi(scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_label: int) -> dict[int, Any]:
+def _ibsi(scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_label: int,
+          part: tuple[int, int] | None) -> dict[int, Any]:
     """IBSI mode: radcluster.ibsi's preprocessing around pyradiomics' feature classes."""
     import SimpleITK as sitk
     import yaml
@@ -233,7 +239,7 @@ def _ibsi(scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_l
     arr = sitk.GetArrayViewFromImage(mask)
     present = [int(v) for v in np.unique(arr) if v != 0]
     out: dict[int, Any] = {}
-    for label in _labels_of(scan, present, default_label):
+    for label in _labels_of(scan, present, default_label, part):
         try:
             out[label] = extract_ibsi(image, mask, label, params, None if ibsi is True else ibsi)
         except ValueError as err:
@@ -241,30 +247,29 @@ def _ibsi(scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_l
     return out
 
 
-def _extract_labels(scan: Scan, image, mask, extractor, fast: bool, params_text: str = "",
-                    ibsi: bool | str = False) -> dict[int, Any]:
+def _extract_labels(scan: Scan, image, mask, extractor, settings: ExtractionSettings,
+                    part: tuple[int, int] | None) -> dict[int, Any]:
     """features or a ScanError, per label."""
     import SimpleITK as sitk
 
     default_label = int(extractor.settings.get("label", 1))
     vector_mask = mask.GetNumberOfComponentsPerPixel() > 1
-    if ibsi:
-        return _ibsi(scan, image, mask, params_text, ibsi, default_label)
-    if vector_mask or not fast or extractor.settings.get("correctMask"):
+    if settings.ibsi:
+        return _ibsi(scan, image, mask, settings.params_text, settings.ibsi, default_label, part)
+    if vector_mask or not settings.fast or extractor.settings.get("correctMask"):
         # Masks resampled onto the image (correctMask) or picked from a vector image take
         # pyradiomics' own route; the fast path assumes a shared scalar grid.
-        if scan.labels == ALL_LABELS:
-            arr = sitk.GetArrayViewFromImage(mask)
-            labels = [int(v) for v in np.unique(arr) if v != 0] if not vector_mask else [default_label]
-        else:
-            labels = _labels_of(scan, [], default_label)
+        present = [default_label]
+        if scan.labels == ALL_LABELS and not vector_mask:
+            present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(mask)) if v != 0]
+        labels = _labels_of(scan, present, default_label, part)
         return {label: _plain(scan, image, mask, extractor, label) for label in labels}
 
     objects = _find_labels(scan, mask)
     present = [i + 1 for i, sl in enumerate(objects) if sl is not None]
     if not present:
         raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
-    labels = _labels_of(scan, present, default_label)
+    labels = _labels_of(scan, present, default_label, part)
     return _fast(scan, image, mask, extractor, labels, objects, present)
 
 

@@ -10,7 +10,9 @@ Each task carries an estimate of the memory its scan needs (from the image heade
 enabled filters), used as a Dask resource so a large scan does not run beside others on a
 worker that cannot hold them; a scan larger than any worker fails up front with a message
 instead of killing workers. Tiny scans are grouped so that task overhead stays small against
-task time; the largest go first so the tail of a run is short.
+task time; the largest go first so the tail of a run is short. When a cohort has fewer tasks
+than the cluster has slots (an atlas: one scan, a hundred labels), each many-label scan is
+split into parts, part i of k extracting every k-th label, so no worker idles.
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ class Task:
     scans: tuple[Scan, ...]
     known: dict[str, tuple[str, str]] = field(default_factory=dict)  # case -> stored hashes
     memory: int = 0  # bytes the largest scan of the task needs
+    part: tuple[int, int] | None = None  # (i, k): the one scan's every k-th label from the i-th
 
     @property
     def key(self) -> str:
+        if self.part:
+            return f"{self.scans[0].case_id}-part{self.part[0] + 1}of{self.part[1]}"
         return self.scans[0].case_id if len(self.scans) == 1 else f"{self.scans[0].case_id}+{len(self.scans) - 1}"
 
 
@@ -173,7 +178,35 @@ def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_type
             group = []
     if group:
         tasks.append(_grouped(group))
-    return Plan(tasks, skipped, new, changed, too_large)
+    return Plan(_split_labels(tasks, slots), skipped, new, changed, too_large)
+
+
+def _split_labels(tasks: list[Task], slots: int) -> list[Task]:
+    """Spread the slots the tasks leave idle over the many-label scans, as parts of them.
+
+    Every part reads and hashes the scan again, which costs little against a label's
+    features (tens of milliseconds each); the labels of an ``all`` mask are only known once
+    it is read, so a part takes every k-th of them rather than a list.
+    """
+    many = [i for i, t in enumerate(tasks) if len(t.scans) == 1 and _label_count(t.scans[0]) > 1]
+    idle = slots - len(tasks)
+    if idle <= 0 or not many:
+        return tasks
+    parts = dict.fromkeys(many, 1)
+    for n in range(idle):  # round robin, largest scans (first in the list) first
+        i = many[n % len(many)]
+        parts[i] = min(parts[i] + 1, _label_count(tasks[i].scans[0]))
+    out: list[Task] = []
+    for i, task in enumerate(tasks):
+        k = parts.get(i, 1)
+        out.extend([Task(task.scans, task.known, task.memory, (j, k)) for j in range(k)] if k > 1 else [task])
+    return out
+
+
+def _label_count(scan: Scan) -> float:
+    if scan.labels == ALL_LABELS:
+        return math.inf  # unknown until the mask is read
+    return len(scan.labels) if scan.labels else 1
 
 
 def _grouped(group: list[tuple[Scan, int, int, dict]]) -> Task:

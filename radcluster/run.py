@@ -81,8 +81,9 @@ FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
 
 
 def run_task(scans: tuple[Scan, ...], settings: ExtractionSettings,
-             known: dict[str, tuple[str, str]]) -> list[ScanResult]:
-    """The Dask task: extract each scan of a group, recording the files' stats with the rows."""
+             known: dict[str, tuple[str, str]], part: tuple[int, int] | None = None) -> list[ScanResult]:
+    """The Dask task: extract each scan of a group (or a part of one scan's labels), recording
+    the files' stats with the rows."""
     fault = os.environ.get(FAULT_ENV)
     results = []
     for scan in scans:
@@ -91,7 +92,7 @@ def run_task(scans: tuple[Scan, ...], settings: ExtractionSettings,
             # time, as a segfault in a native library would.
             os._exit(70)
         stats = {"image_stat": file_stat(scan.image), "mask_stat": file_stat(scan.mask)}
-        result = extract_scan(scan, settings, unchanged_if=known.get(scan.case_id))
+        result = extract_scan(scan, settings, unchanged_if=known.get(scan.case_id), part=part)
         for row in result.rows:
             row.update(stats)
         results.append(result)
@@ -112,6 +113,7 @@ class _Writer:
         self.last_flush = time.monotonic()
         self.rows_written = 0
         self.failures_written = 0
+        self.scan_failures: set[tuple] = set()
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -129,7 +131,14 @@ class _Writer:
         if result is not None:
             self.features.update(dict.fromkeys(result.feature_names))
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
-        self.failures.extend({**f, "run_id": self.run_id, "failed_at": now} for f in failures)
+        for f in failures:
+            if f.get("label") is None:
+                # the parts of a split scan each read it, so each reports it unreadable: once
+                key = (f["case_id"], f["stage"], f["error_type"])
+                if key in self.scan_failures:
+                    continue
+                self.scan_failures.add(key)
+            self.failures.append({**f, "run_id": self.run_id, "failed_at": now})
         if (len(self.rows) + len(self.failures) >= self.flush_rows
                 or time.monotonic() - self.last_flush >= self.flush_seconds):
             self.flush()
@@ -206,7 +215,7 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
 
     futures = {}
     for task in plan.tasks:
-        fut = client.submit(run_task, task.scans, settings, task.known, pure=False,
+        fut = client.submit(run_task, task.scans, settings, task.known, task.part, pure=False,
                             key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
                             resources={"MEMORY": task.memory} if use_resources else None)
         futures[fut] = task
@@ -227,8 +236,9 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
                 fut.release()
             for result in results:
                 if result.unchanged:
-                    summary.skipped += 1
-                    summary.changed -= 1
+                    if not task.part or task.part[0] == 0:  # a split scan is counted once
+                        summary.skipped += 1
+                        summary.changed -= 1
                     continue
                 if result.failures:
                     failed[result.case_id] = None

@@ -1,0 +1,76 @@
+"""How a cohort becomes tasks: a many-label scan split over idle workers, on a real LocalCluster."""
+
+from __future__ import annotations
+
+import pandas as pd
+from conftest import PARAMS, case_paths
+
+from radcluster import open_store
+from radcluster.cohort import ALL_LABELS, Cohort, Scan
+from radcluster.extract import ExtractionSettings, extract_scan
+from radcluster.plan import make_plan
+from radcluster.run import run_extract
+from radcluster.spec import read_params
+from radcluster.synth import make_atlas
+
+
+def _settings() -> ExtractionSettings:
+    return ExtractionSettings(*read_params(PARAMS / "Params.yaml"))
+
+
+def _plan(scans, slots):
+    return make_plan(Cohort(tuple(scans), "test"), pd.DataFrame(), "p", ["Original"], slots=slots)
+
+
+def test_an_atlas_scan_is_split_over_idle_slots():
+    image, mask = case_paths("brain1")
+    atlas = Scan("atlas", str(image), str(mask), ALL_LABELS)
+    assert [t.part for t in _plan([atlas], 1).tasks] == [None]
+    tasks = _plan([atlas], 3).tasks
+    assert [t.part for t in tasks] == [(0, 3), (1, 3), (2, 3)]
+    assert [t.key for t in tasks] == ["atlas-part1of3", "atlas-part2of3", "atlas-part3of3"]
+    # a listed set of labels is split into at most one part per label
+    listed = Scan("two", str(image), str(mask), (1, 2))
+    assert [t.part for t in _plan([listed], 8).tasks] == [(0, 2), (1, 2)]
+    # a one-label scan is never split; with as many tasks as slots, nothing is
+    single = Scan("one", str(image), str(mask))
+    assert [t.part for t in _plan([single], 4).tasks] == [None]
+    assert [t.part for t in _plan([atlas, single], 2).tasks] == [None, None]
+
+
+def test_split_atlas_gives_every_label_once_and_the_same_features(client, tmp_path):
+    image, mask, table = make_atlas(tmp_path / "atlas", n_labels=9, seed=2, shape=(24, 40, 36))
+    scan = Scan("atlas", str(image), str(mask), ALL_LABELS)
+    whole = extract_scan(scan, _settings())
+    assert [r["label"] for r in whole.rows] == list(range(1, 10))
+
+    parts = [extract_scan(scan, _settings(), part=(i, 2)) for i in range(2)]
+    assert [r["label"] for r in parts[0].rows] == [1, 3, 5, 7, 9]
+    assert [r["label"] for r in parts[1].rows] == [2, 4, 6, 8]
+
+    store = str(tmp_path / "store")
+    summary = run_extract(Cohort((scan,), "test"), _settings(), store, client)  # 2 workers: 2 parts
+    assert (summary.rows, summary.failures) == (9, 0)
+    assert open_store(store).runs()[0]["tasks"] == 2
+    rows = open_store(store).features().sort_values("label").reset_index(drop=True)
+    assert rows["label"].tolist() == list(range(1, 10))
+    expected = pd.DataFrame(whole.rows)
+    names = whole.feature_names
+    pd.testing.assert_frame_equal(rows[names], expected[names], check_exact=False, rtol=1e-12)
+
+    again = run_extract(Cohort((scan,), "test"), _settings(), store, client)
+    assert (again.new, again.changed, again.skipped, again.rows) == (0, 0, 1, 0)
+
+
+def test_an_unreadable_split_scan_is_one_failure(client, tmp_path):
+    image, _ = case_paths("brain1")
+    broken = tmp_path / "broken_mask.nrrd"
+    broken.write_bytes(b"NRRD0004\nnot a mask\n")
+    scan = Scan("atlas", str(image), str(broken), ALL_LABELS)
+    store = str(tmp_path / "store")
+    summary = run_extract(Cohort((scan,), "test"), _settings(), store, client)
+    assert summary.failed_cases == ["atlas"] and summary.failures == 1
+    assert open_store(store).runs()[0]["tasks"] == 2
+    [failure] = open_store(store).failures().to_dict("records")
+    assert failure["case_id"] == "atlas" and failure["file"] == str(broken)
+    assert failure["stage"] == "read"
