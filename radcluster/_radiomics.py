@@ -74,7 +74,7 @@ def validate_params(text: str, *, source: str) -> None:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise SpecError(f"params file {source!r} has {len(problems)} problem(s):\n{lines}")
     try:
-        extractor = _build(text)
+        extractor = get_extractor(text)  # cached: the run that follows uses the same one
     except Exception as err:  # pykwalify raises its own SchemaError; pyradiomics raises ValueError
         reason = getattr(err, "msg", None) or str(err)
         raise SpecError(f"params file {source!r} rejected by pyradiomics' schema: {reason.strip()}") from None

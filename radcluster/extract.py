@@ -285,8 +285,10 @@ def _find_labels(scan: Scan, mask) -> list[tuple[slice, ...] | None]:
 
     arr = sitk.GetArrayViewFromImage(mask)
     if arr.dtype.kind not in "ui":
-        # a float mask's values are truncated by the cast, so find labels after it
-        arr = sitk.GetArrayViewFromImage(sitk.Cast(mask, sitk.sitkUInt32))
+        # a float mask's values are truncated by the cast, so find labels after it (the
+        # cast image must outlive the view of its buffer)
+        mask = sitk.Cast(mask, sitk.sitkUInt32)
+        arr = sitk.GetArrayViewFromImage(mask)
     nonzero = arr != 0
     box = []
     for axis in range(arr.ndim):
