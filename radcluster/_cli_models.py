@@ -182,7 +182,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("store", help="feature store folder or URL")
     p.add_argument("--config", help="job YAML (kind: train) whose 'train' section configures training")
     p.add_argument("--target", help="target column (carried in the store or in --clinical)")
-    p.add_argument("--registry", "-r", help="model registry folder (default: the job's, else ./models)")
+    p.add_argument("--registry", "-r", help="model registry folder or URL (default: the job's, else ./models)")
     p.add_argument("--model", help="xgboost (default), logistic_regression, random_forest, svm, "
                                    "naive_bayes, decision_tree, ridge, kmeans")
     p.add_argument("--task", choices=["auto", "binary", "multiclass", "regression", "survival", "clustering"])
@@ -201,7 +201,7 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("predict", help="apply a model version to a store, write Parquet")
-    p.add_argument("version", help="model version folder (models/<version>)")
+    p.add_argument("version", help="model version folder or URL (models/<version>)")
     p.add_argument("store", help="feature store with the same features")
     p.add_argument("-o", "--output", required=True, help="predictions Parquet file")
     p.add_argument("--clinical", help="CSV/Parquet keyed by case_id (e.g. the ComBat batch column)")
@@ -212,12 +212,13 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("report", help="(re)write a model version's report.html")
-    p.add_argument("version", help="model version folder")
-    p.add_argument("-o", "--output", help="HTML file (default: <version>/report.html)")
+    p.add_argument("version", help="model version folder or URL")
+    p.add_argument("-o", "--output", help="HTML file or URL (default: <version>/report.html)")
     p.set_defaults(func=cmd_report)
 
     models = subparsers.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd",
                                                                                       required=True)
     p = models.add_parser("list", help="list the versions of a registry with their metrics")
-    p.add_argument("registry", nargs="?", default=os.environ.get("RADCLUSTER_REGISTRY", "models"))
+    p.add_argument("registry", nargs="?", default=os.environ.get("RADCLUSTER_REGISTRY", "models"),
+                   help="registry folder or URL (default: $RADCLUSTER_REGISTRY, else ./models)")
     p.set_defaults(func=cmd_models_list)

@@ -1,4 +1,4 @@
-"""The self-contained HTML report of a model version (no Dask, no network).
+"""The self-contained HTML report of a model version (no Dask).
 
 :func:`render_report` reads only the version folder's files (metrics, out-of-fold and test
 predictions, PCA scores and variance, importances, config) and returns one HTML page whose
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from . import _io
 
 __all__ = ["render_report", "write_report", "PLOTS"]
 
@@ -275,7 +277,7 @@ def _binary_preds(preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 
 
 def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> str:
-    """The report of the version in ``version_dir`` as one self-contained HTML string."""
+    """The report of the version in the local folder ``version_dir`` as one self-contained HTML string."""
     folder = Path(os.fspath(version_dir))
     d = _load(folder)
     meta = meta or d["version"]
@@ -349,15 +351,19 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
 
 
 def write_report(version_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                 meta: dict[str, Any] | None = None) -> Path:
+                 meta: dict[str, Any] | None = None) -> Path | str:
     """Render the report of ``version_dir`` to ``out`` (default ``<version_dir>/report.html``).
 
-    The report is derived from the version's files and is not part of its hashed content,
-    so re-rendering it leaves the version intact.
+    Either may be a URL: a remote version is read from a temporary download, and the report
+    replaces ``out`` in one step (a rename locally, one upload remotely). The report is
+    derived from the version's files and is not part of its hashed content, so re-rendering
+    it leaves the version intact.
     """
-    target = Path(out) if out is not None else Path(os.fspath(version_dir)) / "report.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(render_report(version_dir, meta=meta), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    from .registry import fetched
+
+    source = os.fspath(version_dir)
+    target = os.fspath(out) if out is not None else _io.join(source, "report.html")
+    with fetched(source) as folder:
+        page = render_report(folder, meta=meta)
+    _io.write_atomic(target, page.encode("utf-8"))
+    return Path(target) if _io.local_path(target) == target else target

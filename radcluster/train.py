@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import learn
+from . import _io, learn
 from ._dataset import (
     TrainingData,
     load_training_data,
@@ -43,9 +43,12 @@ __all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_
 # --- training --------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
-    version: Path
+    """A finished training: its version and report (folder and file in a local registry,
+    URLs in a remote one), metrics and duration."""
+
+    version: Path | str
     metrics: dict[str, Any]
-    report: Path | None
+    report: Path | str | None
     seconds: float
 
     @property
@@ -106,13 +109,13 @@ def train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regist
         The ``train`` section.
     client : distributed.Client
         Preprocessing and xgboost run on its cluster.
-    registry : path
-        Folder of model versions (created if missing).
+    registry : path or URL
+        Folder of model versions (created if missing), or an fsspec URL (``s3://...``).
 
     Returns
     -------
     TrainResult
-        The version folder, its metrics and the report path.
+        The version (folder or URL), its metrics and the report's location.
     """
     from .registry import new_version
 
@@ -202,9 +205,11 @@ def train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regist
             from .report import write_report
 
             report_path = write_report(v.path, v.path / "report.html", meta=v.meta)
-    result = TrainResult(v.path, metrics, v.path / "report.html" if report_path else None,
-                         time.perf_counter() - started)
-    logger.info("trained %s in %.1f s", v.path, result.seconds)
+    report = None
+    if report_path:
+        report = v.location / "report.html" if isinstance(v.location, Path) else _io.join(v.location, "report.html")
+    result = TrainResult(v.location, metrics, report, time.perf_counter() - started)
+    logger.info("trained %s in %.1f s", v.location, result.seconds)
     return result
 
 
@@ -290,7 +295,8 @@ def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResu
 # --- prediction ------------------------------------------------------------------------------
 def predict_store(version_path: str | os.PathLike, store_url: str, *, out: str | os.PathLike | None = None,
                   clinical: str | None = None, trust: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Apply a registry version to every row of a store; optionally write the Parquet ``out``.
+    """Apply a registry version (a folder or a URL) to every row of a store; optionally write
+    the Parquet ``out``.
 
     Runs on the current Dask scheduler (a distributed client if one is active). The store
     must hold every feature the model was trained on (any order, extra ones ignored).
@@ -367,7 +373,8 @@ DEMO_SPEC = {
 }
 
 
-def demo_train(store_url: str, registry_url: str | os.PathLike, client) -> tuple[Path, float | None, Path | None]:
+def demo_train(store_url: str, registry_url: str | os.PathLike,
+               client) -> tuple[Path | str, float | None, Path | str | None]:
     """Train xgboost on the demo store's ``outcome`` (cases without one are left out).
 
     Returns ``(version_path, cv_auc, report_path)``.
