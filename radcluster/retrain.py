@@ -7,9 +7,17 @@ target (so a grown cohort is used), scores both models on the hold-out with the 
 and promotes the challenger when ``challenger >= champion - margin``.
 
 Promotion replaces ``champion.json`` atomically (a reader sees the old champion or the new
-one, never half of either); a lock file held for the whole retrain makes two retrains on one
-registry exclusive, so they cannot both promote. Every decision is written to
-``decisions/<time>.json``.
+one, never half of either: a rename in a local folder, a single upload on an object store);
+a lock file held for the whole retrain makes two retrains on one registry exclusive, so they
+cannot both promote. Every decision is written to ``decisions/<time>.json``.
+
+The registry may be a local folder or an fsspec URL (``s3://...``). The lock is created with
+an exclusive create: ``O_EXCL`` locally, a conditional PUT (``If-None-Match: *``) on S3, which
+the server refuses when the lock exists (AWS S3 and moto honour it; an S3-compatible server
+that ignores the header gives no exclusion). On other object stores the create is check
+then write, best effort, and a warning says so. A lock left by a dead process is taken over
+only when that process ran on this host; otherwise the error names the holder, and the lock
+file is to be deleted by hand once that retrain is known to be gone.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import _io
 from .errors import RegistryError, SpecError
+from .registry import storage_failures
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +68,19 @@ class RetrainDecision:
                 f"champion {champ}; {'PROMOTED' if self.promoted else 'kept the champion'}: {self.reason}")
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    with storage_failures(path, "write"):
+        _io.write_atomic(path, json.dumps(data, indent=2, default=str).encode())
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    """The JSON file at ``path``, or None when there is none."""
+    with storage_failures(path, "read"):
+        try:
+            return json.loads(_io.read_bytes(path))
+        except FileNotFoundError:
+            return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,54 +96,66 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def registry_lock(registry: str | os.PathLike) -> Iterator[Path]:
-    """Hold ``<registry>/.retrain.lock`` (created exclusively) for the duration of the block.
+def _create(lock: str, data: bytes) -> bool:
+    """Create the lock file exclusively; False when it exists."""
+    with storage_failures(lock, "create the retrain lock"):
+        try:
+            _io.create_exclusive(lock, data)
+        except FileExistsError:
+            return False
+    return True
 
-    A lock left by a process that died on this host is taken over; a live holder makes this
-    raise :class:`RegistryError` naming it.
+
+@contextlib.contextmanager
+def registry_lock(registry: str | os.PathLike) -> Iterator[Path | str]:
+    """Hold ``<registry>/.retrain.lock`` (created exclusively) for the duration of the block;
+    yields the lock's path (its URL in a remote registry).
+
+    A lock left by a process that died on this host is taken over; a live holder, or one on
+    another host, makes this raise :class:`RegistryError` naming it. See the module docstring
+    for how exclusive the create is on each kind of storage.
     """
-    root = Path(os.fspath(registry))
-    root.mkdir(parents=True, exist_ok=True)
-    lock = root / ".retrain.lock"
+    url = os.fspath(registry)
+    local = _io.local_path(url)
+    if local is not None:
+        Path(local).mkdir(parents=True, exist_ok=True)
+    lock = _io.join(url, ".retrain.lock")
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": dt.datetime.now(dt.UTC).isoformat()}
     for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        if _create(lock, json.dumps(me).encode()):
             break
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and holder.get("pid") and not _pid_alive(int(holder["pid"])):
-                logger.warning("taking over the retrain lock of dead process %s", holder["pid"])
-                lock.unlink(missing_ok=True)
-                continue
-            raise RegistryError(
-                f"registry {str(root)!r} is locked by another retrain (pid {holder.get('pid')} on "
-                f"{holder.get('host')} since {holder.get('since')}); {lock} is removed when it ends") from None
+        try:
+            holder = json.loads(_io.read_bytes(lock) or b"{}")
+        except (OSError, ValueError):  # gone meanwhile, or still being written
+            holder = {}
+        if holder.get("host") == me["host"] and holder.get("pid") and not _pid_alive(int(holder["pid"])):
+            logger.warning("taking over the retrain lock of dead process %s", holder["pid"])
+            _io.remove(lock)
+            continue
+        raise RegistryError(
+            f"registry {url!r} is locked by another retrain (pid {holder.get('pid')} on "
+            f"{holder.get('host')} since {holder.get('since')}); {lock} is removed when it ends "
+            "(delete it by hand only if that retrain is gone)")
     else:  # pragma: no cover - the second attempt either succeeds or raises above
-        raise RegistryError(f"cannot lock registry {str(root)!r}")
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+        raise RegistryError(f"cannot lock registry {url!r}")
     try:
-        yield lock
+        yield Path(local, ".retrain.lock") if local is not None else lock
     finally:
-        lock.unlink(missing_ok=True)
+        with storage_failures(lock, "remove the retrain lock"):
+            _io.remove(lock)
 
 
 def read_champion(registry: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(os.fspath(registry)) / "champion.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    """The registry's ``champion.json`` (version, metric, score, hold-out), or None."""
+    return _read_json(_io.join(os.fspath(registry), "champion.json"))
 
 
-def _holdout(registry: Path, frame: pd.DataFrame, target: str, group: str, task: str, fraction: float,
+def _holdout(registry: str, frame: pd.DataFrame, target: str, group: str, task: str, fraction: float,
              seed: int) -> tuple[set[str], str]:
     """The registry's hold-out case ids (drawn on first use, then fixed) and their version."""
-    path = registry / "holdout.json"
-    if path.exists():
-        data = json.loads(path.read_text())
+    path = _io.join(registry, "holdout.json")
+    data = _read_json(path)
+    if data is not None:
         return set(data["case_ids"]), data["version"]
     per_group = frame.groupby(group).agg(target=(target, "first"), cases=("case_id", list))
     rng = np.random.default_rng(seed)
@@ -140,8 +168,8 @@ def _holdout(registry: Path, frame: pd.DataFrame, target: str, group: str, task:
             chosen.extend(part.iloc[i]["cases"])
     ids = sorted(set(map(str, chosen)))
     version = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
-    _write_atomic(path, {"version": version, "case_ids": ids, "fraction": fraction, "seed": seed,
-                         "created_at": dt.datetime.now(dt.UTC).isoformat()})
+    _write_json(path, {"version": version, "case_ids": ids, "fraction": fraction, "seed": seed,
+                       "created_at": dt.datetime.now(dt.UTC).isoformat()})
     return set(ids), version
 
 
@@ -188,7 +216,7 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
     spec = parse_train_spec(job.train)
     if spec.target is None:
         raise SpecError("a retrain job's train section needs a 'target' to compare models on")
-    store_url, registry = job.resolve(job.store), Path(job.resolve(job.registry))
+    store_url, registry = job.resolve(job.store), job.resolve(job.registry)
     clinical = job.resolve(spec.clinical) if spec.clinical else None
     targets = [c for c in (spec.target, spec.event) if c]
 
@@ -226,7 +254,8 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
                                             settings.seed)
         held = frame[frame["case_id"].isin(holdout)]
         if held.empty:
-            raise RegistryError(f"none of the hold-out cases of {registry / 'holdout.json'} are in store {store_url!r}")
+            raise RegistryError(f"none of the hold-out cases of {_io.join(registry, 'holdout.json')} are in store "
+                                f"{store_url!r}")
 
         # The challenger learns from every case with a target except the hold-out: their target
         # is blanked in a clinical table (rows without a target are left out of training).
@@ -250,15 +279,14 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
             promoted = challenger_score >= champion_score - settings.margin
             reason = (f"{challenger_score:.3f} {'>=' if promoted else '<'} {champion_score:.3f} - margin "
                       f"{settings.margin}")
-        decision = RetrainDecision(promoted, metric, Path(challenger).name, challenger_score,
-                                   Path(champion["version"]).name if champion else None, champion_score,
+        decision = RetrainDecision(promoted, metric, _io.basename(challenger), challenger_score,
+                                   _io.basename(champion["version"]) if champion else None, champion_score,
                                    settings.margin, holdout_version, reason)
         now = dt.datetime.now(dt.UTC)
         if promoted:
-            _write_atomic(registry / "champion.json", {"version": challenger, "metric": metric,
-                                                       "score": challenger_score, "holdout": holdout_version,
-                                                       "promoted_at": now.isoformat()})
-        (registry / "decisions").mkdir(exist_ok=True)
-        _write_atomic(registry / "decisions" / f"{now.strftime('%Y%m%dT%H%M%S%fZ')}.json",
-                      {**decision.__dict__, "decided_at": now.isoformat(), "n_holdout_rows": len(held)})
+            _write_json(_io.join(registry, "champion.json"), {
+                "version": challenger, "metric": metric, "score": challenger_score, "holdout": holdout_version,
+                "promoted_at": now.isoformat()})
+        _write_json(_io.join(registry, f"decisions/{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"),
+                    {**decision.__dict__, "decided_at": now.isoformat(), "n_holdout_rows": len(held)})
         return decision

@@ -110,6 +110,23 @@ def test_a_failed_write_leaves_no_version(tmp_path):
     assert list_versions(tmp_path / "reg") == []
 
 
+def test_a_file_url_registry_is_its_local_folder(binary, tmp_path):
+    from radcluster.retrain import read_champion, registry_lock
+
+    _, result = binary
+    folder = tmp_path / "reg"
+    shutil.copytree(result.version, folder / result.version.name)
+    url = f"file://{folder}"
+    assert [m["version"] for m in list_versions(url)] == [result.version.name]
+    assert open_version(f"{url}/{result.version.name}").path == folder / result.version.name
+    with new_version(url, "xgboost") as v:  # written into the folder and renamed into place
+        (v.path / "model.json").write_text("{}")
+    assert v.location == folder / v.name and json.loads((v.location / "version.json").read_text())["files"]
+    with registry_lock(url) as lock:
+        assert lock == folder / ".retrain.lock" and lock.exists()
+    assert not lock.exists() and read_champion(url) is None
+
+
 def test_sklearn_models_load_through_skops_with_a_trusted_list(forest, tmp_path):
     root, result = forest
     meta = json.loads((result.version / "model.json").read_text())
