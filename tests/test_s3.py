@@ -1,18 +1,25 @@
 """Remote storage against a real S3-compatible server on 127.0.0.1 (moto's standalone server).
 
 Images are read from S3 by the workers, the store is written to S3, and a re-run reads it back
-and skips what is there. Credentials and the endpoint come from the environment, as on a cloud.
+and skips what is there. The model registry lives on S3 too: training, listing, retraining
+with a champion, prediction with it, and refusal of a modified version. Credentials and the
+endpoint come from the environment, as on a cloud.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
+import yaml
+from _stores import matrix_store, planted
 from conftest import PARAMS, SMALL_CASES, case_paths
 
 pytestmark = pytest.mark.slow  # starts a server
@@ -96,3 +103,185 @@ def test_extract_from_and_into_s3(s3_env, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "0 new, 0 changed, 3 unchanged (skipped)" in again.stdout
     assert len(open_store("s3://results/store").features(all_versions=True)) == 3
+
+
+# --- the model registry on S3 ------------------------------------------------------------------
+TRAIN = {"target": "outcome", "model": "logistic_regression", "cv": {"folds": 3}, "metrics": {"bootstrap": 0}}
+
+
+@pytest.fixture(scope="module")
+def s3_cluster(s3_env):
+    """A 2-process LocalCluster whose workers have the S3 endpoint and credentials in their
+    environment (they read the store's matrix), as workers on a cloud would."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1", env=s3_env) as cluster:
+        yield cluster.scheduler_address
+
+
+def _s3():
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+def _run(args: list[str], s3_env) -> str:
+    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **s3_env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _job(tmp_path, name: str, spec: dict, address: str):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**spec, "cluster": {"kind": "address", "address": address}}))
+    return path
+
+
+def _cli(argv: list[str]) -> int:
+    from radcluster._cli_models import add_commands
+
+    parser = argparse.ArgumentParser(prog="radcluster")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def s3_version(s3_env, s3_cluster, tmp_path_factory):
+    """A planted-signal store on S3 and one version trained on it by `radcluster run` into an
+    S3 registry: ``(store URL, registry URL, version URL)``."""
+    _s3().mkdir("radiomics")
+    store, registry = "s3://radiomics/store", "s3://radiomics/models"
+    X, columns = planted(120, 10, seed=1)
+    matrix_store(store, X, columns)
+    job = _job(tmp_path_factory.mktemp("jobs"), "train",
+               {"kind": "train", "store": store, "registry": registry, "train": TRAIN}, s3_cluster)
+    out = _run(["run", str(job)], s3_env)
+    version = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("model version: "))
+    assert version.startswith(f"{registry}/")
+    return store, registry, version
+
+
+def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3_cluster, s3_version, tmp_path,
+                                                                       capsys):
+    from radcluster.registry import list_versions, open_version
+    from radcluster.retrain import read_champion, retrain_job
+    from radcluster.spec import load_job
+
+    store, registry, version = s3_version
+    fs = _s3()
+    name = version.rsplit("/", 1)[1]
+    meta = json.loads(fs.cat(f"{version}/version.json"))
+    metrics = json.loads(fs.cat(f"{version}/metrics.json"))
+    assert meta["version"] == name and meta["store"] == store
+    assert set(meta["files"]) == {p.rsplit("/", 1)[1] for p in fs.ls(version)} - {"version.json", "report.html"}
+    assert not [p for p in fs.ls(registry) if ".tmp-" in p]
+
+    # `radcluster models list` reads the version.json on S3 and prints its metrics
+    assert _cli(["models", "list", registry]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith(name)]
+    assert row.split()[1:4] == ["logistic_regression", "binary", "outcome"]
+    assert f"{metrics['cv']['roc_auc']:.3f}" in row and metrics["cv"]["roc_auc"] > 0.8
+    # `radcluster report` checks the remote version and re-renders its report.html in place
+    report = f"{version}/report.html"
+    fs.rm(report)
+    assert _cli(["report", version]) == 0
+    assert f"wrote {report}" in capsys.readouterr().out and b"<h1>Model " + name.encode() in fs.cat(report)
+    assert open_version(version).meta == meta
+
+    # a retrain on the S3 registry: hold-out drawn and stored there, the challenger promoted
+    retrain = _job(tmp_path, "retrain", {
+        "kind": "retrain", "store": store, "registry": registry,
+        "train": {**TRAIN, "cv": {"folds": 0}, "report": False},
+        "retrain": {"holdout_fraction": 0.25, "margin": 0.02}}, s3_cluster)
+    assert "PROMOTED: no champion yet" in _run(["retrain", str(retrain)], s3_env)
+    champion = json.loads(fs.cat(f"{registry}/champion.json"))
+    holdout = fs.cat(f"{registry}/holdout.json")
+    assert champion["version"].startswith(f"{registry}/") and champion["version"] != version
+    assert json.loads(fs.cat(f"{champion['version']}/version.json"))["model"] == "logistic_regression"
+    assert champion["holdout"] == json.loads(holdout)["version"] and len(json.loads(holdout)["case_ids"]) == 30
+    assert not fs.exists(f"{registry}/.retrain.lock")
+
+    # predict with the champion named by champion.json on S3
+    predict = _job(tmp_path, "predict", {"kind": "predict", "store": store, "registry": registry,
+                                         "predict": {"version": "champion", "output": str(tmp_path / "p.parquet")}},
+                   s3_cluster)
+    assert "120 prediction(s)" in _run(["run", str(predict)], s3_env)
+    pred = pd.read_parquet(tmp_path / "p.parquet")
+    assert len(pred) == 120 and pred["case_id"].is_unique and pred["probability"].between(0, 1).all()
+    assert set(pred["model_version"]) == {champion["version"].rsplit("/", 1)[1]}
+
+    # a second retrain reuses the hold-out and judges both models on it
+    from distributed import Client
+
+    with Client(s3_cluster) as client:
+        second = retrain_job(load_job(retrain), client=client)
+    assert second.champion == champion["version"].rsplit("/", 1)[1] and second.champion_score > 0.8
+    assert fs.cat(f"{registry}/holdout.json") == holdout
+    decisions = [json.loads(fs.cat(d)) for d in sorted(fs.ls(f"{registry}/decisions"))]
+    assert [(d["promoted"], d["holdout"]) for d in decisions] == [(True, champion["holdout"]),
+                                                                 (second.promoted, champion["holdout"])]
+    now = read_champion(registry)["version"]
+    assert now.endswith(second.challenger) if second.promoted else now == champion["version"]
+    assert {m["version"] for m in list_versions(registry)} >= {name, second.challenger}
+    assert len(list_versions(registry)) == 3
+
+
+def test_a_modified_s3_version_is_refused(s3_env, s3_version):
+    from radcluster.errors import RegistryError
+    from radcluster.registry import list_versions, open_version
+
+    _, _, version = s3_version
+    fs = _s3()
+    copy = "s3://radiomics/tampered/v1"
+    fs.copy(version, copy, recursive=True)
+    open_version(copy)  # intact
+    config = json.loads(fs.cat(f"{copy}/config.json"))
+    fs.pipe(f"{copy}/config.json", json.dumps({**config, "model": "svm"}).encode())
+    with pytest.raises(RegistryError, match="config.json was modified after training"):
+        open_version(copy)
+    fs.rm(f"{copy}/model.ubj" if fs.exists(f"{copy}/model.ubj") else f"{copy}/model.skops")
+    with pytest.raises(RegistryError, match="incomplete|modified"):
+        open_version(copy)
+    meta = json.loads(fs.cat(f"{copy}/version.json"))
+    fs.pipe(f"{copy}/version.json", json.dumps({**meta, "files": {"../../escape": "0"}}).encode())
+    with pytest.raises(RegistryError, match="unsafe file names"):
+        open_version(copy)
+    with pytest.raises(RegistryError, match="not a model version: no version.json"):
+        open_version("s3://radiomics/tampered/nothing")
+    # objects without a version.json (an interrupted upload) are not a version
+    fs.pipe("radiomics/tampered/half/config.json", b"{}")
+    assert [m["version"] for m in list_versions("s3://radiomics/tampered")] == [meta["version"]]
+
+
+def test_retrain_lock_on_s3_is_exclusive(s3_env):
+    from radcluster import _io
+    from radcluster.errors import RegistryError
+    from radcluster.retrain import registry_lock
+
+    fs = _s3()
+    fs.mkdir("locks")
+    # the server itself refuses the second create (s3fs sends it without looking first)
+    _io.create_exclusive("s3://locks/once", b"first")
+    with pytest.raises(FileExistsError):
+        _io.create_exclusive("s3://locks/once", b"second")
+    assert fs.cat("locks/once") == b"first"
+
+    registry = "s3://locks/models"
+    with registry_lock(registry) as lock:
+        assert lock == f"{registry}/.retrain.lock"
+        assert json.loads(fs.cat(lock))["pid"] == os.getpid()
+        with pytest.raises(RegistryError, match=f"locked by another retrain \\(pid {os.getpid()}"), \
+                registry_lock(registry):
+            pass
+    assert not fs.exists(f"{registry}/.retrain.lock")
+    # a lock of a dead process on this host is taken over; one from another host is not
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    fs.pipe(f"{registry}/.retrain.lock", json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}).encode())
+    with registry_lock(registry) as lock:
+        assert json.loads(fs.cat(lock))["pid"] == os.getpid()
+    fs.pipe(f"{registry}/.retrain.lock", json.dumps({"pid": int(dead.stdout), "host": "elsewhere"}).encode())
+    with pytest.raises(RegistryError, match="on elsewhere"), registry_lock(registry):
+        pass
