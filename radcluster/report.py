@@ -287,22 +287,27 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
     classes = meta.get("classes") or []
     figs: list[str] = []
     bins = (config.get("metrics") or {}).get("calibration_bins", 10)
-    if task == "binary" and len(preds):
+
+    def scored(column: str) -> bool:
+        # without cross-validation or a test split (folds: 0) no row has an out-of-sample score
+        return column in preds.columns and bool(preds[column].notna().any())
+
+    if task == "binary" and scored("probability"):
         bp = _binary_preds(preds, classes)
         figs.append(_figure("roc", "ROC curve of each cross-validation fold, their mean (±1 sd) and the "
                             "held-out test set", lambda ax: _roc(ax, bp)))
         figs.append(_figure("pr", "Precision-recall (dashed: prevalence)", lambda ax: _pr(ax, bp)))
         figs.append(_figure("calibration", "Calibration (quantile bins)", lambda ax: _calibration(ax, bp, bins)))
-    if task in ("binary", "multiclass"):
-        block = metrics.get("cv") or metrics.get("test") or {}
+    block = metrics.get("cv") or metrics.get("test") or {}
+    if task in ("binary", "multiclass") and "confusion_matrix" in block:
         figs.append(_figure("confusion", "Confusion matrix at the 0.5 threshold / argmax",
                             lambda ax: _confusion(ax, block["confusion_matrix"], classes)))
-    if task == "regression" and len(preds):
+    if task == "regression" and scored("predicted"):
         figs.append(_figure("observed", "Predicted vs observed", lambda ax: _observed(ax, preds)))
-    if task == "survival" and len(preds):
+    if task == "survival" and scored("risk"):
         figs.append(_figure("km", "Kaplan-Meier curves of the low- and high-risk halves",
                             lambda ax: _kaplan_meier(ax, preds)))
-    if task == "clustering" and len(preds):
+    if task == "clustering" and scored("cluster"):
         figs.append(_figure("clusters", "Cluster sizes", lambda ax: _clusters(ax, preds)))
     pca_cfg = (config.get("preprocess") or {}).get("pca")
     if d["ratio"] is not None:

@@ -121,3 +121,15 @@ def test_report_renders_in_headless_chromium(binary, tmp_path):
         capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_report_without_any_out_of_sample_score(tmp_path_factory, client):
+    """folds: 0 and no test split: the model is fitted on every row and nothing is scored out of
+    sample, so the report has no ROC or confusion figure, but is still written."""
+    from _stores import trained
+
+    spec = {"target": "outcome", "model": "logistic_regression", "cv": {"folds": 0}, "metrics": {"bootstrap": 0}}
+    _, result = trained(tmp_path_factory, client, "unscored", spec, rows=40)
+    checker = check_html((result.version / "report.html").read_text())
+    assert not {"roc", "pr", "calibration", "confusion"} & set(checker.figures)
+    assert "importance" in checker.figures
