@@ -10,7 +10,8 @@ Each task carries an estimate of the memory its scan needs (from the image heade
 enabled filters), used as a Dask resource so a large scan does not run beside others on a
 worker that cannot hold them; a scan larger than any worker fails up front with a message
 instead of killing workers. Tiny scans are grouped so that task overhead stays small against
-task time; the largest go first so the tail of a run is short. When a cohort has fewer tasks
+task time, in groups that shrink towards the end of the run (guided self-scheduling); the
+largest scans go first, so the tail of a run is short. When a cohort has fewer tasks
 than the cluster has slots (an atlas: one scan, a hundred labels), each many-label scan is
 split into parts, part i of k extracting every k-th label, so no worker idles.
 """
@@ -35,7 +36,7 @@ __all__ = ["Task", "Plan", "make_plan", "file_stat", "estimate_bytes"]
 _SMALL_FILE = 1 << 20
 _BATCH_BYTES = 4 << 20
 _BATCH_MAX = 16
-_TASKS_PER_SLOT = 10
+_GUIDED_SHARE = 4  # a group is at most 1/(4 x slots) of the tiny scans left
 
 # Working copies per voxel, in float64-equivalents, by image type: the decoded image and its
 # uint32 mask, one filtered image at a time, and pywt's stationary wavelet transform, which
@@ -129,9 +130,9 @@ def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_type
     worker_memory : int, optional
         Bytes the largest worker may use; scans estimated above it are not submitted.
     slots : int
-        Tasks the cluster runs at once (worker threads); groups of tiny scans are kept small
-        enough that there are several tasks per slot, so no worker idles while another finishes
-        a long group at the end of the run.
+        Tasks the cluster runs at once (worker threads); groups of tiny scans shrink towards
+        the end of the run in proportion to it, so no worker idles while another finishes a
+        long group, and the scans of a cohort with fewer tasks than slots are split.
     """
     image_types = list(image_types)
     same_params = stored[stored["params_hash"] == params_hash] if not stored.empty else stored
@@ -164,16 +165,23 @@ def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_type
         todo.append((scan, size, need, known))
 
     todo.sort(key=lambda t: -t[1])  # largest first: the last task to finish is a short one
-    n_small = sum(1 for t in todo if t[1] < _SMALL_FILE)
-    group_max = max(1, min(_BATCH_MAX, n_small // (_TASKS_PER_SLOT * max(slots, 1))))
+    # Guided self-scheduling for the tiny scans: each group takes a share of the tiny scans
+    # still to be grouped, so groups shrink from _BATCH_MAX towards single scans at the end
+    # of the run; early tasks keep Dask's per-task cost small, late ones let every worker
+    # finish at about the same time.
+    remaining = sum(1 for t in todo if t[1] < _SMALL_FILE)
     tasks: list[Task] = []
     group: list[tuple[Scan, int, int, dict]] = []
+    size = 1
     for item in todo:
         if item[1] >= _SMALL_FILE:
             tasks.append(Task((item[0],), item[3], item[2]))
             continue
+        if not group:
+            size = max(1, min(_BATCH_MAX, math.ceil(remaining / (_GUIDED_SHARE * max(slots, 1)))))
         group.append(item)
-        if sum(g[1] for g in group) >= _BATCH_BYTES or len(group) >= group_max:
+        remaining -= 1
+        if sum(g[1] for g in group) >= _BATCH_BYTES or len(group) >= size:
             tasks.append(_grouped(group))
             group = []
     if group:

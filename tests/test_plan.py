@@ -38,6 +38,34 @@ def test_an_atlas_scan_is_split_over_idle_slots():
     assert [t.part for t in _plan([atlas, single], 2).tasks] == [None, None]
 
 
+def _tiny_cohort(folder, n: int, big: int = 0) -> Cohort:
+    """n tiny scans (a few KiB, never read by the plan) and ``big`` scans of 1 MiB."""
+    scans = []
+    for i in range(n + big):
+        path = folder / f"s{i:03d}.nii.gz"
+        path.write_bytes(b"x" * ((1 << 20) + i if i >= n else 2000 + i))
+        scans.append(Scan(f"s{i:03d}", str(path), str(path)))
+    return Cohort(tuple(scans), "test")
+
+
+def test_tiny_scans_are_grouped_in_shrinking_groups(tmp_path):
+    tasks = make_plan(_tiny_cohort(tmp_path, 200), pd.DataFrame(), "p", ["Original"], slots=2).tasks
+    sizes = [len(t.scans) for t in tasks]
+    assert sum(sizes) == 200 and len({s.case_id for t in tasks for s in t.scans}) == 200
+    assert sizes == sorted(sizes, reverse=True)  # groups shrink towards the end of the run
+    assert sizes[0] == 16 and sizes[-4:] == [1, 1, 1, 1]  # at most _BATCH_MAX, single scans last
+    assert 25 <= len(tasks) <= 50  # a few dozen tasks, not 200
+    # the largest files first, within and across groups
+    order = [s.case_id for t in tasks for s in t.scans]
+    assert order == [f"s{i:03d}" for i in range(199, -1, -1)]
+
+
+def test_large_scans_are_never_grouped(tmp_path):
+    tasks = make_plan(_tiny_cohort(tmp_path, 30, big=3), pd.DataFrame(), "p", ["Original"], slots=2).tasks
+    assert [t.scans[0].case_id for t in tasks[:3]] == ["s032", "s031", "s030"]
+    assert all(len(t.scans) == 1 for t in tasks[:3]) and sum(len(t.scans) for t in tasks) == 33
+
+
 def test_split_atlas_gives_every_label_once_and_the_same_features(client, tmp_path):
     image, mask, table = make_atlas(tmp_path / "atlas", n_labels=9, seed=2, shape=(24, 40, 36))
     scan = Scan("atlas", str(image), str(mask), ALL_LABELS)
