@@ -142,3 +142,13 @@ def test_cli_forks_local_workers_with_pyradiomics_imported(method):
     # a spawned worker imports pyradiomics only at its first task
     assert all(w["radiomics"] is (method == "default") for w in workers)
     assert all(w["omp"] == "1" for w in workers)
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_local_workers_profile_only_when_asked(profile):
+    """The statistical profiler costs a busy worker ~8%, so local workers run without it unless
+    the cluster section asks for it; the setting reaches the worker processes."""
+    spec = LocalClusterSpec(workers=1, dashboard_address=":0", profile=profile)
+    with connect(spec) as client:
+        [enabled] = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks).values()
+    assert enabled is profile
