@@ -52,8 +52,9 @@ def _local_cluster(spec: LocalClusterSpec):
             memory_limit=spec.memory_limit,
             dashboard_address=spec.dashboard_address,
             # Loopback unless the user binds the dashboard elsewhere: a laptop's scheduler
-            # should not listen on the network.
-            host="127.0.0.1" if spec.dashboard_address.startswith(("127.", "localhost", ":")) else None,
+            # should not listen on the network (thread workers talk in-process, no host).
+            host="127.0.0.1" if spec.processes and spec.dashboard_address.startswith(
+                ("127.", "localhost", ":")) else None,
         )
 
 

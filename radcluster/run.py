@@ -157,15 +157,23 @@ class _Writer:
 
 
 def _worker_memory(client) -> tuple[int | None, bool, int]:
-    """(largest worker's memory in bytes, whether every worker advertises a MEMORY resource,
-    worker threads in all)."""
+    """(largest worker's memory in bytes, whether tasks should claim memory as a resource,
+    worker threads in all).
+
+    Claiming is needed only where a worker runs several tasks at once: a one-thread worker
+    never holds two scans, and the plan already keeps scans larger than any worker out. It
+    also has a cost: Dask assigns resource-restricted tasks to workers at submission instead
+    of queueing them, so the workers' backlogs are fixed up front and one can idle at the end
+    of a run while the other works through its own.
+    """
     workers = list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
     limits = [w.get("memory_limit") or 0 for w in workers]
     with_resource = [w.get("resources", {}).get("MEMORY") for w in workers]
     advertised = bool(with_resource) and all(with_resource)
     largest = max(with_resource) if advertised else (max(limits) if limits and all(limits) else None)
     threads = sum(int(w.get("nthreads", 1)) for w in workers)
-    return (int(largest) if largest else None), advertised, threads
+    claim = advertised and any(int(w.get("nthreads", 1)) > 1 for w in workers)
+    return (int(largest) if largest else None), claim, threads
 
 
 def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, client, *,

@@ -102,3 +102,20 @@ def test_an_unreadable_split_scan_is_one_failure(client, tmp_path):
     [failure] = open_store(store).failures().to_dict("records")
     assert failure["case_id"] == "atlas" and failure["file"] == str(broken)
     assert failure["stage"] == "read"
+
+
+def test_tasks_claim_memory_only_where_a_worker_runs_several(client):
+    """One-thread workers never hold two scans, so their tasks stay unrestricted and Dask
+    queues them (balancing the end of a run); several threads share a worker's memory."""
+    from radcluster.cluster import connect
+    from radcluster.run import _worker_memory
+    from radcluster.spec import LocalClusterSpec
+
+    memory, claim, threads = _worker_memory(client)  # 2 workers x 1 thread, no MEMORY resource
+    assert (claim, threads) == (False, 2) and memory > 0
+    for n_threads, expected in ((1, False), (2, True)):
+        spec = LocalClusterSpec(workers=1, threads_per_worker=n_threads, processes=False, dashboard_address=":0",
+                                memory_limit="2GiB")
+        with connect(spec) as local:
+            memory, claim, threads = _worker_memory(local)
+        assert (memory, claim, threads) == (2 * 2**30, expected, n_threads)
