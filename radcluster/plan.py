@@ -28,7 +28,7 @@ import pandas as pd
 from . import _io
 from .cohort import ALL_LABELS, Cohort, Scan
 
-__all__ = ["Task", "Plan", "make_plan", "file_stat", "estimate_bytes"]
+__all__ = ["Task", "Plan", "make_plan", "part_key", "file_stat", "estimate_bytes"]
 
 # Scans whose image file is smaller than this are grouped into one task, up to
 # _BATCH_BYTES of input per task: below ~1 MB a scan extracts in tens of milliseconds,
@@ -56,8 +56,13 @@ class Task:
     @property
     def key(self) -> str:
         if self.part:
-            return f"{self.scans[0].case_id}-part{self.part[0] + 1}of{self.part[1]}"
+            return part_key(self.scans[0].case_id, self.part)
         return self.scans[0].case_id if len(self.scans) == 1 else f"{self.scans[0].case_id}+{len(self.scans) - 1}"
+
+
+def part_key(case_id: str, part: tuple[int, int]) -> str:
+    """How a part of a split scan is named in task keys and logs: ``atlas-part2of4``."""
+    return f"{case_id}-part{part[0] + 1}of{part[1]}"
 
 
 @dataclass

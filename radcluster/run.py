@@ -23,7 +23,7 @@ import yaml
 
 from .cohort import Cohort, Scan, read_label_table, read_manifest
 from .extract import ExtractionSettings, ScanResult, extract_scan
-from .plan import Plan, file_stat, make_plan
+from .plan import Plan, file_stat, make_plan, part_key
 from .spec import JobSpec, read_params
 from .store import Store, open_store
 
@@ -67,6 +67,21 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def _merged(results: list[ScanResult]) -> ScanResult:
+    """The parts of a split scan as the one result an unsplit task would have returned.
+
+    Every part reads the scan, so a problem of the scan itself (unreadable, empty mask) is
+    reported by each: it is kept once; label failures belong to one part each.
+    """
+    first = results[0]
+    failures = [f for f in first.failures if f["label"] is None]
+    failures += [f for r in results for f in r.failures if f["label"] is not None]
+    return ScanResult(first.case_id, sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
+                      failures, max(r.seconds for r in results), first.image_hash, first.mask_hash,
+                      list(dict.fromkeys(n for r in results for n in r.feature_names)),
+                      unchanged=all(r.unchanged for r in results))
+
+
 def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
     # A task that raised instead of returning a ScanResult: the worker died on it
     # repeatedly (KilledWorker) or radcluster itself has a bug; either way it is recorded.
@@ -87,7 +102,7 @@ def run_task(scans: tuple[Scan, ...], settings: ExtractionSettings,
     fault = os.environ.get(FAULT_ENV)
     results = []
     for scan in scans:
-        if fault and scan.case_id == fault:
+        if fault and fault in (scan.case_id, part and part_key(scan.case_id, part)):
             # Fault injection for the crash tests: a scan that kills its worker process every
             # time, as a segfault in a native library would.
             os._exit(70)
@@ -113,7 +128,6 @@ class _Writer:
         self.last_flush = time.monotonic()
         self.rows_written = 0
         self.failures_written = 0
-        self.scan_failures: set[tuple] = set()
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -131,14 +145,7 @@ class _Writer:
         if result is not None:
             self.features.update(dict.fromkeys(result.feature_names))
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
-        for f in failures:
-            if f.get("label") is None:
-                # the parts of a split scan each read it, so each reports it unreadable: once
-                key = (f["case_id"], f["stage"], f["error_type"])
-                if key in self.scan_failures:
-                    continue
-                self.scan_failures.add(key)
-            self.failures.append({**f, "run_id": self.run_id, "failed_at": now})
+        self.failures.extend({**f, "run_id": self.run_id, "failed_at": now} for f in failures)
         if (len(self.rows) + len(self.failures) >= self.flush_rows
                 or time.monotonic() - self.last_flush >= self.flush_seconds):
             self.flush()
@@ -222,6 +229,7 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
         failed[scan.case_id] = None
 
     futures = {}
+    parts: dict[str, list[ScanResult]] = {}  # split scans: the results of the parts so far
     for task in plan.tasks:
         fut = client.submit(run_task, task.scans, settings, task.known, task.part, pure=False,
                             key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
@@ -237,16 +245,28 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
                 results: list[ScanResult] = fut.result()
             except Exception as err:  # the task itself died; see _task_failure
                 for scan in task.scans:
-                    writer.add(None, [_task_failure(scan, err)])
+                    if scan.case_id not in failed:  # the other parts of a split scan: once
+                        writer.add(None, [_task_failure(scan, err)])
                     failed[scan.case_id] = None
+                    parts.pop(scan.case_id, None)
                 continue
             finally:
                 fut.release()
+            if task.part:
+                # A split scan is written as one result once every part is in, as if it had
+                # been one task: all its labels or, when a part died, none (and the next run
+                # extracts it again rather than trusting a case half done).
+                case = task.scans[0].case_id
+                if case in failed and case not in parts:
+                    continue
+                parts.setdefault(case, []).extend(results)
+                if len(parts[case]) < task.part[1]:
+                    continue
+                results = [_merged(parts.pop(case))]
             for result in results:
                 if result.unchanged:
-                    if not task.part or task.part[0] == 0:  # a split scan is counted once
-                        summary.skipped += 1
-                        summary.changed -= 1
+                    summary.skipped += 1
+                    summary.changed -= 1
                     continue
                 if result.failures:
                     failed[result.case_id] = None

@@ -140,3 +140,29 @@ def test_scan_larger_than_any_worker_fails_up_front(tmp_path, cohort):
     assert huge["case_id"] == "huge" and huge["stage"] == "plan" and huge["error_type"] == "ScanTooLarge"
     assert "the largest worker has 1.0 GiB" in huge["message"] and "big.nhdr" in huge["message"]
     assert len(open_store(tmp_path / "store").features()) == 3
+
+
+def test_split_scan_with_a_poisoned_part_is_written_whole_or_not_at_all(tmp_path):
+    """An atlas scan split over both workers, one part of which kills its worker every time:
+    the other part's labels are not written beside the failure (a case half done would be
+    skipped by the next run); the next run extracts every label, each once."""
+    from radcluster.synth import make_atlas
+
+    image, mask, _ = make_atlas(tmp_path / "atlas", n_labels=8, seed=4, shape=(24, 40, 36))
+    manifest = tmp_path / "atlas.csv"
+    manifest.write_text(f"case_id,image,mask,label\natlas,{image},{mask},all\n")
+    job = _job(tmp_path, manifest, params=str(PARAMS / "Params.yaml"))
+    store = tmp_path / "store"
+    proc = _start(job, env={"RADCLUSTER_FAULT_EXIT_CASE": "atlas-part2of2"})
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 1, err
+    assert open_store(store).features().empty
+    [failure] = open_store(store).failures().to_dict("records")
+    assert (failure["case_id"], failure["stage"], failure["error_type"]) == ("atlas", "worker", "KilledWorker")
+
+    rerun = subprocess.run([sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True,
+                           text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = open_store(store).features(all_versions=True)
+    assert sorted(rows["label"]) == list(range(1, 9)) and set(rows["case_id"]) == {"atlas"}
+    assert open_store(store).failures().empty  # superseded by the complete extraction
