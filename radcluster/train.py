@@ -117,6 +117,15 @@ def train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regist
     TrainResult
         The version (folder or URL), its metrics and the report's location.
     """
+    # Everything computes on ``client``: with another client current (a notebook's or a test
+    # session's ``with Client() as c``), dask.compute would go to that one while the persisted
+    # matrix went through this one, and the two connections race at the scheduler.
+    with client.as_current():
+        return _train_store(store_url, spec, client, registry, clinical=clinical, on_fold=on_fold)
+
+
+def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, registry: str | os.PathLike, *,
+                 clinical: str | None, on_fold) -> TrainResult:
     from .registry import new_version
 
     spec = parse_train_spec(spec)

@@ -178,3 +178,25 @@ def test_cli_train_from_the_example_job(tmp_path, client, capsys):
     assert _cli(["train", str(tmp_path / "store"), "--target", "nothing", "--scheduler-address",
                  client.scheduler.address, "--registry", str(tmp_path / "models")]) == 2
     assert "column 'nothing' is not in" in capsys.readouterr().err
+
+
+def test_training_computes_on_the_client_it_is_given(tmp_path, client):
+    """With another client current (here the session's), training still runs on the one it
+    was given: persisting through one connection and computing through another raced at the
+    scheduler ('User asked for computation on lost data')."""
+    from distributed import Client
+
+    from radcluster.train import train_store
+
+    X, columns = planted(60, 8)
+    matrix_store(tmp_path / "store", X, columns)
+    seen = []
+    other = Client(client.scheduler.address, set_as_default=False)
+    try:
+        with client.as_current():
+            train_store(str(tmp_path / "store"), {"target": "outcome", "model": "logistic_regression",
+                                                  "cv": {"folds": 3}, "report": False, "metrics": {"bootstrap": 0}},
+                        other, tmp_path / "models", on_fold=lambda k, m: seen.append(Client.current()))
+    finally:
+        other.close()
+    assert len(seen) == 3 and all(c is other for c in seen)
