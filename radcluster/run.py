@@ -257,7 +257,7 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
                 # been one task: all its labels or, when a part died, none (and the next run
                 # extracts it again rather than trusting a case half done).
                 case = task.scans[0].case_id
-                if case in failed and case not in parts:
+                if case in failed:  # another part of it died: nothing of it is written
                     continue
                 parts.setdefault(case, []).extend(results)
                 if len(parts[case]) < task.part[1]:
