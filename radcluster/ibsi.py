@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _io
 from ._ibsi_compliance import (
     ComplianceResult,
     check_compliance,
@@ -158,11 +159,7 @@ def extract_ibsi(image: SimpleITK.Image, mask: SimpleITK.Image, label: int = 1, 
 def write_compliance_report(reference_dir: str | Path, out: str | Path, *, ct: bool = True) -> ComplianceResult:
     """Check compliance against ``reference_dir`` and write the Markdown report to ``out``."""
     result = check_compliance(reference_dir, ct=ct)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_report(result), encoding="utf-8")
-    os.replace(tmp, out)
+    _io.write_atomic(os.fspath(out), render_report(result).encode("utf-8"))
     return result
 
 

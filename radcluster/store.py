@@ -20,7 +20,6 @@ import datetime as _dt
 import io
 import json
 import os
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import _io
 from .errors import StoreError
 
 __all__ = ["Store", "open_store", "ID_COLUMNS", "PROVENANCE_COLUMNS"]
@@ -74,12 +74,8 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------
     def _write_atomic(self, path: str, data: bytes) -> None:
-        tmp = path.rsplit("/", 1)
-        tmp_path = f"{tmp[0]}/.tmp-{uuid.uuid4().hex}-{tmp[1]}"
-        self.fs.makedirs(tmp[0], exist_ok=True)
-        with self.fs.open(tmp_path, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp_path, path)
+        # a reader sees no file or the whole one: see _io.write_atomic
+        _io.write_atomic(self.fs.unstrip_protocol(path), data)
 
     def write_part(self, table: str, rows: Sequence[dict[str, Any]], *, run_id: str, seq: int,
                    metadata: dict[str, Any] | None = None) -> str | None:
