@@ -7,13 +7,14 @@ extracts only if the voxels really changed. New scans, scans with changed files 
 and scans that failed before are extracted.
 
 Each task carries an estimate of the memory its scan needs (from the image header and the
-enabled filters), used as a Dask resource so a large scan does not run beside others on a
-worker that cannot hold them; a scan larger than any worker fails up front with a message
-instead of killing workers. Tiny scans are grouped so that task overhead stays small against
-task time, in groups that shrink towards the end of the run (guided self-scheduling); the
-largest scans go first, so the tail of a run is short. When a cohort has fewer tasks
-than the cluster has slots (an atlas: one scan, a hundred labels), each many-label scan is
-split into parts, part i of k extracting every k-th label, so no worker idles.
+enabled filters), used as a Dask resource on workers that run several tasks at once, so a
+large scan does not run beside others on a worker that cannot hold them; a scan larger than
+any worker fails up front with a message instead of killing workers. Tiny scans are grouped
+so that task overhead stays small against task time, in groups that shrink towards the end
+of the run (guided self-scheduling); the largest scans go first, so the tail of a run is
+short. When a cohort has fewer tasks than the cluster has slots (an atlas: one scan, a
+hundred labels), each many-label scan is split into parts, part i of k extracting every k-th
+label, so no worker idles.
 """
 
 from __future__ import annotations
