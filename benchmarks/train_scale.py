@@ -187,7 +187,7 @@ def run_single(args) -> dict:
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
-    from radcluster.learn import make_splits
+    from radcluster.learn.cv import make_splits
 
     root = Path(args.out)
     started = time.perf_counter()

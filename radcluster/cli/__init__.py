@@ -15,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from ..cluster.local import prestart_local_workers
 from ..errors import RadclusterError
-from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, prestart_local_workers
+from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME
 from .common import add_cluster_flags as _add_cluster_flags
 from .common import cluster_overrides as _cluster_overrides
 from .common import print_dashboard as _print_dashboard
@@ -91,7 +92,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort_scan(args: argparse.Namespace) -> int:
-    from ..cohort import scan_directory
+    from ..cohort.discover import scan_directory
 
     frame = scan_directory(args.folder)
     out = Path(args.output)
@@ -111,7 +112,8 @@ def _rel(path: Path, start: Path) -> str:
 
 
 def cmd_cohort_check(args: argparse.Namespace) -> int:
-    from ..cohort import check_cohort, read_manifest
+    from ..cohort import read_manifest
+    from ..cohort.check import check_cohort
 
     cohort = read_manifest(args.manifest)
     problems = check_cohort(cohort, tolerance=args.tolerance, check_labels=not args.headers_only)

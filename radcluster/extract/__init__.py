@@ -8,7 +8,7 @@ It knows nothing of Dask or of the store; the scheduler only calls it.
 
 Two paths give the same features (relative difference <= 1e-6, asserted by the tests):
 
-* the fast path (default) reads image and mask once, hashes the decoded voxels once, and
+* the fast path (default, :mod:`.fast`) reads image and mask once, hashes the decoded voxels once, and
   runs pyradiomics' own pipeline steps (``checkMask``, ``resampleImage``, the image-type
   filters, ``computeShape``, ``computeFeatures``) on a crop around each label, computing
   each filtered image once per scan for all labels;
@@ -18,7 +18,6 @@ Two paths give the same features (relative difference <= 1e-6, asserted by the t
 
 from __future__ import annotations
 
-import collections
 import math
 import time
 from collections.abc import Mapping
@@ -28,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from .. import _io
-from ..cohort import ALL_LABELS, Scan, check_scan
+from ..cohort import ALL_LABELS, Scan
+from ..cohort.check import check_scan
 from ..errors import ScanError
+from .fast import extract_labels, find_labels
 
 __all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
 
@@ -37,25 +38,6 @@ FAILURE_COLUMNS = ("case_id", "label", "stage", "error_type", "message", "file")
 
 # ITK's own default coordinate and direction tolerance, restored when a params file sets none.
 _ITK_DEFAULT_TOLERANCE = 1e-6
-# Image types whose output at a voxel does not depend on the label being extracted, so one
-# filtered image serves every label of a scan (LBP3D reads the mask, so it is per label).
-_LABEL_FREE_TYPES = frozenset(
-    {
-        "Original",
-        "LoG",
-        "Wavelet",
-        "Square",
-        "SquareRoot",
-        "Logarithm",
-        "Exponential",
-        "Gradient",
-        "LBP2D",
-    }
-)
-# Extra voxels kept around a label before B-spline resampling: ITK computes B-spline
-# coefficients with a recursive (IIR) prefilter whose influence decays as 0.268**d, so 24
-# voxels bound the difference from resampling the whole image by ~1e-14 of the intensity range.
-_RESAMPLE_MARGIN = 24
 
 
 @dataclass(frozen=True)
@@ -108,7 +90,7 @@ def _content_hash(image) -> str:
 
 
 def _read(case_id: str, path: str, role: str):
-    from ..cohort import read_image
+    from ..cohort.images import read_image
 
     return read_image(case_id, path, role)
 
@@ -261,7 +243,7 @@ def _ibsi(
         try:
             out[label] = extract_ibsi(image, mask, label, params, None if ibsi is True else ibsi)
         except ValueError as err:
-            out[label] = _label_error(scan, label, err)
+            out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
     return out
 
 
@@ -284,49 +266,12 @@ def _extract_labels(
         labels = _labels_of(scan, present, default_label, part)
         return {label: _plain(scan, image, mask, extractor, label) for label in labels}
 
-    objects = _find_labels(scan, mask)
+    objects = find_labels(scan, mask)
     present = [i + 1 for i, sl in enumerate(objects) if sl is not None]
     if not present:
         raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
     labels = _labels_of(scan, present, default_label, part)
-    return _fast(scan, image, mask, extractor, labels, objects, present)
-
-
-def _find_labels(scan: Scan, mask) -> list[tuple[slice, ...] | None]:
-    """``ndimage.find_objects`` of the mask as pyradiomics sees it (cast to UInt32).
-
-    Casting a whole CT-sized mask and scanning it label by label was over a third of a lung
-    task; the non-zero bounding box (one pass) is usually a small block, so the labels are
-    found in that block only and the slices shifted back to the whole volume.
-    """
-    import SimpleITK as sitk
-    from scipy import ndimage
-
-    arr = sitk.GetArrayViewFromImage(mask)
-    if arr.dtype.kind not in "ui":
-        # a float mask's values are truncated by the cast, so find labels after it (the
-        # cast image must outlive the view of its buffer)
-        mask = sitk.Cast(mask, sitk.sitkUInt32)
-        arr = sitk.GetArrayViewFromImage(mask)
-    nonzero = arr != 0
-    box = []
-    for axis in range(arr.ndim):
-        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(arr.ndim) if a != axis)))
-        if hit.size == 0:
-            return []
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    block = arr[tuple(box)]
-    if block.dtype.kind == "i" and block.min() < 0:
-        raise ScanError(
-            scan.case_id,
-            "check",
-            f"mask has negative values (minimum {block.min()}); labels must be non-negative integers",
-            file=scan.mask,
-        )
-    return [
-        None if sl is None else tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(sl, box, strict=True))
-        for sl in ndimage.find_objects(block)
-    ]
+    return extract_labels(scan, image, mask, extractor, labels, objects, present)
 
 
 def _plain(scan: Scan, image, mask, extractor, label: int):
@@ -334,114 +279,4 @@ def _plain(scan: Scan, image, mask, extractor, label: int):
         with _io.local_file(scan.image) as img, _io.local_file(scan.mask) as msk:
             return extractor.execute(img, msk, label=label)
     except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
-        return _label_error(scan, label, err)
-
-
-def _bounds(slices: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) inclusive index bounds in SimpleITK's (x, y, z) order."""
-    lower = np.array([s.start for s in reversed(slices)])
-    upper = np.array([s.stop - 1 for s in reversed(slices)])
-    return lower, upper
-
-
-def _crop(image, lower: np.ndarray, upper: np.ndarray, pad: np.ndarray | int):
-    import SimpleITK as sitk
-
-    size = np.array(image.GetSize())
-    lo = np.maximum(lower - pad, 0)
-    hi = np.minimum(upper + pad, size - 1)
-    return sitk.RegionOfInterest(image, (hi - lo + 1).tolist(), lo.tolist())
-
-
-def _fast(scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int]):
-    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once."""
-    import SimpleITK as sitk
-    from radiomics import imageoperations
-
-    base = dict(extractor.settings)
-    base["additionalInfo"] = False
-    if base.get("normalize"):
-        # normalisation uses whole-image statistics, so it runs before any crop, once
-        image = imageoperations.normalizeImage(image, **base)
-        base["normalize"] = False
-    resample = base.get("interpolator") is not None and base.get("resampledPixelSpacing") is not None
-    pre_crop = bool(base.get("preCrop")) and not resample
-    types = extractor.enabledImagetypes
-    shared_filters = not resample and not pre_crop and set(types) <= _LABEL_FREE_TYPES
-
-    out: dict[int, Any] = {}
-    state: dict[int, tuple] = {}
-    spacing = np.array(image.GetSpacing())
-    # pyradiomics casts every mask to UInt32; a crop is cast after cropping (the same voxels),
-    # but resampling computes its grid from the whole mask, which is then cast once.
-    whole_mask = sitk.Cast(mask, sitk.sitkUInt32) if resample else None
-    for label in labels:
-        kw = dict(base, label=label)
-        if label not in present:
-            out[label] = ScanError(
-                scan.case_id,
-                "check",
-                f"label {label} not present in mask; present: {present[:20]}",
-                file=scan.mask,
-                label=label,
-            )
-            continue
-        lower, upper = _bounds(objects[label - 1])
-        try:
-            if resample:
-                new = np.array(base["resampledPixelSpacing"], dtype=float)
-                new = np.where(new == 0, spacing, new)
-                pad = np.ceil((int(base.get("padDistance", 5)) + 1) * new / spacing).astype(int) + _RESAMPLE_MARGIN
-                # The output grid is computed by pyradiomics from the full mask, exactly as in
-                # execute(); only the image it interpolates from is cropped.
-                image_l, mask_l = imageoperations.resampleImage(_crop(image, lower, upper, pad), whole_mask, **kw)
-            elif pre_crop:
-                image_l = _crop(image, lower, upper, int(base.get("padDistance", 5)))
-                mask_l = sitk.Cast(_crop(mask, lower, upper, int(base.get("padDistance", 5))), sitk.sitkUInt32)
-            else:
-                image_l = _crop(image, lower, upper, 1)
-                mask_l = sitk.Cast(_crop(mask, lower, upper, 1), sitk.sitkUInt32)
-            bbox, _ = imageoperations.checkMask(image_l, mask_l, **kw)
-            reseg = None
-            if base.get("resegmentRange") is not None:
-                reseg = imageoperations.resegmentMask(image_l, mask_l, **kw)
-                bbox, _ = imageoperations.checkMask(image_l, reseg, **kw)
-            shape_mask = reseg if (reseg is not None and base.get("resegmentShape")) else mask_l
-            features = collections.OrderedDict(extractor.computeShape(image_l, shape_mask, bbox, **kw))
-            feature_mask = reseg if reseg is not None else mask_l
-            if not shared_filters:
-                for name, custom in types.items():
-                    args = dict(kw, **custom)
-                    gen = getattr(imageoperations, f"get{name}Image")(image_l, feature_mask, **args)
-                    for filtered, type_name, type_kw in gen:
-                        img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
-                        features.update(extractor.computeFeatures(img_c, msk_c, type_name, **type_kw))
-            out[label] = features
-            state[label] = (lower, upper, bbox, feature_mask)
-        except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
-            out[label] = _label_error(scan, label, err)
-
-    if shared_filters and state:
-        # Each filtered image is computed once on the whole (normalised) image, as
-        # pyradiomics does per call, then cropped for every label.
-        for name, custom in types.items():
-            args = dict(base, **custom)
-            for filtered, type_name, type_kw in getattr(imageoperations, f"get{name}Image")(image, mask, **args):
-                for label, (lower, upper, bbox, feature_mask) in list(state.items()):
-                    try:
-                        img_c, msk_c = imageoperations.cropToTumorMask(
-                            _crop(filtered, lower, upper, 1), feature_mask, bbox
-                        )
-                        out[label].update(
-                            extractor.computeFeatures(img_c, msk_c, type_name, **dict(type_kw, label=label))
-                        )
-                    except Exception as err:
-                        out[label] = _label_error(scan, label, err)
-                        del state[label]
-    return out
-
-
-def _label_error(scan: Scan, label: int, err: Exception) -> ScanError:
-    wrapped = ScanError(scan.case_id, "extract", str(err).strip() or type(err).__name__, file=scan.mask, label=label)
-    wrapped.__cause__ = err
-    return wrapped
+        return ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)

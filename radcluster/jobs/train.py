@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import _io, learn
+from .. import _io
 from ..errors import ModelError, SpecError
+from ..learn.cv import cross_validate, evaluate, fit_final, main_metric, make_splits
 from ..learn.dataset import (
     TrainingData,
     load_training_data,
@@ -32,6 +33,8 @@ from ..learn.dataset import (
     read_clinical,
     read_store_columns,
 )
+from ..learn.models import make_model, save_model
+from ..learn.preprocess import Preprocessor
 from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, parse_train_spec
 
 logger = logging.getLogger(__name__)
@@ -167,8 +170,8 @@ def _train_store(
     p = spec.preprocess
     seed = spec.cv.seed
 
-    def make_pre() -> learn.Preprocessor:
-        return learn.Preprocessor(
+    def make_pre() -> Preprocessor:
+        return Preprocessor(
             impute=p.impute,
             max_missing_fraction=p.max_missing_fraction,
             max_mode_fraction=p.max_mode_fraction,
@@ -182,7 +185,7 @@ def _train_store(
         )
 
     def make_mdl():
-        return learn.make_model(
+        return make_model(
             spec.model,
             task,
             spec.params.get(spec.model, {}),
@@ -196,12 +199,12 @@ def _train_store(
     test = np.zeros(0, dtype=int)
     if spec.cv.test_fraction > 0 and task != "clustering":
         k = max(2, round(1 / spec.cv.test_fraction))
-        dev, test = learn.make_splits(k, target.strata, groups, seed=seed + 1000, what="held-out test split")[0]
+        dev, test = make_splits(k, target.strata, groups, seed=seed + 1000, what="held-out test split")[0]
         logger.info("held out %d row(s) for test, %d for development", len(test), len(dev))
     mopts = {"level": spec.metrics.level, "bins": spec.metrics.calibration_bins, "seed": seed}
     metrics: dict[str, Any] = {
         "task": task,
-        "main_metric": learn.main_metric(task),
+        "main_metric": main_metric(task),
         "cv": None,
         "test": None,
         "folds": [],
@@ -213,8 +216,8 @@ def _train_store(
     d_batch = None if batch is None else batch[dev]
     Xdev = X[dev] if len(test) else X
     if spec.cv.folds and task != "clustering":
-        splits = learn.make_splits(spec.cv.folds, d_target.strata, d_groups, seed=seed)
-        cv = learn.cross_validate(
+        splits = make_splits(spec.cv.folds, d_target.strata, d_groups, seed=seed)
+        cv = cross_validate(
             Xdev,
             d_target,
             d_groups,
@@ -227,7 +230,7 @@ def _train_store(
             on_fold=on_fold,
             metric_options=mopts,
         )
-        metrics["cv"] = learn.evaluate(d_target, cv.scores, d_groups, n_boot=spec.metrics.bootstrap, **mopts)
+        metrics["cv"] = evaluate(d_target, cv.scores, d_groups, n_boot=spec.metrics.bootstrap, **mopts)
         metrics["folds"] = cv.fold_metrics
         main = metrics["main_metric"]
         values = [f[main] for f in cv.fold_metrics if f.get(main) is not None and np.isfinite(f[main])]
@@ -237,7 +240,7 @@ def _train_store(
         scores_all[dev] = cv.scores
         split_col[dev] = "cv"
         fold_col[dev] = cv.fold
-    final = learn.fit_final(
+    final = fit_final(
         Xdev,
         d_target,
         d_groups,
@@ -252,7 +255,7 @@ def _train_store(
         pca_scores = final.scores_train[:, : min(2, final.pre.n_components_)].compute()
     if task == "clustering":
         assigned = final.model.predict_scores(final.scores_train).compute()
-        metrics["train"] = learn.evaluate(
+        metrics["train"] = evaluate(
             target, assigned, groups, n_boot=0, clustering_inputs=final.scores_train.compute(), **mopts
         )
         scores_all = assigned
@@ -261,7 +264,7 @@ def _train_store(
         out = final.model.predict_scores(
             final.pre.transform(X[test], batch=None if batch is None else batch[test])
         ).compute()
-        metrics["test"] = learn.evaluate(target.subset(test), out, groups[test], n_boot=spec.metrics.bootstrap, **mopts)
+        metrics["test"] = evaluate(target.subset(test), out, groups[test], n_boot=spec.metrics.bootstrap, **mopts)
         if scores_all is None:
             scores_all = np.full((n, *out.shape[1:]), np.nan)
         scores_all[test] = out
@@ -304,7 +307,7 @@ def _write_version(
     arrays, pre_meta = final.pre.to_arrays()
     np.savez(v.path / "preprocess.npz", **arrays)
     v.write_json("preprocess.json", pre_meta)
-    learn.save_model(final.model, v.path, name=spec.model, task=target.task)
+    save_model(final.model, v.path, name=spec.model, task=target.task)
     model_inputs = final.pre.feature_names_out(data.feature_names)
     v.write_json(
         "features.json",

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import learn
 from ..errors import ModelError
 from ..spec.training import TrainSpec
+from .cv import Target
+from .models import check_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class TrainingData:
     rows: pd.DataFrame  # case_id, label and the needed columns, one per matrix row
     feature_names: list[str]
     groups: np.ndarray
-    target: learn.Target
+    target: Target
     batch: np.ndarray | None
     left_out: pd.DataFrame  # case_id, label, reason
     pivot_labels: list[int] | None
@@ -109,10 +110,10 @@ def infer_task(values: pd.Series) -> str:
     return "multiclass" if integral and len(uniq) <= 10 else "regression"
 
 
-def _make_target(frame: pd.DataFrame, spec: TrainSpec, task: str) -> learn.Target:
+def _make_target(frame: pd.DataFrame, spec: TrainSpec, task: str) -> Target:
     if task == "clustering":
         raw = frame[spec.target].to_numpy() if spec.target else None
-        return learn.Target(task, None, raw=raw)
+        return Target(task, None, raw=raw)
     values = frame[spec.target]
     if pd.api.types.is_float_dtype(values) and (values == values.round()).all():
         values = values.astype("int64")  # 0.0/1.0 from a column that had gaps: classes 0 and 1
@@ -121,19 +122,19 @@ def _make_target(frame: pd.DataFrame, spec: TrainSpec, task: str) -> learn.Targe
         y = np.searchsorted(classes, values.to_numpy())
         if task == "binary" and len(classes) != 2:
             raise ModelError(f"task 'binary': target {spec.target!r} has {len(classes)} classes {classes[:5]}")
-        return learn.Target(task, y, classes=classes, strata=y, raw=values.to_numpy())
+        return Target(task, y, classes=classes, strata=y, raw=values.to_numpy())
     y = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     if np.isnan(y).any():
         raise ModelError(f"task {task!r}: target {spec.target!r} is not numeric")
     if task == "regression":
-        return learn.Target(task, y, raw=y)
+        return Target(task, y, raw=y)
     event = pd.to_numeric(frame[spec.event], errors="coerce").to_numpy(dtype=float)
     if not np.isin(event, (0, 1)).all():
         raise ModelError(f"survival: event column {spec.event!r} must hold 0 (censored) or 1 (event)")
     if (y <= 0).any():
         raise ModelError(f"survival: time column {spec.target!r} must be > 0")
     event = event.astype(int)
-    return learn.Target(task, np.where(event == 1, y, -y), time=y, event=event, strata=event, raw=y)
+    return Target(task, np.where(event == 1, y, -y), time=y, event=event, strata=event, raw=y)
 
 
 def _groups(frame: pd.DataFrame, group: str) -> np.ndarray:
@@ -222,7 +223,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
             frame, [c for c in (spec.target, spec.event) if c], _groups(frame, "auto"), spec.cv.seed
         )
     target = _make_target(frame, spec, task)
-    learn.check_model(spec.model, task, spec.params.get(spec.model, {}))
+    check_model(spec.model, task, spec.params.get(spec.model, {}))
     batch = frame[spec.preprocess.combat].astype(str).to_numpy() if spec.preprocess.combat else None
     hashes = matrix_params_hashes(store)
     return TrainingData(X, frame, names, groups, target, batch, left_out, pivot_labels, hashes)

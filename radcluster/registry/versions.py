@@ -298,7 +298,8 @@ def open_version(path: str | os.PathLike, *, trust: tuple[str, ...] = ()) -> Mod
     checked and loaded. ``trust`` names extra types skops may rebuild for a scikit-learn
     model; pass it only for files you trust (the defaults cover the models radcluster writes).
     """
-    from ..learn import Preprocessor, load_model
+    from ..learn.models import load_model
+    from ..learn.preprocess import Preprocessor
 
     url = os.fspath(path)
     with fetched(url) as folder:

@@ -8,7 +8,8 @@ import urllib.request
 import pytest
 from conftest import PARAMS
 
-from radcluster.cluster import connect, render_job_script
+from radcluster.cluster import connect
+from radcluster.cluster.jobqueue import render_job_script
 from radcluster.errors import ClusterError
 from radcluster.spec import (
     AddressClusterSpec,
@@ -130,7 +131,7 @@ def test_tls_cluster_on_loopback_extracts(tmp_path, sample_manifest):
 
 _FORKSERVER_PROBE = """
 import json
-from radcluster.cli.common import prestart_local_workers
+from radcluster.cluster.local import prestart_local_workers
 from radcluster.cluster import connect
 from radcluster.spec import build_job
 

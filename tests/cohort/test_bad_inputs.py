@@ -26,7 +26,8 @@ from conftest import PARAMS, case_paths, write_manifest
 from radiomics import featureextractor
 
 from radcluster import open_store
-from radcluster.cohort import RESERVED_COLUMNS, check_cohort, read_manifest
+from radcluster.cohort import RESERVED_COLUMNS, read_manifest
+from radcluster.cohort.check import check_cohort
 from radcluster.errors import ManifestError, SpecError
 from radcluster.extract import FAILURE_COLUMNS, ExtractionSettings
 from radcluster.jobs.extract import RunSummary, run_extract

@@ -11,7 +11,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import DATA, case_paths, write_manifest
 
-from radcluster.cohort import ALL_LABELS, check_cohort, read_label_table, read_manifest, scan_directory
+from radcluster.cohort import ALL_LABELS, read_label_table, read_manifest
+from radcluster.cohort.check import check_cohort
+from radcluster.cohort.discover import scan_directory
 from radcluster.errors import ManifestError
 
 

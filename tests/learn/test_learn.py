@@ -22,7 +22,11 @@ from sklearn.metrics import roc_auc_score
 
 from radcluster.errors import ModelError, SpecError
 from radcluster.jobs.train import parse_train_spec, train_store
-from radcluster.learn import ComBat, Preprocessor, make_model, make_splits, metrics
+from radcluster.learn import metrics
+from radcluster.learn.combat import ComBat
+from radcluster.learn.cv import make_splits
+from radcluster.learn.models import make_model
+from radcluster.learn.preprocess import Preprocessor
 
 
 @pytest.fixture(autouse=True)

@@ -155,7 +155,7 @@ def test_sklearn_models_load_through_skops_with_a_trusted_list(forest, tmp_path)
     copy = tmp_path / "v"
     shutil.copytree(result.version, copy)
     sio.dump(FunctionTransformer(func=operator.add), copy / "model.skops")  # a function as payload
-    from radcluster.learn import load_model
+    from radcluster.learn.models import load_model
 
     with pytest.raises(RegistryError, match="refusing to load types not on radcluster's trusted list: _operator.add"):
         load_model(copy)
