@@ -37,8 +37,17 @@ __all__ = ["Store", "open_store", "ID_COLUMNS", "PROVENANCE_COLUMNS"]
 
 ID_COLUMNS = ("case_id", "label")
 PROVENANCE_COLUMNS = (
-    "label_name", "patient_id", "image_hash", "mask_hash", "params_hash", "scan_seconds",
-    "radcluster_version", "pyradiomics_version", "simpleitk_version", "run_id", "extracted_at",
+    "label_name",
+    "patient_id",
+    "image_hash",
+    "mask_hash",
+    "params_hash",
+    "scan_seconds",
+    "radcluster_version",
+    "pyradiomics_version",
+    "simpleitk_version",
+    "run_id",
+    "extracted_at",
 )
 _META_KEY = b"radcluster"
 _MATRIX_CHUNK_ROWS = 4096
@@ -69,16 +78,26 @@ class Store:
         folder = self._path(table)
         if not self.fs.exists(folder):
             return []
-        return sorted(p for p in self.fs.ls(folder, detail=False)
-                      if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet"))
+        return sorted(
+            p
+            for p in self.fs.ls(folder, detail=False)
+            if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
+        )
 
     # -- writing -----------------------------------------------------------------------
     def _write_atomic(self, path: str, data: bytes) -> None:
         # a reader sees no file or the whole one: see _io.write_atomic
         _io.write_atomic(self.fs.unstrip_protocol(path), data)
 
-    def write_part(self, table: str, rows: Sequence[dict[str, Any]], *, run_id: str, seq: int,
-                   metadata: dict[str, Any] | None = None) -> str | None:
+    def write_part(
+        self,
+        table: str,
+        rows: Sequence[dict[str, Any]],
+        *,
+        run_id: str,
+        seq: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> str | None:
         """Write ``rows`` as one Parquet part of ``table`` (``features`` or ``failures``).
 
         The part's schema metadata records ``metadata`` (feature names, params hash,
@@ -98,8 +117,7 @@ class Store:
         return path
 
     def write_run(self, run_id: str, record: dict[str, Any]) -> None:
-        self._write_atomic(self._path("runs", f"{run_id}.json"),
-                           json.dumps(record, indent=2, default=str).encode())
+        self._write_atomic(self._path("runs", f"{run_id}.json"), json.dumps(record, indent=2, default=str).encode())
 
     # -- reading -----------------------------------------------------------------------
     def _read(self, table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -155,8 +173,19 @@ class Store:
 
     def row_keys(self) -> pd.DataFrame:
         """Key columns of every stored row (cheap: reads only those columns)."""
-        return self._read("features", columns=("case_id", "label", "image_hash", "mask_hash",
-                                              "params_hash", "image_stat", "mask_stat", "extracted_at"))
+        return self._read(
+            "features",
+            columns=(
+                "case_id",
+                "label",
+                "image_hash",
+                "mask_hash",
+                "params_hash",
+                "image_stat",
+                "mask_stat",
+                "extracted_at",
+            ),
+        )
 
     def failures(self) -> pd.DataFrame:
         """Failures not superseded by a later successful extraction of the same case."""
@@ -198,22 +227,29 @@ class Store:
             self.fs.rm(path, recursive=True)
         group = zarr.open_group(store=self._zarr_store(path), mode="w")
         n = len(current)
-        x = group.create_array("X", shape=(n, len(names)), dtype="float64",
-                               chunks=(min(max(n, 1), _MATRIX_CHUNK_ROWS), max(len(names), 1)),
-                               fill_value=np.nan)
+        x = group.create_array(
+            "X",
+            shape=(n, len(names)),
+            dtype="float64",
+            chunks=(min(max(n, 1), _MATRIX_CHUNK_ROWS), max(len(names), 1)),
+            fill_value=np.nan,
+        )
         for start in range(0, n, _MATRIX_CHUNK_ROWS):
-            block = current.iloc[start:start + _MATRIX_CHUNK_ROWS].reindex(columns=names)
-            x[start:start + len(block)] = block.to_numpy(dtype="float64", na_value=np.nan)
+            block = current.iloc[start : start + _MATRIX_CHUNK_ROWS].reindex(columns=names)
+            x[start : start + len(block)] = block.to_numpy(dtype="float64", na_value=np.nan)
         case_ids = current["case_id"].astype(str).tolist() if n else []
         group.create_array("case_id", shape=(n,), dtype=str, chunks=(max(n, 1),))[:] = np.array(case_ids, dtype=str)
         group.create_array("label", shape=(n,), dtype="int64", chunks=(max(n, 1),))[:] = (
-            current["label"].to_numpy(dtype="int64") if n else np.zeros(0, "int64"))
-        group.attrs.update({
-            "feature_names": names,
-            "rows": n,
-            "params_hashes": sorted(current["params_hash"].dropna().unique().tolist()) if n else [],
-            "built_at": _now(),
-        })
+            current["label"].to_numpy(dtype="int64") if n else np.zeros(0, "int64")
+        )
+        group.attrs.update(
+            {
+                "feature_names": names,
+                "rows": n,
+                "params_hashes": sorted(current["params_hash"].dropna().unique().tolist()) if n else [],
+                "built_at": _now(),
+            }
+        )
         return n
 
     def _zarr_store(self, path: str):
@@ -283,4 +319,3 @@ def open_store(url: str | os.PathLike, *, must_exist: bool = True) -> Store:
     if must_exist and not store.fs.exists(store.root):
         raise StoreError(f"no feature store at {os.fspath(url)!r}")
     return store
-
