@@ -45,11 +45,25 @@ homogeneous. A cross-validated logistic regression on just log voxel count, lesi
 lesion sd reaches an AUC of about 0.97 on 80 cases at ``signal=1`` (0.95 at 0.5) and is at
 chance at ``signal=0``; radiomics shape and texture features should do at least as well.
 
-Survival (months) is patient-level: an event time ``T ~ Exponential`` with hazard
-``ln(2) / 24 * exp(s * (z - 0.5))`` (median 24 months at ``s = 0``), independently censored
-by ``C ~ Exponential`` with rate ``ln(2) / 72`` (about 25% censored); ``survival_time =
-min(T, C)``, ``event = T <= C``. The hazard grows with z, so a Cox model on the same size and
-texture features has signal, within each outcome class too.
+Survival (months) is patient-level and depends on two lesion properties only, each drawn
+from its own standard normal factor (u1, u2), independent of y, z and the site:
+
+Flatness (u1)
+    The lesion's semi-axes are ``(1, b, f)`` before scaling to the equivalent radius, with
+    ``b ~ Uniform(0.9, 1)`` and ``f = clip(0.65 + 0.14 u1, 0.35, 0.88)``: the least axis over
+    the largest, what pyradiomics reports as shape ``Flatness``.
+Intensity skewness (u2)
+    The lesion's texture noise goes through Tukey's g transform ``(exp(g t) - 1) / g`` with
+    ``g = clip(0.7 u2, -1, 1)`` and is re-standardised (same mean and amplitude): what
+    pyradiomics reports as firstorder ``Skewness`` (diluted by the scanner noise).
+
+The event time is ``T ~ Exponential`` with hazard ``ln(2) / 24 * exp(s * (2 u1 + 2 u2))``
+(median 24 months at ``s = 0``), independently censored by ``C ~ Exponential`` with rate
+``ln(2) / 72`` (about 30% censored at ``s = 1``); ``survival_time = min(T, C)``,
+``event = T <= C``. So ``original_shape_Flatness`` and ``original_firstorder_Skewness`` are
+the two planted survival features: a univariate Cox screen ranks them first (hazard ratio
+above 1 per SD), and a Cox model on them reaches a C-index of about 0.8. Survival does not
+depend on the outcome y.
 
 Site (batch) effect, independent of the outcome: patients are spread over ``n_sites`` sites
 named ``A``, ``B``, ... evenly within each outcome class. Site k (0 for A) adds ``15 k`` HU to
@@ -62,6 +76,14 @@ With ``scans_per_patient > 1`` a patient's scans share outcome, survival, site a
 ``1 + 0.04 N``, centre moved by up to 5% of the lung's semi-axes, mean ``+ 3 N`` HU, texture
 amplitude times ``1 + 0.05 N``, and new noise. Such scans must stay in one fold of a
 cross-validation.
+
+Test-retest: ``retests=k`` adds, for each of the first k patients, one more scan of the same
+lesion with the same small changes (a rescan), named ``<case_id>-retest`` and pointing at
+the patient's first scan in the manifest's ``retest_of`` column (empty for the others).
+``retest_shift_hu`` adds a random offset ``retest_shift_hu * N`` HU to the lesion only in
+those retest scans: the lesion's intensity level (firstorder Mean, Median, percentiles,
+RootMeanSquared, ...) then no longer reproduces, while shape and Skewness (which ignore a
+shift) do: a feature made unstable on purpose, for stability filters.
 
 :func:`make_atlas` -- one brain-like MR volume with many labels
 ----------------------------------------------------------------
@@ -105,6 +127,12 @@ _MEDIAN_SURVIVAL_MONTHS = 24.0
 # Censoring rate a third of the baseline hazard: P(censored) = 1/4 when the hazard is baseline.
 _CENSOR_RATE = math.log(2) / _MEDIAN_SURVIVAL_MONTHS / 3.0
 _LOBULATION_FREQ = 6.0
+# Survival factors: flatness (least / largest semi-axis) and intensity skewness.
+_FLATNESS_MEAN = 0.65
+_FLATNESS_SD = 0.14
+_SKEW_SD = 0.7
+_HR_FLATNESS = 2.0
+_HR_SKEW = 2.0
 # Atlas: every region must have at least this many voxels on average (Lloyd's iterations
 # keep the smallest above about half the mean).
 _MIN_MEAN_REGION_VOXELS = 600
@@ -123,6 +151,7 @@ class _Lesion:
     mean_hu: float
     texture_sd: float
     texture_corr_mm: float
+    skew: float  # Tukey g of the texture's intensity distribution (0: symmetric)
     side: int  # which lung: -1 or +1 along x
     offset: np.ndarray  # centre offset within the lung, as a fraction of its semi-axes
 
@@ -137,6 +166,8 @@ def make_cohort(
     scans_per_patient: int = 1,
     n_sites: int = 2,
     signal: float = 1.0,
+    retests: int = 0,
+    retest_shift_hu: float = 0.0,
 ) -> pathlib.Path:
     """Write a synthetic CT-like cohort with a planted outcome, survival and site signal.
 
@@ -164,13 +195,17 @@ def make_cohort(
     signal : float, default 1.0
         Strength of the planted effects (lesion size, shape, intensity, texture, hazard);
         0 makes every property independent of the outcome. Must be in [0, 3].
+    retests : int, default 0
+        Patients (the first ones) that get one retest scan each (see the module docstring).
+    retest_shift_hu : float, default 0.0
+        Standard deviation (HU) of a lesion intensity offset applied to retest scans only.
 
     Returns
     -------
     pathlib.Path
         ``out_dir / "manifest.csv"`` with columns ``case_id, image, mask, patient_id,
-        outcome, survival_time, event, site``; ``image`` and ``mask`` are relative to the
-        manifest's folder (``images/<case_id>.nii.gz``, ``masks/<case_id>.nii.gz``).
+        outcome, survival_time, event, site`` (and ``retest_of`` with ``retests``); ``image``
+        and ``mask`` are relative to the manifest's folder (``images/<case_id>.nii.gz``, ``masks/<case_id>.nii.gz``).
 
     Raises
     ------
@@ -193,6 +228,11 @@ def make_cohort(
     seed = _check_int("seed", seed, low=0)
     scans_per_patient = _check_int("scans_per_patient", scans_per_patient, low=1)
     n_sites = _check_int("n_sites", n_sites, low=1, high=26)
+    retests = _check_int("retests", retests, low=0)
+    if isinstance(retest_shift_hu, bool) or not (
+        isinstance(retest_shift_hu, int | float | np.integer | np.floating) and 0 <= float(retest_shift_hu) <= 500
+    ):
+        raise SpecError(f"make_cohort: 'retest_shift_hu' must be a number in [0, 500]; got {retest_shift_hu!r}")
     shape_zyx = _check_shape(shape, minimum=16)
     spacing_zyx = _check_spacing(spacing)
     if isinstance(signal, bool) or not (
@@ -206,28 +246,38 @@ def make_cohort(
     (out / "masks").mkdir(parents=True, exist_ok=True)
 
     n_patients = math.ceil(n_cases / scans_per_patient)
+    if retests > n_patients:
+        raise SpecError(f"make_cohort: 'retests' must be at most the number of patients ({n_patients}); got {retests}")
     root = np.random.SeedSequence(seed)
-    cohort_ss, patients_ss, scans_ss = root.spawn(3)
+    cohort_ss, patients_ss, scans_ss, retest_ss = root.spawn(4)
     cohort_rng = np.random.default_rng(cohort_ss)
     outcome = cohort_rng.permutation(np.arange(n_patients) % 2)
     site = _balanced_sites(cohort_rng, outcome, n_sites)
     z = outcome + _Z_SD * cohort_rng.standard_normal(n_patients)
-    time, event = _survival(cohort_rng, z, signal)
+    u = cohort_rng.standard_normal((n_patients, 2))  # the two survival factors, independent of z
+    time, event = _survival(cohort_rng, u, signal)
 
     fov_mm = np.asarray(shape_zyx) * spacing_zyx
     base_radius = 0.10 * float(fov_mm.min())
     patient_rngs = [np.random.default_rng(s) for s in patients_ss.spawn(n_patients)]
-    lesions = [_draw_lesion(r, float(zi), signal, base_radius) for r, zi in zip(patient_rngs, z, strict=True)]
+    lesions = [
+        _draw_lesion(r, float(zi), ui, signal, base_radius) for r, zi, ui in zip(patient_rngs, z, u, strict=True)
+    ]
 
     width = max(4, len(str(n_cases)))
     p_width = max(4, len(str(n_patients)))
+    scans = [(case, case // scans_per_patient, scan_ss, None) for case, scan_ss in enumerate(scans_ss.spawn(n_cases))]
+    first_scan = {p: case for case, p, _, _ in reversed(scans)}
+    scans += [(n_cases + p, p, ss, first_scan[p]) for p, ss in enumerate(retest_ss.spawn(retests))]
     rows = []
-    for case, scan_ss in enumerate(scans_ss.spawn(n_cases)):
-        p = case // scans_per_patient
+    for case, p, scan_ss, retest_of in scans:
         rng = np.random.default_rng(scan_ss)
-        lesion = lesions[p] if case % scans_per_patient == 0 else _rescan(rng, lesions[p])
+        lesion = lesions[p] if case % scans_per_patient == 0 and retest_of is None else _rescan(rng, lesions[p])
+        if retest_of is not None and retest_shift_hu > 0:
+            lesion = replace(lesion, mean_hu=lesion.mean_hu + retest_shift_hu * float(rng.standard_normal()))
+        base_id = f"synth-{(case if retest_of is None else retest_of) + 1:0{width}d}"
+        case_id = base_id if retest_of is None else f"{base_id}-retest"
         image, mask = _render_ct(rng, lesion, int(site[p]), shape_zyx, spacing_zyx)
-        case_id = f"synth-{case + 1:0{width}d}"
         image_rel = f"images/{case_id}.nii.gz"
         mask_rel = f"masks/{case_id}.nii.gz"
         _write(image, spacing_zyx, out / image_rel)
@@ -244,6 +294,8 @@ def make_cohort(
                 "site": chr(ord("A") + int(site[p])),
             }
         )
+        if retests:
+            rows[-1]["retest_of"] = base_id if retest_of is not None else None
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
@@ -395,21 +447,22 @@ def _balanced_sites(rng: np.random.Generator, outcome: np.ndarray, n_sites: int)
     return site
 
 
-def _survival(rng: np.random.Generator, z: np.ndarray, signal: float) -> tuple[np.ndarray, np.ndarray]:
+def _survival(rng: np.random.Generator, u: np.ndarray, signal: float) -> tuple[np.ndarray, np.ndarray]:
     baseline = math.log(2) / _MEDIAN_SURVIVAL_MONTHS
-    hazard = baseline * np.exp(signal * (z - 0.5))
+    hazard = baseline * np.exp(signal * (_HR_FLATNESS * u[:, 0] + _HR_SKEW * u[:, 1]))
     event_time = rng.exponential(1.0 / hazard)
-    censor_time = rng.exponential(1.0 / _CENSOR_RATE, size=z.size)
+    censor_time = rng.exponential(1.0 / _CENSOR_RATE, size=len(u))
     event = (event_time <= censor_time).astype(int)
     # Two decimals keep the CSV readable; the floor keeps every time strictly positive.
     time = np.maximum(np.round(np.minimum(event_time, censor_time), 2), 0.01)
     return time, event
 
 
-def _draw_lesion(rng: np.random.Generator, z: float, signal: float, base_radius: float) -> _Lesion:
+def _draw_lesion(rng: np.random.Generator, z: float, u: np.ndarray, signal: float, base_radius: float) -> _Lesion:
     sz = signal * z
     radius = base_radius * float(np.clip((1 + 0.4 * sz) * math.exp(0.08 * rng.standard_normal()), 0.4, 2.2))
-    axes = rng.uniform(0.8, 1.25, 3)
+    flat = float(np.clip(_FLATNESS_MEAN + _FLATNESS_SD * u[0], 0.35, 0.88))
+    axes = np.array([1.0, rng.uniform(0.9, 1.0), flat])
     axes /= np.cbrt(axes.prod())
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     rotation = q * np.sign(np.diag(r))
@@ -425,6 +478,7 @@ def _draw_lesion(rng: np.random.Generator, z: float, signal: float, base_radius:
         mean_hu=30.0 + 30.0 * sz + 6.0 * float(rng.standard_normal()),
         texture_sd=max(4.0, 8.0 + 28.0 * sz),
         texture_corr_mm=max(0.4, 0.8 + 1.6 * sz),
+        skew=float(np.clip(_SKEW_SD * u[1], -1.0, 1.0)),
         side=int(rng.choice([-1, 1])),
         offset=rng.uniform(-0.3, 0.3, 3),
     )
@@ -483,7 +537,7 @@ def _render_ct(
     window, inside = _lesion_voxels(lesion, centre_mm, shape, spacing)
     texture = _smooth_noise(rng, inside.shape, lesion.texture_corr_mm / spacing)
     hu_window = hu[window]
-    hu_window[inside] = lesion.mean_hu + lesion.texture_sd * texture[inside]
+    hu_window[inside] = lesion.mean_hu + lesion.texture_sd * _skewed(texture[inside], lesion.skew)
     mask = np.zeros(shape, dtype=np.uint8)
     mask[window][inside] = 1
 
@@ -491,6 +545,15 @@ def _render_ct(
     hu[in_body] += _SITE_OFFSET_HU * site
     hu += rng.normal(0.0, _NOISE_SD_HU * (1 + _SITE_NOISE_STEP * site), shape)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), mask
+
+
+def _skewed(values: np.ndarray, g: float) -> np.ndarray:
+    """Tukey's g transform of standard normal ``values``, re-standardised: skewness of sign g."""
+    if abs(g) < 1e-6 or values.size < 2:
+        return values
+    out = np.expm1(g * values) / g
+    sd = out.std()
+    return (out - out.mean()) / sd if sd > 0 else out - out.mean()
 
 
 def _lesion_voxels(
