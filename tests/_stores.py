@@ -109,6 +109,31 @@ def extracted_store(tmp_path_factory, client) -> Path:
     return once("extracted", build)
 
 
+# The survival cohort: survival follows shape Flatness and firstorder Skewness (synth's two
+# planted survival features); 20 patients rescanned with the lesion's intensity shifted by
+# 40 HU x N in the retest only (firstorder Mean & co. made unstable on purpose); two sites,
+# site B 15 HU brighter.
+SURVIVAL_COHORT = {"n_cases": 150, "seed": 0, "retests": 20, "retest_shift_hu": 40.0}
+PLANTED_SURVIVAL = ["original_shape_Flatness", "original_firstorder_Skewness"]
+
+
+def survival_store(tmp_path_factory, client) -> Path:
+    """:data:`SURVIVAL_COHORT` extracted into a store (170 scans, once per session)."""
+    from radcluster.jobs.extract import extract_job
+    from radcluster.spec import build_job
+    from radcluster.synth import make_cohort
+
+    def build() -> Path:
+        root = tmp_path_factory.mktemp("survival")
+        manifest = make_cohort(root / "cohort", **SURVIVAL_COHORT)
+        job = build_job({}, overrides={"manifest": str(manifest), "store": str(root / "store")})
+        summary = extract_job(job, client=client)
+        assert summary.ok, summary.text()
+        return root / "store"
+
+    return once("survival", build)
+
+
 def trained(
     tmp_path_factory, client, key: str, spec: dict, *, rows: int = 90, features: int = 12, scans_per_patient: int = 1
 ):

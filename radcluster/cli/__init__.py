@@ -280,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=ibsi.run)
 
     from .models import add_commands
+    from .screen import add_commands as add_screen
 
     add_commands(sub)
+    add_screen(sub)
 
     config = sub.add_parser("config", help="job spec defaults").add_subparsers(dest="config_cmd", required=True)
     p = config.add_parser("defaults", help="print every job key with its default and meaning")

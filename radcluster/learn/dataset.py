@@ -43,6 +43,14 @@ class TrainingData:
     left_out: pd.DataFrame  # case_id, label, reason
     pivot_labels: list[int] | None
     params_hashes: list[str]
+    # Retest scans (a ``retest_of`` column naming the case they repeat): never trained on,
+    # kept for stability (ICC). ``X`` rows (dask) and their case_id / retest_of.
+    retest_X: Any = None
+    retest_rows: pd.DataFrame | None = None
+
+
+# The manifest column that marks a retest scan: the case_id of the scan it repeats.
+RETEST_COLUMN = "retest_of"
 
 
 def read_store_columns(store, columns: list[str]) -> pd.DataFrame:
@@ -177,7 +185,9 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
             spec.target,
             spec.event,
             spec.preprocess.combat,
+            spec.validation.leave_out,
             "patient_id",
+            RETEST_COLUMN,
             None if spec.cv.group in ("auto", "none") else spec.cv.group,
         )
         if c
@@ -194,13 +204,21 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     pivot_labels = None
     if spec.labels == "pivot":
         X, frame, names, pivot_labels = pivot_by_label(X, frame, names)
+    retest_X = retest_rows = None
+    if RETEST_COLUMN in frame and frame[RETEST_COLUMN].notna().any():
+        is_retest = frame[RETEST_COLUMN].notna().to_numpy()
+        retest_X = X[np.flatnonzero(is_retest)]
+        retest_rows = frame.loc[is_retest, ["case_id", "label", RETEST_COLUMN]].reset_index(drop=True)
+        logger.info("%d retest scan(s) kept aside for stability, not trained on", int(is_retest.sum()))
+        X = X[np.flatnonzero(~is_retest)]
+        frame = frame.loc[~is_retest].reset_index(drop=True)
     for col in needed:
-        if col != "patient_id" and col not in frame.columns:
+        if col not in ("patient_id", RETEST_COLUMN) and col not in frame.columns:
             where = "the store's carried columns" + (" or the clinical table" if clinical else "")
             avail = [c for c in frame.columns if c not in ("case_id", "label")]
             raise ModelError(f"column {col!r} is not in {where}; available: {', '.join(avail) or 'none'}")
 
-    required = [c for c in (spec.target, spec.event, spec.preprocess.combat) if c]
+    required = [c for c in (spec.target, spec.event, spec.preprocess.combat, spec.validation.leave_out) if c]
     missing = frame[required].isna().any(axis=1).to_numpy() if required else np.zeros(len(frame), bool)
     left_out = frame.loc[missing, ["case_id", "label"]].assign(reason="missing " + "/".join(required))
     if missing.any():
@@ -226,7 +244,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     check_model(spec.model, task, spec.params.get(spec.model, {}))
     batch = frame[spec.preprocess.combat].astype(str).to_numpy() if spec.preprocess.combat else None
     hashes = matrix_params_hashes(store)
-    return TrainingData(X, frame, names, groups, target, batch, left_out, pivot_labels, hashes)
+    return TrainingData(X, frame, names, groups, target, batch, left_out, pivot_labels, hashes, retest_X, retest_rows)
 
 
 def matrix_params_hashes(store) -> list[str]:

@@ -3,7 +3,8 @@
 Every function takes small in-memory arrays (one value per evaluated row), so metrics never
 touch the feature matrix. Confidence intervals are percentile bootstraps that resample
 *groups* (patients) rather than rows when a patient has several rows, so that the interval
-reflects the number of independent patients.
+reflects the number of independent patients. Survival metrics (scikit-survival's) are in
+:mod:`.survival` and re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from .survival import concordance_index, survival_metrics
 
 __all__ = [
     "roc_auc",
@@ -44,68 +47,6 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
         return math.nan
     ranks = rankdata(np.asarray(score, dtype=float))
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C-index: share of comparable pairs whose higher risk fails first.
-
-    A pair (i, j) is comparable when ``time[i] < time[j]`` and ``i`` had the event, or when
-    the times are equal, ``i`` had the event and ``j`` was censored. Ties in ``risk`` count
-    one half. O(n log n) (a Fenwick tree over risk ranks), so it scales to large test sets.
-
-    Examples
-    --------
-    >>> concordance_index(np.array([1., 2., 3.]), np.array([1, 1, 0]), np.array([3., 2., 1.]))
-    1.0
-    """
-    time = np.asarray(time, dtype=float)
-    event = np.asarray(event).astype(bool)
-    risk = np.asarray(risk, dtype=float)
-    _, rank = np.unique(risk, return_inverse=True)
-    size = int(rank.max()) + 2 if rank.size else 1
-    tree = np.zeros(size + 1, dtype=np.int64)
-
-    def add(i: int) -> None:
-        i += 1
-        while i <= size:
-            tree[i] += 1
-            i += i & -i
-
-    def below(i: int) -> int:  # how many inserted ranks are < i
-        total = 0
-        while i > 0:
-            total += tree[i]
-            i -= i & -i
-        return int(total)
-
-    order = np.lexsort((event, -time))  # by decreasing time; censored before events at a time
-    concordant = 0.0
-    comparable = 0
-    inserted = 0
-    k = 0
-    n = order.size
-    while k < n:
-        t = time[order[k]]
-        end = k
-        while end < n and time[order[end]] == t:
-            end += 1
-        group = order[k:end]
-        censored = group[~event[group]]
-        events = group[event[group]]
-        for j in censored:  # censored at t count as surviving past events at t
-            add(int(rank[j]))
-            inserted += 1
-        for i in events:
-            r = int(rank[i])
-            less = below(r)
-            tie = below(r + 1) - less
-            concordant += less + 0.5 * tie
-            comparable += inserted
-        for i in events:
-            add(int(rank[i]))
-            inserted += 1
-        k = end
-    return float(concordant / comparable) if comparable else math.nan
 
 
 def _resample_rows(group_codes: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
@@ -245,30 +186,6 @@ def regression_metrics(
         "r2_ci": list(bootstrap_ci(r2, (y, yhat), groups=groups, n_boot=n_boot, level=level, seed=seed)),
         "mae": float(mean_absolute_error(y, yhat)),
         "rmse": float(np.sqrt(np.mean((y - yhat) ** 2))),
-    }
-
-
-def survival_metrics(
-    time: np.ndarray,
-    event: np.ndarray,
-    risk: np.ndarray,
-    *,
-    groups: np.ndarray | None = None,
-    n_boot: int = 1000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Harrell's C-index (with a bootstrap CI) and the number of events."""
-    time = np.asarray(time, dtype=float)
-    event = np.asarray(event).astype(int)
-    risk = np.asarray(risk, dtype=float)
-    return {
-        "n": int(time.size),
-        "events": int(event.sum()),
-        "c_index": concordance_index(time, event, risk),
-        "c_index_ci": list(
-            bootstrap_ci(concordance_index, (time, event, risk), groups=groups, n_boot=n_boot, level=level, seed=seed)
-        ),
     }
 
 

@@ -15,7 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import SpecError
 
-__all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_spec", "MODELS"]
+__all__ = [
+    "TrainSpec",
+    "PreprocessSpec",
+    "CVSpec",
+    "MetricsSpec",
+    "SelectSpec",
+    "ValidationSpec",
+    "parse_train_spec",
+    "MODELS",
+]
 
 # Model names (radcluster._models implements them); here so that validating a spec imports
 # only pydantic, not scikit-learn.
@@ -78,6 +87,37 @@ class MetricsSpec(_Section):
     calibration_bins: int = Field(10, ge=2, description="bins of the calibration curve")
 
 
+class SelectSpec(_Section):
+    """Feature selection: the stability filter before any fold, the rest fitted on each
+    training fold only (after imputation, ComBat and scaling, before PCA)."""
+
+    icc_min: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="drop features whose ICC(3,1) over the retest pairs (retest_of) is below; null: off",
+    )
+    cluster: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="correlation clustering: keep the most relevant feature per cluster of |r| >= this",
+    )
+    method: Literal["none", "univariate", "lasso", "mrmr"] = Field(
+        "none", description="univariate (AUC / Cox C-index / |r|), lasso (L1 model), mrmr (redundancy-aware)"
+    )
+    k: int | None = Field(10, ge=1, description="keep at most this many features (null: all that pass q)")
+    q: float | None = Field(None, gt=0, le=1, description="univariate: keep features with BH q <= this; null: off")
+
+
+class ValidationSpec(_Section):
+    """Validation beyond the folds: leave one group (a site) out at a time."""
+
+    leave_out: str | None = Field(
+        None, description="a column (e.g. site): each value in turn is the test set, everything fitted on the others"
+    )
+
+
 class TrainSpec(_Section):
     """The ``train`` section of a job spec (``radcluster train``)."""
 
@@ -100,6 +140,8 @@ class TrainSpec(_Section):
     preprocess: PreprocessSpec = PreprocessSpec()
     cv: CVSpec = CVSpec()
     metrics: MetricsSpec = MetricsSpec()
+    select: SelectSpec = SelectSpec()
+    validation: ValidationSpec = ValidationSpec()
     max_gather_mb: float = Field(512.0, gt=0, description="largest matrix gathered for scikit-learn models")
     persist: bool = Field(True, description="keep the training matrix in cluster memory while training")
     shuffle_target: bool = Field(False, description="permute the target across patients (a leak check)")
