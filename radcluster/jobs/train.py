@@ -77,19 +77,27 @@ class TrainResult:
         for part in ("cv", "test", "train"):
             block = m.get(part)
             if block:
-                ci = block.get(f"{main}_ci") or [None, None]
-                ci_txt = (
-                    f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
-                    if None not in ci and not any(isinstance(c, float) and math.isnan(c) for c in ci)
-                    else ""
-                )
-                value = block.get(main)
-                shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else str(value)
-                lines.append(f"{part}: {main} {shown}{ci_txt} on {block.get('n')} row(s)")
+                lines.append(f"{part}: {_metric_line(block, main)}")
+        held = m.get("leave_out")
+        if held:
+            for site in held["sites"]:
+                lines.append(f"{held['column']} {site['site']} held out: {_metric_line(site, main)}")
         if self.report:
             lines.append(f"report: {self.report}")
         lines.append(f"{self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _metric_line(block: dict[str, Any], main: str) -> str:
+    ci = block.get(f"{main}_ci") or [None, None]
+    ci_txt = (
+        f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+        if None not in ci and not any(isinstance(c, float) and math.isnan(c) for c in ci)
+        else ""
+    )
+    value = block.get(main)
+    shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+    return f"{main} {shown}{ci_txt} on {block.get('n')} row(s)"
 
 
 def _versions() -> dict[str, str]:
@@ -240,6 +248,24 @@ def _train_store(
         scores_all[dev] = cv.scores
         split_col[dev] = "cv"
         fold_col[dev] = cv.fold
+    if spec.validation.leave_out and task != "clustering":
+        from ..learn.validation import leave_group_out
+
+        column = spec.validation.leave_out
+        metrics["leave_out"], _ = leave_group_out(
+            Xdev,
+            d_target,
+            d_groups,
+            data.rows[column].to_numpy()[dev],
+            make_pre=make_pre,
+            make_mdl=make_mdl,
+            batch=d_batch,
+            validation_fraction=spec.cv.validation_fraction,
+            seed=seed,
+            n_boot=spec.metrics.bootstrap,
+            metric_options=mopts,
+        )
+        metrics["leave_out"]["column"] = column
     final = fit_final(
         Xdev,
         d_target,

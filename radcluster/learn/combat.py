@@ -36,8 +36,14 @@ class ComBat(BaseEstimator, TransformerMixin):
     Each feature is standardised by the pooled within-batch variance; per-batch location
     (gamma) and scale (delta) estimates are shrunk towards priors shared by all features of
     the batch, and removed. Only per-batch sums and sums of squares are computed on the
-    (dask) matrix. Fitted on training rows only; a batch absent from the training rows
-    cannot be harmonised and is an error at transform time.
+    (dask) matrix. Fitted on training rows only.
+
+    A batch absent from the training rows (a new site, or the held-out site of a
+    leave-site-out validation) is, with ``new_batches='estimate'`` (the default), mapped onto
+    the training rows' pooled scale by its own location and scale, computed from its rows in
+    the data being transformed (features only, never a target; at least two rows); with
+    ``'error'`` it is refused. A single training batch is allowed: it then is the reference
+    the new batches are mapped onto.
 
     Attributes
     ----------
@@ -50,9 +56,10 @@ class ComBat(BaseEstimator, TransformerMixin):
         Empirical-Bayes location and scale of each batch on the standardised scale.
     """
 
-    def __init__(self, *, max_iter: int = 100, tol: float = 1e-4):
+    def __init__(self, *, max_iter: int = 100, tol: float = 1e-4, new_batches: str = "estimate"):
         self.max_iter = max_iter
         self.tol = tol
+        self.new_batches = new_batches
 
     def fit(self, X, y=None, *, batch: np.ndarray):
         import dask
@@ -65,10 +72,6 @@ class ComBat(BaseEstimator, TransformerMixin):
         small = [str(b) for b, c in zip(self.batches_, counts, strict=True) if c < 2]
         if small:
             raise ModelError(f"ComBat needs at least 2 training rows per batch; batch(es) {small} have fewer")
-        if len(self.batches_) < 2:
-            raise ModelError(
-                f"ComBat needs at least 2 batches; the training rows hold only {[str(b) for b in self.batches_]}"
-            )
         xp = _xp(X)
         Xd = X.rechunk({1: -1}) if xp is not np else X
         onehot = _codes_like(Xd, codes)
@@ -128,13 +131,19 @@ class ComBat(BaseEstimator, TransformerMixin):
     def transform(self, X, *, batch: np.ndarray):
         batch = np.asarray(batch).astype(str)
         unseen = sorted(str(b) for b in set(batch) - set(self.batches_))
+        batches, gamma, delta = self.batches_, self.gamma_, self.delta_
         if unseen:
-            raise ModelError(
-                f"ComBat: batch(es) {unseen} were not among the training batches "
-                f"{[str(b) for b in self.batches_]}; they cannot be harmonised"
-            )
-        codes = np.searchsorted(self.batches_, batch)
-        alpha, sd, g, sqrt_d = self.alpha_, self.sd_, self.gamma_, np.sqrt(self.delta_)
+            if self.new_batches != "estimate":
+                raise ModelError(
+                    f"ComBat: batch(es) {unseen} were not among the training batches "
+                    f"{[str(b) for b in self.batches_]}; they cannot be harmonised"
+                )
+            g_new, d_new = self._new_batches(X, batch, unseen)
+            order = np.argsort(np.concatenate([batches, unseen]))
+            batches = np.concatenate([batches, unseen])[order]
+            gamma, delta = np.vstack([gamma, g_new])[order], np.vstack([delta, d_new])[order]
+        codes = np.searchsorted(batches, batch)
+        alpha, sd, g, sqrt_d = self.alpha_, self.sd_, gamma, np.sqrt(delta)
 
         def adjust(x, c):
             c = c[:, 0]
@@ -145,3 +154,22 @@ class ComBat(BaseEstimator, TransformerMixin):
             return adjust(np.asarray(X, dtype=float), codes[:, None])
         X = X.rechunk({1: -1})
         return xp.map_blocks(adjust, X, _codes_like(X, codes), dtype=float)
+
+    def _new_batches(self, X, batch: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Location and scale of each unseen batch on the training standardised scale, from
+        its own rows (no empirical-Bayes shrinkage: there is no fitted prior for it)."""
+        import dask
+
+        stats = []
+        for name in names:
+            rows = np.flatnonzero(batch == name)
+            if rows.size < 2:
+                raise ModelError(
+                    f"ComBat: new batch {name!r} has {rows.size} row(s); at least 2 are needed to harmonise it"
+                )
+            Z = (X[rows] - self.alpha_) / self.sd_
+            stats.append((Z.mean(axis=0), Z.var(axis=0, ddof=1)))
+        stats = dask.compute(stats)[0] if _xp(X) is not np else stats
+        gamma = np.vstack([m for m, _ in stats])
+        delta = np.maximum(np.vstack([v for _, v in stats]), 1e-12)
+        return gamma, delta

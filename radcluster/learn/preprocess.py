@@ -71,6 +71,10 @@ class Preprocessor(BaseEstimator, TransformerMixin):
     pca_solver : {'auto', 'tsqr', 'randomized'}, default 'auto'
         'auto' takes the exact 'tsqr' unless the matrix is large and few components are
         wanted.
+    select : dict or None, default None
+        Parameters of a :class:`~.select.Selector` (``task``, ``method``, ``k``, ``q``,
+        ``cluster``) run on the scaled training rows after the filters, before PCA; needs
+        ``y`` in :meth:`fit`.
     random_state : int, default 0
 
     Attributes
@@ -104,6 +108,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         pca: int | float | None = None,
         pca_max_components: int = 50,
         pca_solver: str = "auto",
+        select: dict[str, Any] | None = None,
         random_state: int = 0,
     ):
         self.impute = impute
@@ -115,6 +120,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         self.pca = pca
         self.pca_max_components = pca_max_components
         self.pca_solver = pca_solver
+        self.select = select
         self.random_state = random_state
 
     def _validate(self) -> None:
@@ -181,6 +187,16 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             dropped["correlated"] = int(keep.sum() - support.size)
         if support.size == 0:
             raise ModelError("Preprocessor: every feature was dropped as missing, constant or near-constant")
+        if self.select is not None and y is not None:
+            from .select import Selector
+
+            # The selection sees the fold's scaled training rows, gathered (features x rows
+            # left after the filters; selection methods are in-memory scikit-learn/scipy).
+            Z = (Xi[:, support] - mu[support]) / sd[support]
+            Z = dask.compute(Z)[0] if array_module(Z) is not np else Z
+            chosen = Selector(**self.select, random_state=self.random_state).fit(Z, y).support_
+            dropped["not_selected"] = int(support.size - chosen.size)
+            support = support[chosen]
         self.support_ = support
         self.dropped_ = dropped
         Xs = Xi[:, support]
