@@ -11,6 +11,7 @@ too large for any worker. Its fields are the columns of the store's ``failures/`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +26,18 @@ __all__ = [
     "RegistryError",
     "FailureRecord",
     "FAILURE_COLUMNS",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: object, choices: Iterable[str], *, listing: str = "valid") -> str:
+    """The fix of an unknown name, for every "unknown ..." message: the closest of ``choices``
+    (``did you mean 'x'?``), or all of them when none is close (``valid: a, b``)."""
+    import difflib
+
+    choices = list(choices)
+    close = difflib.get_close_matches(str(word), choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"{listing}: {', '.join(choices)}"
 
 
 class RadclusterError(Exception):

@@ -117,7 +117,7 @@ class Store:
         return path
 
     def write_run(self, run_id: str, record: dict[str, Any]) -> None:
-        self._write_atomic(self._path("runs", f"{run_id}.json"), json.dumps(record, indent=2, default=str).encode())
+        self._write_atomic(self._path("runs", f"{run_id}.json"), _io.json_bytes(record))
 
     # -- reading -----------------------------------------------------------------------
     def _read(self, table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:

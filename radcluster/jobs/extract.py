@@ -345,10 +345,7 @@ def extract_job(
     requested, so a typo costs seconds, not a queue wait.
     """
     from ..cluster import connect, dashboard_link
-    from ..errors import SpecError
 
-    if job.manifest is None or job.store is None:
-        raise SpecError("an extract job needs 'manifest' and 'store'")
     cohort = read_manifest(job.resolve(job.manifest))
     params_text, params_hash = read_params(job.resolve(job.extraction.params))
     labels = read_label_table(job.resolve(job.extraction.label_table))
