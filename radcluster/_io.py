@@ -7,6 +7,7 @@ Credentials and endpoints of remote storage come from the environment (``AWS_ACC
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -14,8 +15,10 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fsspec
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,9 @@ __all__ = [
     "put_files",
     "get_files",
     "storage_errors",
+    "json_bytes",
+    "write_json",
+    "read_json",
 ]
 
 # Backends whose exclusive create is a conditional write checked by the server (S3's
@@ -137,6 +143,38 @@ def write_atomic(path: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as standard JSON (NaN and infinity as null, numpy values as Python ones), indented."""
+    return (json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n").encode()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON (:func:`json_bytes`) to ``path``, atomically (:func:`write_atomic`)."""
+    write_atomic(os.fspath(path), json_bytes(data))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON file at ``path``, or None when there is none."""
+    try:
+        return json.loads(read_bytes(os.fspath(path)))
+    except FileNotFoundError:
+        return None
 
 
 def create_exclusive(path: str, data: bytes) -> None:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import _io
-from .errors import StoreError
+from .errors import FAILURE_COLUMNS, StoreError
 
 __all__ = ["Store", "open_store", "ID_COLUMNS", "PROVENANCE_COLUMNS"]
 
@@ -117,7 +117,7 @@ class Store:
         return path
 
     def write_run(self, run_id: str, record: dict[str, Any]) -> None:
-        self._write_atomic(self._path("runs", f"{run_id}.json"), json.dumps(record, indent=2, default=str).encode())
+        self._write_atomic(self._path("runs", f"{run_id}.json"), _io.json_bytes(record))
 
     # -- reading -----------------------------------------------------------------------
     def _read(self, table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -188,8 +188,9 @@ class Store:
         )
 
     def failures(self) -> pd.DataFrame:
-        """Failures not superseded by a later successful extraction of the same case."""
-        fails = self._read("failures")
+        """Failures not superseded by a later successful extraction of the same case
+        (:data:`~radcluster.errors.FAILURE_COLUMNS`, ``run_id`` and ``failed_at``; no rows when none)."""
+        fails = self._read("failures", columns=(*FAILURE_COLUMNS, "run_id", "failed_at"))
         if fails.empty:
             return fails
         done = self.row_keys()

@@ -17,7 +17,7 @@ import yaml
 
 from ..cluster.local import prestart_local_workers
 from ..errors import RadclusterError
-from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME
+from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, exit_code
 from .common import add_cluster_flags as _add_cluster_flags
 from .common import cluster_overrides as _cluster_overrides
 from .common import print_dashboard as _print_dashboard
@@ -306,16 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault(
         "DASK_LOGGING__RADIOMICS", logging.getLevelName(level if args.verbose else logging.ERROR).lower()
     )
-    from ..errors import ClusterError, ManifestError, SpecError, StoreError
-
     try:
         return args.func(args)
-    except (SpecError, ManifestError) as err:
+    except RadclusterError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
-    except (ClusterError, StoreError, RadclusterError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return exit_code(err)
     except KeyboardInterrupt:
         print("interrupted: finished scans are in the store; run the same command again to go on", file=sys.stderr)
         return 130

@@ -5,9 +5,28 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import ClusterError, ManifestError, ModelError, RadclusterError, RegistryError, SpecError, StoreError
+
 # 0 all done, 1 some scans failed (the rest is in the store), 2 bad input (spec, manifest,
-# params) found before any work started, 3 cluster/store problems.
+# params, a model that does not fit the data) found before any work started, 3 cluster,
+# store or registry problems, 130 interrupted.
 EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_RUNTIME = 0, 1, 2, 3
+
+# The one error -> exit code table: the first class an error is an instance of decides.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (SpecError, EXIT_INVALID),
+    (ManifestError, EXIT_INVALID),
+    (ModelError, EXIT_INVALID),
+    (ClusterError, EXIT_RUNTIME),
+    (StoreError, EXIT_RUNTIME),
+    (RegistryError, EXIT_RUNTIME),
+    (RadclusterError, EXIT_RUNTIME),
+)
+
+
+def exit_code(err: RadclusterError) -> int:
+    """The exit code of a command that ended with ``err`` (see :data:`EXIT_CODES`)."""
+    return next(code for cls, code in EXIT_CODES if isinstance(err, cls))
 
 
 def add_cluster_flags(p: argparse.ArgumentParser) -> None:

@@ -29,12 +29,10 @@ import numpy as np
 from .. import _io
 from ..cohort import ALL_LABELS, Scan
 from ..cohort.check import check_scan
-from ..errors import ScanError
+from ..errors import FailureRecord, ScanError
 from .fast import extract_labels, find_labels
 
-__all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
-
-FAILURE_COLUMNS = ("case_id", "label", "stage", "error_type", "message", "file")
+__all__ = ["ExtractionSettings", "ScanResult", "extract_scan"]
 
 # ITK's own default coordinate and direction tolerance, restored when a params file sets none.
 _ITK_DEFAULT_TOLERANCE = 1e-6
@@ -58,23 +56,12 @@ class ScanResult:
 
     case_id: str
     rows: list[dict[str, Any]]
-    failures: list[dict[str, Any]]
+    failures: list[FailureRecord]
     seconds: float
     image_hash: str | None = None
     mask_hash: str | None = None
     feature_names: list[str] = field(default_factory=list)
     unchanged: bool = False
-
-
-def _failure(err: ScanError) -> dict[str, Any]:
-    return {
-        "case_id": err.case_id,
-        "label": err.label,
-        "stage": err.stage,
-        "error_type": type(err.__cause__).__name__ if err.__cause__ is not None else "ScanError",
-        "message": str(err),
-        "file": err.file,
-    }
 
 
 def _content_hash(image) -> str:
@@ -189,7 +176,7 @@ def extract_scan(
     sitk.ProcessObject.SetGlobalDefaultDirectionTolerance(tolerance)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.sitk_threads)
 
-    failures: list[dict[str, Any]] = []
+    failures: list[FailureRecord] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
     try:
@@ -201,7 +188,7 @@ def extract_scan(
         _check_inputs(scan, image, mask, extractor, tolerance)
         per_label = _extract_labels(scan, image, mask, extractor, settings, part)
     except ScanError as err:
-        failures.append(_failure(err))
+        failures.append(FailureRecord.from_scan_error(err))
         per_label = {}
 
     elapsed = time.perf_counter() - start
@@ -218,7 +205,7 @@ def extract_scan(
     names: dict[str, None] = {}
     for label, features in per_label.items():
         if isinstance(features, ScanError):
-            failures.append(_failure(features))
+            failures.append(FailureRecord.from_scan_error(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
         names.update(dict.fromkeys(values))

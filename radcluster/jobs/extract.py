@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..cohort import Cohort, Scan, read_label_table, read_manifest
+from ..errors import FailureRecord
 from ..extract import ExtractionSettings, ScanResult, extract_scan
 from ..plan import Plan, file_stat, make_plan, part_key
 from ..spec import JobSpec, read_params
@@ -74,8 +75,8 @@ def _merged(results: list[ScanResult]) -> ScanResult:
     reported by each: it is kept once; label failures belong to one part each.
     """
     first = results[0]
-    failures = [f for f in first.failures if f["label"] is None]
-    failures += [f for r in results for f in r.failures if f["label"] is not None]
+    failures = [f for f in first.failures if f.label is None]
+    failures += [f for r in results for f in r.failures if f.label is not None]
     return ScanResult(
         first.case_id,
         sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
@@ -86,20 +87,6 @@ def _merged(results: list[ScanResult]) -> ScanResult:
         list(dict.fromkeys(n for r in results for n in r.feature_names)),
         unchanged=all(r.unchanged for r in results),
     )
-
-
-def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
-    # A task that raised instead of returning a ScanResult: the worker died on it
-    # repeatedly (KilledWorker) or radcluster itself has a bug; either way it is recorded.
-    stage = "worker" if type(err).__name__ == "KilledWorker" else "task"
-    return {
-        "case_id": scan.case_id,
-        "label": None,
-        "stage": stage,
-        "error_type": type(err).__name__,
-        "message": f"case {scan.case_id!r}: {stage} failed ({scan.image}): {err}",
-        "file": scan.image,
-    }
 
 
 FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
@@ -154,12 +141,12 @@ class _Writer:
         ).columns
         return {a: b for a, b in zip(names, renamed, strict=True) if a != b}
 
-    def add(self, result: ScanResult | None, failures: list[dict[str, Any]]) -> None:
+    def add(self, result: ScanResult | None, failures: list[FailureRecord]) -> None:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         if result is not None:
             self.features.update(dict.fromkeys(result.feature_names))
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
-        self.failures.extend({**f, "run_id": self.run_id, "failed_at": now} for f in failures)
+        self.failures.extend(f.row(run_id=self.run_id, failed_at=now) for f in failures)
         if (
             len(self.rows) + len(self.failures) >= self.flush_rows
             or time.monotonic() - self.last_flush >= self.flush_seconds
@@ -258,21 +245,7 @@ def run_extract(
     )
     summary.new, summary.changed, summary.skipped = len(plan.new), len(plan.changed), len(plan.skipped)
     for scan, need in plan.too_large:
-        writer.add(
-            None,
-            [
-                {
-                    "case_id": scan.case_id,
-                    "label": None,
-                    "stage": "plan",
-                    "error_type": "ScanTooLarge",
-                    "file": scan.image,
-                    "message": f"case {scan.case_id!r}: plan failed ({scan.image}): needs about {need / 2**30:.1f} GiB "
-                    f"to extract, the largest worker has {memory / 2**30:.1f} GiB; use workers with more "
-                    "memory (--memory-limit, or fewer threads per worker)",
-                }
-            ],
-        )
+        writer.add(None, [FailureRecord.too_large(scan.case_id, scan.image, need, memory)])
         failed[scan.case_id] = None
 
     futures = {}
@@ -297,10 +270,10 @@ def run_extract(
             task = futures.pop(fut)
             try:
                 results: list[ScanResult] = fut.result()
-            except Exception as err:  # the task itself died; see _task_failure
+            except Exception as err:  # the task itself died (FailureRecord.from_task_error)
                 for scan in task.scans:
                     if scan.case_id not in failed:  # the other parts of a split scan: once
-                        writer.add(None, [_task_failure(scan, err)])
+                        writer.add(None, [FailureRecord.from_task_error(scan.case_id, scan.image, err)])
                     failed[scan.case_id] = None
                     parts.pop(scan.case_id, None)
                 continue
@@ -372,10 +345,7 @@ def extract_job(
     requested, so a typo costs seconds, not a queue wait.
     """
     from ..cluster import connect, dashboard_link
-    from ..errors import SpecError
 
-    if job.manifest is None or job.store is None:
-        raise SpecError("an extract job needs 'manifest' and 'store'")
     cohort = read_manifest(job.resolve(job.manifest))
     params_text, params_hash = read_params(job.resolve(job.extraction.params))
     labels = read_label_table(job.resolve(job.extraction.label_table))

@@ -6,20 +6,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..errors import ModelError
+from ._arrays import array_module
 
 __all__ = ["ComBat"]
-
-
-def _xp(X):
-    import dask.array as da
-
-    return da if isinstance(X, da.Array) else np
-
-
-def _as_dask(X):
-    import dask.array as da
-
-    return X if isinstance(X, da.Array) else da.from_array(np.asarray(X, dtype=float))
 
 
 def _codes_like(X, codes: np.ndarray):
@@ -72,7 +61,7 @@ class ComBat(BaseEstimator, TransformerMixin):
         small = [str(b) for b, c in zip(self.batches_, counts, strict=True) if c < 2]
         if small:
             raise ModelError(f"ComBat needs at least 2 training rows per batch; batch(es) {small} have fewer")
-        xp = _xp(X)
+        xp = array_module(X)
         Xd = X.rechunk({1: -1}) if xp is not np else X
         onehot = _codes_like(Xd, codes)
         eye = np.eye(len(self.batches_))
@@ -149,7 +138,7 @@ class ComBat(BaseEstimator, TransformerMixin):
             c = c[:, 0]
             return ((x - alpha) / sd - g[c]) / sqrt_d[c] * sd + alpha
 
-        xp = _xp(X)
+        xp = array_module(X)
         if xp is np:
             return adjust(np.asarray(X, dtype=float), codes[:, None])
         X = X.rechunk({1: -1})
@@ -169,7 +158,7 @@ class ComBat(BaseEstimator, TransformerMixin):
                 )
             Z = (X[rows] - self.alpha_) / self.sd_
             stats.append((Z.mean(axis=0), Z.var(axis=0, ddof=1)))
-        stats = dask.compute(stats)[0] if _xp(X) is not np else stats
+        stats = dask.compute(stats)[0] if array_module(X) is not np else stats
         gamma = np.vstack([m for m, _ in stats])
         delta = np.maximum(np.vstack([v for _, v in stats]), 1e-12)
         return gamma, delta

@@ -28,8 +28,8 @@ from radiomics import featureextractor
 from radcluster import open_store
 from radcluster.cohort import RESERVED_COLUMNS, read_manifest
 from radcluster.cohort.check import check_cohort
-from radcluster.errors import ManifestError, SpecError
-from radcluster.extract import FAILURE_COLUMNS, ExtractionSettings
+from radcluster.errors import FAILURE_COLUMNS, ManifestError, SpecError
+from radcluster.extract import ExtractionSettings
 from radcluster.jobs.extract import RunSummary, run_extract
 from radcluster.spec import read_params
 from radcluster.store import ID_COLUMNS, PROVENANCE_COLUMNS
