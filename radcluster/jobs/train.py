@@ -11,6 +11,7 @@ the ``train:`` section of a job spec.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _io
+from ..errors import ModelError
 from ..learn.cv import cross_validate, evaluate, fit_final, make_splits, score_columns
 from ..learn.dataset import (
     TrainingData,
@@ -80,6 +82,49 @@ class TrainResult:
             lines.append(f"report: {self.report}")
         lines.append(f"{self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _stability_filter(data: TrainingData, icc_min: float) -> tuple[TrainingData, pd.DataFrame]:
+    """Drop the features whose test-retest ICC(3,1) is below ``icc_min`` (before any fold)."""
+    import dask
+
+    from ..learn.stability import icc_table, retest_pairs
+
+    if data.retest_rows is None:
+        raise ModelError("select.icc_min needs retest scans: a 'retest_of' column naming the scan each repeats")
+    first, second = retest_pairs(data.rows, data.retest_rows)
+    if first.size < 3:
+        raise ModelError(f"select.icc_min: {first.size} test-retest pair(s) found; need at least 3")
+    a, b = dask.compute(data.X[first], data.retest_X[second])
+    table = icc_table(a, b, data.feature_names)
+    keep = ~(table["icc"].to_numpy() < icc_min)  # NaN (no variance) left to the constant filter
+    table["kept"] = keep
+    logger.info(
+        "stability: %d of %d feature(s) have ICC(3,1) < %g over %d pair(s)",
+        int((~keep).sum()),
+        keep.size,
+        icc_min,
+        first.size,
+    )
+    cols = np.flatnonzero(keep)
+    names = [data.feature_names[i] for i in cols]
+    return dataclasses.replace(data, X=data.X[:, cols], feature_names=names), table
+
+
+def _selection_frequency(kept: list[list[int]], names: list[str]) -> list[dict[str, Any]]:
+    """How often each feature reached the model across the folds (most often first)."""
+    counts = np.bincount(np.concatenate([np.asarray(k, dtype=int) for k in kept]), minlength=len(names))
+    order = np.argsort(-counts, kind="stable")
+    return [{"feature": names[i], "folds": int(counts[i]), "share": counts[i] / len(kept)} for i in order if counts[i]]
+
+
+def _select_params(spec: TrainSpec, task: str) -> dict[str, Any] | None:
+    """The fold-wise part of ``train.select`` as :class:`~radcluster.learn.select.Selector`
+    parameters, or None when it selects nothing."""
+    sel = spec.select
+    if sel.method == "none" and sel.cluster is None:
+        return None
+    return {"task": task, "method": sel.method, "k": sel.k, "q": sel.q, "cluster": sel.cluster}
 
 
 def _metric_line(block: dict[str, Any], main: str) -> str:
@@ -153,6 +198,15 @@ def _train_store(
     spec = parse_train_spec(spec)
     started = time.perf_counter()
     data = load_training_data(store_url, spec, clinical=clinical)
+    icc = None
+    if spec.select.icc_min is not None:
+        data, icc = _stability_filter(data, spec.select.icc_min)
+        n_pairs = int(icc["n_pairs"].iloc[0]) if len(icc) else 0
+        stability = {
+            "icc_min": spec.select.icc_min,
+            "n_pairs": n_pairs,
+            "dropped": icc.loc[~icc["kept"], "feature"].tolist(),
+        }
     X, target, groups, batch = data.X, data.target, data.groups, data.batch
     task = target.task
     if spec.persist:
@@ -171,6 +225,7 @@ def _train_store(
             pca=p.pca,
             pca_max_components=p.pca_max_components,
             pca_solver=p.pca_solver,
+            select=_select_params(spec, task),
             random_state=seed,
         )
 
@@ -199,6 +254,8 @@ def _train_store(
         "test": None,
         "folds": [],
     }
+    if icc is not None:
+        metrics["stability"] = stability
     split_col = np.full(n, "", dtype=object)
     fold_col = np.full(n, -1)
     scores_all: np.ndarray | None = None
@@ -220,7 +277,18 @@ def _train_store(
             on_fold=on_fold,
             metric_options=mopts,
         )
-        metrics["cv"] = evaluate(d_target, cv.scores, d_groups, n_boot=spec.metrics.bootstrap, **mopts)
+        metrics["cv"] = evaluate(
+            d_target,
+            cv.scores,
+            d_groups,
+            n_boot=spec.metrics.bootstrap,
+            survival=cv.survival,
+            grid=cv.grid,
+            **mopts,
+        )
+        kept = [f.pop("inputs_kept") for f in cv.fold_metrics]
+        if _select_params(spec, task) is not None or spec.select.icc_min is not None:
+            metrics["selection"] = _selection_frequency(kept, data.feature_names)
         metrics["folds"] = cv.fold_metrics
         main = metrics["main_metric"]
         values = [f[main] for f in cv.fold_metrics if f.get(main) is not None and np.isfinite(f[main])]
@@ -284,6 +352,8 @@ def _train_store(
 
     with new_version(registry, spec.model) as v:
         _write_version(v, spec, data, final, metrics, scores_all, split_col, fold_col, pca_scores, store_url, dev, test)
+        if icc is not None:
+            icc.to_parquet(v.path / "stability.parquet", index=False)
         report_path = None
         if spec.report:
             from ..report import write_report

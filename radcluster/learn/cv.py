@@ -110,6 +110,9 @@ class CVResult:
     scores: np.ndarray  # out-of-fold model output, row-aligned with the evaluated rows
     fold: np.ndarray  # fold of each row (-1: not evaluated)
     fold_metrics: list[dict[str, Any]] = field(default_factory=list)
+    # survival models that predict curves (cox, coxnet): out-of-fold S(t) at the times grid
+    survival: np.ndarray | None = None
+    grid: np.ndarray | None = None
 
 
 def _fit_once(
@@ -123,7 +126,7 @@ def _fit_once(
     validation_fraction: float,
     seed: int,
 ) -> FoldFit:
-    pre = make_pre().fit(X, batch=batch)
+    pre = make_pre().fit(X, target.y, batch=batch)  # y: for a select step only
     Z = pre.transform(X, batch=batch).persist()
     model = make_mdl()
     if (
@@ -162,10 +165,14 @@ def cross_validate(
     metric_options: dict[str, Any] | None = None,
 ) -> CVResult:
     """Out-of-fold model outputs: every fold refits preprocessing and model on its training rows."""
+    from .survival import evaluation_grid
+
     n = X.shape[0]
     scores: np.ndarray | None = None
     fold_of = np.full(n, -1)
     per_fold = []
+    grid = evaluation_grid(target.time, target.event) if target.task == "survival" else None
+    curves: np.ndarray | None = None
     for k, (tr, te) in enumerate(splits):
         fitted = _fit_once(
             X[tr],
@@ -177,21 +184,30 @@ def cross_validate(
             validation_fraction=validation_fraction,
             seed=seed + k,
         )
-        out = fitted.model.predict_scores(
-            fitted.pre.transform(X[te], batch=None if batch is None else batch[te])
-        ).compute()
+        Z = fitted.pre.transform(X[te], batch=None if batch is None else batch[te])
+        fold_curves = None
+        if grid is not None and hasattr(fitted.model, "predict_survival"):
+            Z = np.asarray(Z.compute() if hasattr(Z, "compute") else Z)
+            fold_curves = fitted.model.predict_survival(Z, grid)
+            if curves is None:
+                curves = np.full((n, grid.size), np.nan)
+            curves[te] = fold_curves
+        out = np.asarray(fitted.model.predict_scores(Z).compute())
         if scores is None:
             scores = np.full((n, *out.shape[1:]), np.nan)
         scores[te] = out
         fold_of[te] = k
-        m = evaluate(target.subset(te), out, groups[te], n_boot=0, **(metric_options or {}))
+        m = evaluate(
+            target.subset(te), out, groups[te], n_boot=0, survival=fold_curves, grid=grid, **(metric_options or {})
+        )
         m["fold"] = k
         m["n_train"] = int(len(tr))
+        m["inputs_kept"] = fitted.pre.kept_inputs().tolist()
         per_fold.append(m)
         if on_fold is not None:
             on_fold(k, m)
     assert scores is not None
-    return CVResult(scores, fold_of, per_fold)
+    return CVResult(scores, fold_of, per_fold, curves, grid if curves is not None else None)
 
 
 def fit_final(
@@ -228,8 +244,11 @@ def evaluate(
     bins: int = 10,
     seed: int = 0,
     clustering_inputs: np.ndarray | None = None,
+    survival: np.ndarray | None = None,
+    grid: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The task's metrics of ``scores`` (a model's :meth:`predict_scores` output)."""
+    """The task's metrics of ``scores`` (a model's :meth:`predict_scores` output); survival
+    curves at ``grid`` (models that predict them) add the integrated Brier score."""
     task = target.task
     if task in ("binary", "multiclass"):
         return metrics.classification_metrics(
@@ -239,7 +258,15 @@ def evaluate(
         return metrics.regression_metrics(target.y, scores, groups=groups, n_boot=n_boot, level=level, seed=seed)
     if task == "survival":
         return metrics.survival_metrics(
-            target.time, target.event, scores, groups=groups, n_boot=n_boot, level=level, seed=seed
+            target.time,
+            target.event,
+            scores,
+            groups=groups,
+            n_boot=n_boot,
+            level=level,
+            seed=seed,
+            survival=survival,
+            grid=grid if survival is not None else None,
         )
     if task == "clustering":
         inputs = clustering_inputs if clustering_inputs is not None else scores[:, None]

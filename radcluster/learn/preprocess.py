@@ -293,6 +293,10 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             return [f"PC{i + 1}" for i in range(self.n_components_)]
         return [names[i] for i in self.columns_[self.support_]]
 
+    def kept_inputs(self) -> np.ndarray:
+        """Indices of the input features that reach the model (or its PCA)."""
+        return self.columns_[self.support_]
+
     def input_importance(self, importances: np.ndarray) -> np.ndarray:
         """Importances of the model's inputs carried back to the input features.
 

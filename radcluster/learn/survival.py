@@ -35,6 +35,7 @@ __all__ = [
     "surv_array",
     "concordance_index",
     "survival_metrics",
+    "evaluation_grid",
     "risk_groups",
     "default_horizons",
     "screen_survival",
@@ -74,6 +75,15 @@ def default_horizons(time: np.ndarray, event: np.ndarray) -> list[float]:
     """The 25th, 50th and 75th percentiles of the event times: inside everyone's follow-up."""
     t = np.asarray(time, dtype=float)[np.asarray(event).astype(bool)]
     return [float(v) for v in np.unique(np.round(np.quantile(t, [0.25, 0.5, 0.75]), 2))] if t.size else []
+
+
+def evaluation_grid(time: np.ndarray, event: np.ndarray, n: int = 15) -> np.ndarray:
+    """Times at which survival curves are compared (integrated Brier score): ``n`` points from
+    the 10th to the 80th percentile of the event times."""
+    t = np.asarray(time, dtype=float)[np.asarray(event).astype(bool)]
+    if t.size < 2:
+        return np.zeros(0)
+    return np.unique(np.quantile(t, np.linspace(0.1, 0.8, n)))
 
 
 def _usable(horizons, time, event) -> np.ndarray:

@@ -62,8 +62,17 @@ def leave_group_out(
     )
     per_site = []
     for name, (train, test) in zip(names, splits, strict=True):
-        m = evaluate(target.subset(test), result.scores[test], groups[test], n_boot=n_boot, **opts)
+        curves = None if result.survival is None else result.survival[test]
+        m = evaluate(
+            target.subset(test),
+            result.scores[test],
+            groups[test],
+            n_boot=n_boot,
+            survival=curves,
+            grid=result.grid,
+            **opts,
+        )
         per_site.append({"site": str(name), "n_train": int(train.size), **m})
         logger.info("site %s held out: %d test row(s), %d training row(s)", name, test.size, train.size)
-    pooled = evaluate(target, result.scores, groups, n_boot=n_boot, **opts)
+    pooled = evaluate(target, result.scores, groups, n_boot=n_boot, survival=result.survival, grid=result.grid, **opts)
     return {"pooled": pooled, "sites": per_site}, result.scores
