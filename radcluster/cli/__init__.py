@@ -17,29 +17,12 @@ import yaml
 
 from ..cluster.local import prestart_local_workers
 from ..errors import RadclusterError
-from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, exit_code
+from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, exit_code, progress, run
 from .common import add_cluster_flags as _add_cluster_flags
 from .common import cluster_overrides as _cluster_overrides
 from .common import print_dashboard as _print_dashboard
 
 logger = logging.getLogger("radcluster")
-
-
-def _progress(iterator, total: int):
-    from tqdm import tqdm
-
-    return tqdm(
-        iterator, total=total, unit="scan", file=sys.stderr, dynamic_ncols=True, disable=None
-    )  # disable=None: a bar on a terminal, nothing in CI logs
-
-
-def _run_extraction(job) -> int:
-    from ..jobs.extract import extract_job
-
-    prestart_local_workers(job)
-    summary = extract_job(job, progress=_progress, on_dashboard=_print_dashboard)
-    print(summary.text())
-    return EXIT_OK if summary.ok else EXIT_FAILURES
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -55,40 +38,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "extraction.ibsi": args.ibsi,
     }
     overrides.update(_cluster_overrides(args))
-    job = build_job({}, overrides=overrides, source="command line")
-    return _run_extraction(job)
+    return run(build_job({}, overrides=overrides, source="command line"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..spec import load_job
 
     job = load_job(args.job, overrides=_cluster_overrides(args))
-    if job.kind == "extract":
-        return _run_extraction(job)
-    if job.kind == "train":
-        from .models import run_train
+    if args.dry_run:
+        from ..jobs import dry_run
 
-        return run_train(job)
-    if job.kind == "retrain":
-        return _retrain(job)
-    from .models import run_predict  # the spec admits no other kind than predict here
-
-    return run_predict(job)
-
-
-def _retrain(job) -> int:
-    from ..jobs.retrain import retrain_job
-
-    prestart_local_workers(job)
-    print(retrain_job(job, on_dashboard=_print_dashboard).text())
-    return EXIT_OK
+        print(dry_run(job))
+        return EXIT_OK
+    return run(job)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from ..spec import load_job
 
-    job = load_job(args.job, overrides={"kind": "retrain", **_cluster_overrides(args)})
-    return _retrain(job)
+    return run(load_job(args.job, overrides={"kind": "retrain", **_cluster_overrides(args)}))
 
 
 def cmd_cohort_scan(args: argparse.Namespace) -> int:
@@ -117,10 +85,9 @@ def cmd_cohort_check(args: argparse.Namespace) -> int:
 
     cohort = read_manifest(args.manifest)
     problems = check_cohort(cohort, tolerance=args.tolerance, check_labels=not args.headers_only)
-    for line in problems:
-        print(line)
-    bad = {line.split("'")[1] for line in problems if line.startswith("case '")}
-    print(f"{len(cohort)} case(s) checked, {len(bad)} with problems")
+    for p in problems:
+        print(f"case {p.case_id!r}: {p.file}: {p.reason}")
+    print(f"{len(cohort)} case(s) checked, {len({p.case_id for p in problems})} with problems")
     return EXIT_INVALID if problems else EXIT_OK
 
 
@@ -152,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # one cluster for the whole pipeline: extraction, then training on the same workers
     with connect(job.cluster) as client:
         _print_dashboard(dashboard_link(client))
-        summary = extract_job(job, progress=_progress, client=client)
+        summary = extract_job(job, progress=progress, client=client)
         print(summary.text())
         version, auc, report = demo_train(str(out / "store"), str(out / "models"), client)
     print(f"model:    {version}")
@@ -175,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     frame = open_store(args.store).features()
     if args.names == "ibsi":
-        from ..ibsi import aggregation_from_settings, to_ibsi_names
+        from ..ibsi.names import aggregation_from_settings, to_ibsi_names
 
         runs = open_store(args.store).runs()
         params = yaml.safe_load(runs[-1]["params"]) if runs else {}
@@ -200,7 +167,11 @@ def cmd_config_defaults(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="radcluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="radcluster",
+        description="Extract radiomics features of a cohort of scans into a feature store on a Dask cluster, "
+        "and train, compare and apply models on it.",
+    )
     parser.add_argument("--version", action="version", version=f"radcluster {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a job spec (jobs/*.yaml)")
     p.add_argument("job")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be started and submitted (worker job script, DaskJob, plan) and stop",
+    )
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_run)
 
@@ -273,11 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-unmapped", action="store_true", help="with --names ibsi: keep features IBSI lacks")
     p.set_defaults(func=cmd_export)
 
-    from .. import ibsi
+    from .ibsi import add_command
 
-    p = sub.add_parser("ibsi", help="IBSI compliance report against the IBSI reference values")
-    ibsi.add_arguments(p)
-    p.set_defaults(func=ibsi.run)
+    add_command(sub)
 
     from .models import add_commands
     from .screen import add_commands as add_screen

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from typing import Any
 
 from ..errors import ClusterError, ManifestError, ModelError, RadclusterError, RegistryError, SpecError, StoreError
@@ -52,3 +54,35 @@ def cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_dashboard(link: str | None) -> None:
     print(f"Dask dashboard: {link or 'not available (install bokeh>=3.1)'}", flush=True)
+
+
+def progress(iterator, total: int):
+    """A progress bar over finished scan tasks: on a terminal, nothing in CI logs."""
+    from tqdm import tqdm
+
+    return tqdm(iterator, total=total, unit="scan", file=sys.stderr, dynamic_ncols=True, disable=None)
+
+
+def fmt_score(value: Any) -> str:
+    """A metric as printed: three decimals, or '-' when there is none."""
+    return f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "-"
+
+
+def _print_fold(k: int, m: dict[str, Any]) -> None:
+    main = m.get("roc_auc", m.get("c_index", m.get("r2")))
+    print(f"fold {k + 1}: {fmt_score(main)} on {m.get('n')} row(s) (trained on {m.get('n_train')})", flush=True)
+
+
+def run(job) -> int:
+    """Run any job spec, showing the dashboard link, progress and folds; print its result.
+
+    Exit code 0, or 1 when some scans failed (every other one is in the store).
+    """
+    from ..cluster.local import prestart_local_workers
+    from ..jobs import run_job
+
+    if job.kind in ("extract", "retrain"):
+        prestart_local_workers(job)
+    result = run_job(job, progress=progress, on_dashboard=print_dashboard, on_fold=_print_fold)
+    print(result.text())
+    return EXIT_FAILURES if getattr(result, "ok", True) is False else EXIT_OK

@@ -9,15 +9,14 @@ them to exit codes (:data:`radcluster.cli.common.EXIT_CODES`).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_OK, print_dashboard
+from .common import EXIT_OK, fmt_score, run
 from .common import add_cluster_flags as _add_cluster_flags
 from .common import cluster_overrides as _cluster_overrides
 
-__all__ = ["add_commands", "run_train", "run_predict"]
+__all__ = ["add_commands"]
 
 
 def _abs(path: str | None) -> str | None:
@@ -33,10 +32,6 @@ def _build(args: argparse.Namespace, kind: str, overrides: dict[str, Any]):
     if getattr(args, "config", None):
         return load_job(args.config, overrides=overrides)
     return build_job({}, overrides=overrides, source="command line")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "-"
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -56,47 +51,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train.shuffle_target": True if args.shuffle_target else None,
         "train.report": False if args.no_report else None,
     }
-    return run_train(_build(args, "train", {"store": _abs(args.store), "registry": _abs(args.registry), **flags}))
-
-
-def run_train(job) -> int:
-    """Run a ``kind: train`` job spec, printing progress; for ``radcluster train`` and ``radcluster run``.
-
-    A missing registry defaults to ``./models``.
-    """
-    from ..jobs.train import parse_train_spec, train_job
-
-    parse_train_spec(job.train)  # config errors: SpecError -> exit 2 in cli.main
-    if job.registry is None:
-        job = job.model_copy(update={"registry": str(Path("models").absolute())})
-
-    def on_fold(k: int, m: dict[str, Any]) -> None:
-        main = m.get("roc_auc", m.get("c_index", m.get("r2")))
-        print(f"fold {k + 1}: {_fmt(main)} on {m.get('n')} row(s) (trained on {m.get('n_train')})", flush=True)
-
-    result = train_job(job, on_dashboard=print_dashboard, on_fold=on_fold)
-    print(result.text())
-    return EXIT_OK
+    return run(_build(args, "train", {"store": _abs(args.store), "registry": _abs(args.registry), **flags}))
 
 
 # --- predict ---------------------------------------------------------------------------------
-def run_predict(job, *, clinical: str | None = None, trust: tuple[str, ...] = (), use_cluster: bool = True) -> int:
-    """Run a ``kind: predict`` job spec; for ``radcluster predict`` and ``radcluster run``."""
-    from ..jobs.predict import predict_job
-
-    print(predict_job(job, clinical=clinical, trust=trust, use_cluster=use_cluster).text())
-    return EXIT_OK
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     job = _build(
         args,
         "predict",
         {"store": _abs(args.store), "predict.version": _abs(args.version), "predict.output": _abs(args.output)},
     )
-    return run_predict(
-        job, clinical=_abs(args.clinical), trust=tuple(args.trust or ()), use_cluster=not args.no_cluster
-    )
+    from ..jobs.predict import predict_job
+
+    trust = tuple(args.trust or ())
+    print(predict_job(job, clinical=_abs(args.clinical), trust=trust, use_cluster=not args.no_cluster).text())
+    return EXIT_OK
 
 
 # --- report, models --------------------------------------------------------------------------
@@ -127,7 +96,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         cv = (m.get("metrics") or {}).get("cv") or (m.get("metrics") or {}).get("train") or {}
         test = (m.get("metrics") or {}).get("test") or {}
         ci = cv.get(f"{main}_ci") or [None, None]
-        ci_txt = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci[0] is not None else ""
+        ci_txt = f" [{fmt_score(ci[0])}, {fmt_score(ci[1])}]" if ci[0] is not None else ""
         lines.append(
             (
                 m["version"],
@@ -136,8 +105,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                 str(m.get("target") or "-"),
                 str(m.get("n_rows", "")),
                 main,
-                f"{_fmt(cv.get(main))}{ci_txt}",
-                _fmt(test.get(main)),
+                f"{fmt_score(cv.get(main))}{ci_txt}",
+                fmt_score(test.get(main)),
             )
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]

@@ -51,8 +51,8 @@ def check_scan(scan: Scan, image, mask, *, tolerance: float = 1e-6, geometry: bo
 
 def check_cohort(
     cohort: Cohort, *, tolerance: float = 1e-6, default_label: int = 1, check_labels: bool = True
-) -> list[str]:
-    """Every problem of every scan, one line per problem, without extracting anything.
+) -> list[ScanError]:
+    """Every problem of every scan (case, file, stage, reason), without extracting anything.
 
     Runs the checks the extraction task runs (:func:`read_image`, :func:`check_scan`), so a
     scan is reported here for the reason its extraction would fail. With ``check_labels``
@@ -62,7 +62,7 @@ def check_cohort(
     """
     import SimpleITK as sitk
 
-    problems: list[str] = []
+    problems: list[ScanError] = []
     for scan in cohort.scans:
         files, errors = {}, []
         for role, path in (("image", scan.image), ("mask", scan.mask)):
@@ -77,7 +77,7 @@ def check_cohort(
                     _check_labels(scan, sitk.GetArrayViewFromImage(files["mask"]), default_label)
             except ScanError as err:
                 errors.append(err)
-        problems.extend(f"case {scan.case_id!r}: {err.file}: {err.reason}" for err in errors)
+        problems.extend(errors)
     return problems
 
 

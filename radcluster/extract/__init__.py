@@ -220,7 +220,7 @@ def _ibsi(
     import SimpleITK as sitk
     import yaml
 
-    from ..ibsi import extract_ibsi
+    from ..ibsi.mode import extract_ibsi
 
     params = yaml.safe_load(params_text) or {}
     arr = sitk.GetArrayViewFromImage(mask)

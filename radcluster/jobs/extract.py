@@ -133,7 +133,7 @@ class _Writer:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
         import pandas as pd
 
-        from ..ibsi import to_ibsi_names
+        from ..ibsi.names import to_ibsi_names
 
         names = list(self.features)
         renamed = to_ibsi_names(
@@ -212,7 +212,7 @@ def run_extract(
     run_id = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.UTC).isoformat()
-    from ..ibsi import aggregation_from_settings
+    from ..ibsi.names import aggregation_from_settings
 
     parsed = yaml.safe_load(settings.params_text) or {}
     meta = {
@@ -346,18 +346,7 @@ def extract_job(
     """
     from ..cluster import connect, dashboard_link
 
-    cohort = read_manifest(job.resolve(job.manifest))
-    params_text, params_hash = read_params(job.resolve(job.extraction.params))
-    labels = read_label_table(job.resolve(job.extraction.label_table))
-    if job.extraction.ibsi:
-        from ..ibsi import check_ibsi_params
-
-        check_ibsi_params(yaml.safe_load(params_text))  # before any cluster starts
-        # IBSI mode changes every value: its rows must not pass for stock-mode rows
-        params_hash = f"{params_hash}-ibsi-{job.extraction.ibsi}"
-    settings = ExtractionSettings(
-        params_text, params_hash, labels, job.extraction.fast, job.extraction.sitk_threads, job.extraction.ibsi
-    )
+    cohort, settings = _prepare(job)
     store_url = job.resolve(job.store)
     with contextlib.ExitStack() as stack:
         if client is None:
@@ -376,3 +365,33 @@ def extract_job(
             flush_seconds=job.extraction.flush_seconds,
             cluster_info=info,
         )
+
+
+def _prepare(job: JobSpec) -> tuple[Cohort, ExtractionSettings]:
+    """The cohort and the settings of an extract job: manifest, params and label table read
+    and checked (no cluster needed)."""
+    cohort = read_manifest(job.resolve(job.manifest))
+    params_text, params_hash = read_params(job.resolve(job.extraction.params))
+    labels = read_label_table(job.resolve(job.extraction.label_table))
+    if job.extraction.ibsi:
+        from ..ibsi.mode import check_ibsi_params
+
+        check_ibsi_params(yaml.safe_load(params_text))  # before any cluster starts
+        # IBSI mode changes every value: its rows must not pass for stock-mode rows
+        params_hash = f"{params_hash}-ibsi-{job.extraction.ibsi}"
+    settings = ExtractionSettings(
+        params_text, params_hash, labels, job.extraction.fast, job.extraction.sitk_threads, job.extraction.ibsi
+    )
+    return cohort, settings
+
+
+def plan_job(job: JobSpec) -> Plan:
+    """What an extract job would submit against its store as it is now (``radcluster run
+    --dry-run``): nothing is extracted and no cluster starts."""
+    from ..extract._radiomics import get_extractor
+
+    cohort, settings = _prepare(job)
+    store = open_store(job.resolve(job.store), must_exist=False)
+    return make_plan(
+        cohort, store.row_keys(), settings.params_hash, get_extractor(settings.params_text).enabledImagetypes
+    )

@@ -235,7 +235,7 @@ class Outcome:
     manifest: Path
     store_dir: Path
     summary: RunSummary
-    checked: dict[str, str]  # case -> `cohort check` line
+    checked: dict[str, str]  # case -> "file: reason" of its `cohort check` problem
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def outcome(tmp_path_factory, client) -> Outcome:
     text, digest = read_params(PARAMS_FILE)
     store_dir = root / "store"
     summary = run_extract(cohort, ExtractionSettings(text, digest), str(store_dir), client)
-    checked = {line.split("'")[1]: line for line in check_cohort(cohort)}
+    checked = {p.case_id: f"{p.file}: {p.reason}" for p in check_cohort(cohort)}
     return Outcome({s.case_id: (s.image, s.mask) for s in cohort.scans}, manifest, store_dir, summary, checked)
 
 

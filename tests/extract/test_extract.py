@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
-from conftest import DATA, PARAMS, SMALL_CASES, case_paths
+from conftest import DATA, PARAMS, SAMPLES, SMALL_CASES, case_paths
 from radiomics import featureextractor
 
 from radcluster.cohort import ALL_LABELS, Scan
@@ -219,7 +219,7 @@ def test_bad_inputs_become_failure_records(tmp_path):
         "corrupt": (corrupt, mask, "read", "not a readable image"),
         "empty": (image, empty, "check", "mask is empty"),
         "shifted": (image, shifted, "check", "origin differs"),
-        "not-an-image": (DATA / "LICENSE.txt", mask, "read", "not a readable image"),
+        "not-an-image": (SAMPLES / "LICENSE.txt", mask, "read", "not a readable image"),
     }
     for case_id, (img, msk, stage, reason) in cases.items():
         result = extract_scan(Scan(case_id, str(img), str(msk)), settings)
