@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import _io
+from .checklist import checklist_html, checklist_markdown
 
 __all__ = ["render_report", "write_report", "PLOTS"]
 
@@ -256,20 +257,65 @@ def _observed(ax, preds: pd.DataFrame) -> None:
     ax.legend(fontsize=8)
 
 
-def _kaplan_meier(ax, preds: pd.DataFrame) -> None:
-    part = preds[preds["split"].isin(["cv", "test"])].dropna(subset=["risk"])
-    high = part["risk"] > part["risk"].median()
-    for name, sel, color in (("low risk", ~high, "tab:blue"), ("high risk", high, "tab:red")):
-        t = part.loc[sel, "target"].to_numpy()
-        e = part.loc[sel, "event"].to_numpy()
-        times = np.unique(t[e == 1])
-        surv, s = [1.0], 1.0
-        for ti in times:
-            at_risk = (t >= ti).sum()
-            s *= 1 - ((t == ti) & (e == 1)).sum() / at_risk
-            surv.append(s)
-        ax.step(np.concatenate([[0], times]), surv, where="post", color=color, label=f"{name} (n={sel.sum()})")
-    ax.set(xlabel="time", ylabel="survival", title="Kaplan-Meier by out-of-fold risk (median split)", ylim=(0, 1.02))
+def _kaplan_meier(ax, km: dict[str, Any]) -> None:
+    colors = {"low": "tab:blue", "high": "tab:red"}
+    for curve in km["curves"]:
+        ax.step(
+            curve["time"],
+            curve["survival"],
+            where="post",
+            color=colors.get(curve["group"]),
+            label=f"{curve['group']} risk (n={curve['n']}, {curve['events']} events)",
+        )
+    ax.set(
+        xlabel="time",
+        ylabel="survival",
+        ylim=(0, 1.02),
+        title=f"Kaplan-Meier by predicted risk (median split); log-rank p = {km['logrank_p']:.2g}",
+    )
+    ax.legend(fontsize=8)
+
+
+def _decision_curve(ax, dc: dict[str, list[float]]) -> None:
+    t = np.asarray(dc["threshold"])
+    model = np.asarray(dc["model"])
+    ax.plot(t, model, color="tab:blue", label="model")
+    ax.plot(t, dc["treat_all"], color="grey", ls="--", label="treat all")
+    ax.plot(t, dc["treat_none"], color="k", lw=0.8, label="treat none")
+    top = max(float(np.nanmax(model)), float(dc["treat_all"][0]), 0.01)
+    ax.set(
+        xlabel="threshold probability",
+        ylabel="net benefit",
+        ylim=(-0.05, top * 1.1),
+        xlim=(0, 1),
+        title="Decision curve (out-of-sample predictions)",
+    )
+    ax.legend(fontsize=8)
+
+
+def _contributions(ax, table: pd.DataFrame) -> None:
+    values = table.drop(columns=[c for c in ("case_id", "bias") if c in table.columns])
+    order = values.abs().mean().sort_values(ascending=False).index[:12][::-1]
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(order):
+        v = values[name].to_numpy()
+        ax.scatter(v, i + rng.uniform(-0.25, 0.25, v.size), s=6, alpha=0.6, c=np.where(v >= 0, "tab:red", "tab:blue"))
+    ax.set_yticks(range(len(order)), [str(n)[:48] for n in order], fontsize=6)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(xlabel="contribution to the model output (margin)", title="Per-row contributions (top inputs)")
+
+
+def _permutation(ax, table: pd.DataFrame) -> None:
+    top = table.sort_values("importance", ascending=False).head(15)[::-1]
+    ax.barh([str(n)[:48] for n in top["feature"]], top["importance"], xerr=top["sd"], color="tab:green")
+    ax.tick_params(axis="y", labelsize=6)
+    ax.set(xlabel="drop of the main metric when permuted", title="Permutation importance")
+
+
+def _icc_hist(ax, table: pd.DataFrame, icc_min: float) -> None:
+    ax.hist(table["icc"].dropna().clip(-1, 1), bins=30, color="tab:gray")
+    ax.axvline(icc_min, color="tab:red", ls="--", label=f"icc_min {icc_min:g}")
+    ax.set(xlabel="ICC(3,1)", ylabel="features", title="Test-retest stability")
     ax.legend(fontsize=8)
 
 
@@ -291,12 +337,79 @@ def _load(folder: Path) -> dict[str, Any]:
     out["pca_scores"] = (
         pd.read_parquet(folder / "pca_scores.parquet") if (folder / "pca_scores.parquet").exists() else None
     )
+    for key, name in (
+        ("contributions", "contributions"),
+        ("permutation", "permutation_importance"),
+        ("stability", "stability"),
+    ):
+        path = folder / f"{name}.parquet"
+        out[key] = pd.read_parquet(path) if path.exists() else None
+    out["model"] = json.loads((folder / "model.json").read_text()) if (folder / "model.json").exists() else {}
     out["ratio"] = None
     if (folder / "preprocess.npz").exists():
         with np.load(folder / "preprocess.npz", allow_pickle=False) as data:
             if "explained_variance_ratio_" in data.files:
                 out["ratio"] = data["explained_variance_ratio_"]
     return out
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _study_sections(d: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Leave-site-out, survival metrics, Cox coefficients, selection and stability."""
+    out = []
+    main = metrics.get("main_metric")
+    held = metrics.get("leave_out")
+    if held and main:
+        rows = [[s["site"], s.get("n"), s.get("n_train"), s.get(main), s.get(f"{main}_ci")] for s in held["sites"]]
+        pooled = held["pooled"]
+        rows.append(["all held-out sites", pooled.get("n"), "", pooled.get(main), pooled.get(f"{main}_ci")])
+        out.append(
+            f"<h2>Leave-one-{html.escape(held['column'])}-out validation</h2>"
+            "<p>Each site in turn is the test set; preprocessing (ComBat included), selection and the "
+            "model are fitted on the other sites only.</p>"
+            + _table([held["column"], "test rows", "training rows", main, "95% CI"], rows)
+        )
+    surv = metrics.get("cv") or metrics.get("test") or {}
+    if metrics.get("task") == "survival" and "c_index_uno" in surv:
+        keys = ["c_index", "c_index_uno", *(f"auc@{h:g}" for h in surv.get("horizons", [])), "ibs"]
+        rows = [
+            [k.replace("auc@", "time-dependent AUC at "), surv.get(k), surv.get(f"{k}_ci")] for k in keys if k in surv
+        ]
+        out.append("<h2>Survival metrics (scikit-survival)</h2>" + _table(["metric", "value", "95% CI"], rows))
+    model = d.get("model") or {}
+    if "hazard_ratio" in model:
+        inputs = (d.get("features") or {}).get("model_inputs") or []
+        rows = sorted(
+            ([n, c, h] for n, c, h in zip(inputs, model["coef"], model["hazard_ratio"], strict=False) if c != 0),
+            key=lambda r: -abs(r[1]),
+        )
+        alpha = f" (penalty alpha {model['alpha']:.3g}, chosen by inner cross-validation)" if model.get("alpha") else ""
+        out.append(
+            f"<h2>Cox coefficients{html.escape(alpha)}</h2><p>Hazard ratio per unit of each model input "
+            "(per SD: inputs are standardised); zero coefficients omitted.</p>"
+            + _table(["input", "coefficient", "hazard ratio"], rows[:40])
+        )
+    selection = metrics.get("selection")
+    if selection:
+        rows = [[f["feature"], f["folds"], f["share"]] for f in selection[:40]]
+        out.append(
+            "<h2>Feature selection across folds</h2><p>How often each feature reached the model; "
+            "selection is fitted on each training fold only.</p>" + _table(["feature", "folds", "share"], rows)
+        )
+    stability = metrics.get("stability")
+    if stability:
+        dropped = ", ".join(stability["dropped"][:30]) + (" ..." if len(stability["dropped"]) > 30 else "")
+        out.append(
+            f"<h2>Stability</h2><p>{len(stability['dropped'])} feature(s) with test-retest ICC(3,1) "
+            f"below {stability['icc_min']:g} over {stability['n_pairs']} pair(s) were dropped before any "
+            f"fold: {html.escape(dropped) or 'none'}.</p>"
+        )
+    return "".join(out)
 
 
 def _binary_preds(preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -342,9 +455,37 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
         )
     if task == "regression" and scored("predicted"):
         figs.append(_figure("observed", "Predicted vs observed", lambda ax: _observed(ax, preds)))
-    if task == "survival" and scored("risk"):
+    km = (metrics.get("cv") or metrics.get("test") or {}).get("km")
+    if task == "survival" and km:
         figs.append(
-            _figure("km", "Kaplan-Meier curves of the low- and high-risk halves", lambda ax: _kaplan_meier(ax, preds))
+            _figure("km", "Kaplan-Meier curves of the low- and high-risk halves", lambda ax: _kaplan_meier(ax, km))
+        )
+    if metrics.get("decision_curve"):
+        figs.append(
+            _figure(
+                "decision_curve",
+                "Net benefit against the threshold probability, with treat-all and treat-none",
+                lambda ax: _decision_curve(ax, metrics["decision_curve"]),
+            )
+        )
+    if d["contributions"] is not None:
+        figs.append(
+            _figure(
+                "contributions",
+                "Contributions of the top model inputs to each development row's output (red: raises it)",
+                lambda ax: _contributions(ax, d["contributions"]),
+            )
+        )
+    if d["permutation"] is not None:
+        figs.append(_figure("contributions", "Permutation importance", lambda ax: _permutation(ax, d["permutation"])))
+    if d["stability"] is not None:
+        icc_min = (config.get("select") or {}).get("icc_min") or 0.75
+        figs.append(
+            _figure(
+                "stability",
+                "ICC(3,1) of every feature over the test-retest pairs",
+                lambda ax: _icc_hist(ax, d["stability"], icc_min),
+            )
         )
     if task == "clustering" and scored("cluster"):
         figs.append(_figure("clusters", "Cluster sizes", lambda ax: _clusters(ax, preds)))
@@ -406,8 +547,11 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
 <table>{fact_rows}</table>
 <h2>Metrics</h2>
 {_metrics_table(metrics)}
+{_study_sections(d, metrics)}
 <h2>Plots</h2>
 <div class="grid">{"".join(figs)}</div>
+<h2>Reporting checklist (CLEAR / TRIPOD+AI)</h2>
+{checklist_html(folder, meta=meta)}
 <h2>Configuration</h2>
 <pre>{html.escape(json.dumps(config, indent=2), quote=False)}</pre>
 <p class="muted">{html.escape(versions)}</p>
@@ -431,5 +575,8 @@ def write_report(
     target = os.fspath(out) if out is not None else _io.join(source, "report.html")
     with fetched(source) as folder:
         page = render_report(folder, meta=meta)
+        checklist = checklist_markdown(folder, meta=meta)
     _io.write_atomic(target, page.encode("utf-8"))
+    # the checklist for a paper's supplement, beside the report
+    _io.write_atomic(_io.join(os.path.dirname(target) or ".", "checklist.md"), checklist.encode("utf-8"))
     return Path(target) if _io.local_path(target) == target else target

@@ -30,6 +30,7 @@ from ..learn.dataset import (
     TrainingData,
     load_training_data,
 )
+from ..learn.explain import contributions, decision_curve, permutation_importance
 from ..learn.models import main_metric, make_model, save_model
 from ..learn.preprocess import Preprocessor
 from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, parse_train_spec
@@ -111,6 +112,39 @@ def _stability_filter(data: TrainingData, icc_min: float) -> tuple[TrainingData,
     return dataclasses.replace(data, X=data.X[:, cols], feature_names=names), table
 
 
+def _extraction_record(store_url: str) -> dict[str, Any]:
+    """How the store's features were extracted (its latest run), for the reporting checklist."""
+    import yaml
+
+    from ..store import open_store
+
+    runs = open_store(store_url).runs()
+    if not runs:
+        return {}
+    run = runs[-1]
+    params = yaml.safe_load(run.get("params") or "") or {}
+    return {
+        "params_hash": run.get("params_hash"),
+        "settings": params.get("setting") if isinstance(params, dict) else None,
+        "ibsi": run.get("ibsi"),
+        "versions": run.get("versions") or {},
+    }
+
+
+def _explain(final, target, names: list[str], task: str, seed: int) -> tuple[str, pd.DataFrame] | None:
+    """The final model explained on the development rows: additive contributions (XGBoost's
+    TreeSHAP, Cox terms) or, for the other models, permutation importance."""
+    if task == "clustering":
+        return None
+    inputs = final.pre.feature_names_out(names)
+    table = contributions(final.model, final.scores_train, inputs)
+    if table is not None:
+        return "contributions.parquet", table
+    return "permutation_importance.parquet", permutation_importance(
+        final.model, final.scores_train, target.y, task, inputs, seed=seed
+    )
+
+
 def _selection_frequency(kept: list[list[int]], names: list[str]) -> list[dict[str, Any]]:
     """How often each feature reached the model across the folds (most often first)."""
     counts = np.bincount(np.concatenate([np.asarray(k, dtype=int) for k in kept]), minlength=len(names))
@@ -145,7 +179,19 @@ def _versions() -> dict[str, str]:
     from .. import __version__
 
     out = {"radcluster": __version__, "python": platform.python_version()}
-    for mod in ("numpy", "pandas", "dask", "distributed", "dask_ml", "xgboost", "sklearn", "skops", "zarr"):
+    for mod in (
+        "numpy",
+        "pandas",
+        "dask",
+        "distributed",
+        "dask_ml",
+        "xgboost",
+        "sklearn",
+        "skops",
+        "zarr",
+        "sksurv",
+        "statsmodels",
+    ):
         with contextlib.suppress(Exception):
             out[mod] = __import__(mod).__version__
     return out
@@ -348,12 +394,21 @@ def _train_store(
     metrics["left_out"] = int(len(data.left_out))
     metrics["n_development"] = int(len(dev))
     metrics["n_test"] = int(len(test))
+    explained = _explain(final, d_target, data.feature_names, task, seed)
+    if task == "binary" and scores_all is not None:
+        scored = np.isin(split_col, ("cv", "test"))
+        metrics["decision_curve"] = decision_curve(target.y[scored], scores_all[scored, 1])
     metrics["seconds"] = time.perf_counter() - started
 
     with new_version(registry, spec.model) as v:
         _write_version(v, spec, data, final, metrics, scores_all, split_col, fold_col, pca_scores, store_url, dev, test)
         if icc is not None:
             icc.to_parquet(v.path / "stability.parquet", index=False)
+        if explained is not None:
+            name, table = explained
+            if name == "contributions.parquet":
+                table.insert(0, "case_id", data.rows["case_id"].to_numpy()[dev])
+            table.to_parquet(v.path / name, index=False)
         report_path = None
         if spec.report:
             from ..report import write_report
@@ -469,6 +524,7 @@ def _write_version(
                 "scaled": spec.preprocess.scale,
             },
             "versions": _versions(),
+            "extraction": _extraction_record(store_url),
         }
     )
 

@@ -15,8 +15,11 @@ Layout of a registry folder::
         importance.json        importances of the model inputs and of the input features
         pca_scores.parquet     first two PCA scores of the training rows (for the report)
         cases.json             case ids trained on, held out for test, and left out
+        contributions.parquet  per-row contributions of the model inputs (xgboost, cox, coxnet), or
+        permutation_importance.parquet  for the other models
+        stability.parquet      ICC(3,1) of every feature (with select.icc_min)
         report.html            derived from the files above (re-rendered by `radcluster report`;
-                               not hashed)
+        checklist.md           not hashed): the report and its reporting checklist as Markdown
 
 A registry is a local folder or an fsspec URL (``s3://bucket/models``, ``gs://...``,
 ``file://...``); credentials and endpoints come from the environment. Readers list only
@@ -67,7 +70,7 @@ __all__ = [
 ]
 
 FORMAT = 1
-_UNHASHED = {"version.json", "report.html"}
+_UNHASHED = {"version.json", "report.html", "checklist.md"}  # the last two: re-rendered
 
 
 def _sha256(path: str | os.PathLike) -> str:
