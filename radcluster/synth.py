@@ -74,12 +74,14 @@ signal; a model that learns the site has learnt nothing about the outcome.
 With ``scans_per_patient > 1`` a patient's scans share outcome, survival, site and lesion
 (the same shape and lobulation pattern) with small changes per scan: radius times
 ``1 + 0.04 N``, centre moved by up to 5% of the lung's semi-axes, mean ``+ 3 N`` HU, texture
-amplitude times ``1 + 0.05 N``, and new noise. Such scans must stay in one fold of a
+amplitude times ``1 + 0.05 N``, and new scanner noise (the tissue pattern is the lesion's own,
+drawn from its seed on the changed geometry). Such scans must stay in one fold of a
 cross-validation.
 
 Test-retest: ``retests=k`` adds, for each of the first k patients, one more scan of the same
-lesion with the same small changes (a rescan), named ``<case_id>-retest`` and pointing at
-the patient's first scan in the manifest's ``retest_of`` column (empty for the others).
+lesion taken at once: the same lesion and tissue pattern, its centre moved by up to 5% of the
+lung's semi-axes, new scanner noise. It is named ``<case_id>-retest`` and points at the
+patient's first scan in the manifest's ``retest_of`` column (empty for the others).
 ``retest_shift_hu`` adds a random offset ``retest_shift_hu * N`` HU to the lesion only in
 those retest scans: the lesion's intensity level (firstorder Mean, Median, percentiles,
 RootMeanSquared, ...) then no longer reproduces, while shape and Skewness (which ignore a
@@ -154,6 +156,7 @@ class _Lesion:
     skew: float  # Tukey g of the texture's intensity distribution (0: symmetric)
     side: int  # which lung: -1 or +1 along x
     offset: np.ndarray  # centre offset within the lung, as a fraction of its semi-axes
+    texture_seed: int  # the lesion's tissue pattern: the same on every scan of the same geometry
 
 
 def make_cohort(
@@ -272,9 +275,10 @@ def make_cohort(
     rows = []
     for case, p, scan_ss, retest_of in scans:
         rng = np.random.default_rng(scan_ss)
-        lesion = lesions[p] if case % scans_per_patient == 0 and retest_of is None else _rescan(rng, lesions[p])
-        if retest_of is not None and retest_shift_hu > 0:
-            lesion = replace(lesion, mean_hu=lesion.mean_hu + retest_shift_hu * float(rng.standard_normal()))
+        if retest_of is not None:
+            lesion = _retest(rng, lesions[p], retest_shift_hu)
+        else:
+            lesion = lesions[p] if case % scans_per_patient == 0 else _rescan(rng, lesions[p])
         base_id = f"synth-{(case if retest_of is None else retest_of) + 1:0{width}d}"
         case_id = base_id if retest_of is None else f"{base_id}-retest"
         image, mask = _render_ct(rng, lesion, int(site[p]), shape_zyx, spacing_zyx)
@@ -481,6 +485,7 @@ def _draw_lesion(rng: np.random.Generator, z: float, u: np.ndarray, signal: floa
         skew=float(np.clip(_SKEW_SD * u[1], -1.0, 1.0)),
         side=int(rng.choice([-1, 1])),
         offset=rng.uniform(-0.3, 0.3, 3),
+        texture_seed=int(rng.integers(2**32)),
     )
 
 
@@ -493,6 +498,15 @@ def _rescan(rng: np.random.Generator, lesion: _Lesion) -> _Lesion:
         texture_sd=lesion.texture_sd * (1 + 0.05 * float(rng.standard_normal())),
         offset=lesion.offset + rng.uniform(-0.05, 0.05, 3),
     )
+
+
+def _retest(rng: np.random.Generator, lesion: _Lesion, shift_hu: float) -> _Lesion:
+    """The same lesion scanned again at once: repositioned, new scanner noise; its intensity
+    shifted by ``shift_hu * N`` HU when asked (the unstable-on-purpose feature)."""
+    moved = replace(lesion, offset=lesion.offset + rng.uniform(-0.05, 0.05, 3))
+    if shift_hu > 0:
+        moved = replace(moved, mean_hu=lesion.mean_hu + shift_hu * float(rng.standard_normal()))
+    return moved
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: np.ndarray) -> np.ndarray:
@@ -535,7 +549,7 @@ def _render_ct(
 
     centre_mm = lung_centres[(lesion.side + 1) // 2] + lesion.offset * lung_axes
     window, inside = _lesion_voxels(lesion, centre_mm, shape, spacing)
-    texture = _smooth_noise(rng, inside.shape, lesion.texture_corr_mm / spacing)
+    texture = _smooth_noise(np.random.default_rng(lesion.texture_seed), inside.shape, lesion.texture_corr_mm / spacing)
     hu_window = hu[window]
     hu_window[inside] = lesion.mean_hu + lesion.texture_sd * _skewed(texture[inside], lesion.skew)
     mask = np.zeros(shape, dtype=np.uint8)

@@ -51,6 +51,7 @@ def test_a_version_holds_safe_files_and_their_hashes(binary):
         "metrics.json",
         "model.json",
         "model.ubj",
+        "contributions.parquet",
         "pca_scores.parquet",
         "predictions.parquet",
         "preprocess.json",
