@@ -172,16 +172,17 @@ def test_site_b_is_brighter_by_about_15_hu(planted, signal):
     assert 10 < body["B"] - body["A"] < 20
 
 
-def test_about_a_third_censored_and_survival_follows_lesion_skewness(tmp_path, planted):
-    table = pd.read_csv(make_cohort(tmp_path, 200, seed=5, shape=(16, 16, 16)))
+@pytest.mark.slow
+def test_about_a_third_censored_and_survival_follows_lesion_skewness(tmp_path):
+    table = pd.read_csv(make_cohort(tmp_path / "tiny", 200, seed=5, shape=(16, 16, 16)))
     assert 0.2 < 1 - table["event"].mean() < 0.4
     # The hazard grows with the lesion's intensity skewness (one of the two survival factors);
-    # the planted cohort's lesions are small, so the measured skewness is a noisy proxy.
-    events = planted[1.0][planted[1.0]["event"] == 1]
-    rho = scipy.stats.spearmanr(events["skew"], events["survival_time"]).statistic
-    assert rho < -0.3
-    unplanted = planted[0.0][planted[0.0]["event"] == 1]
-    assert abs(scipy.stats.spearmanr(unplanted["skew"], unplanted["survival_time"]).statistic) < 0.4
+    # small lesions make the measured skewness a noisy proxy, so 120 of them.
+    rho = {}
+    for signal in (1.0, 0.0):
+        stats = _lesion_stats(make_cohort(tmp_path / str(signal), 120, seed=1, signal=signal, **SMALL))
+        rho[signal] = scipy.stats.spearmanr(stats["skew"], stats["survival_time"]).statistic
+    assert rho[1.0] < -0.18 and abs(rho[0.0]) < 0.15, rho
 
 
 def test_retest_scans_repeat_a_patient_and_can_shift_the_lesion(tmp_path):
