@@ -120,7 +120,7 @@ def classification_metrics(
     bins: int = 10,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """ROC AUC (with a bootstrap CI), balanced accuracy, F1, Brier score, calibration.
+    """ROC AUC, balanced accuracy, F1, Brier score (each with a bootstrap CI), calibration.
 
     ``y`` holds class indices (0..K-1), ``proba`` the (n, K) class probabilities. Binary
     tasks threshold the positive class (index 1) at 0.5; multiclass ones take the argmax and
@@ -159,6 +159,21 @@ def classification_metrics(
     out["roc_auc_ci"] = list(ci)
     out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred))
     out["confusion_matrix"] = confusion_matrix(y, pred, labels=np.arange(k)).tolist()
+
+    # every reported metric gets its patient-bootstrap interval (the same resamples: same seed)
+    def f1(yy: np.ndarray, pp: np.ndarray) -> float:
+        return float(f1_score(yy, pp.argmax(axis=1), average="binary" if k == 2 else "macro", zero_division=0))
+
+    def balanced(yy: np.ndarray, pp: np.ndarray) -> float:
+        return float(balanced_accuracy_score(yy, pp.argmax(axis=1))) if len(np.unique(yy)) > 1 else math.nan
+
+    def brier(yy: np.ndarray, pp: np.ndarray) -> float:
+        return (
+            float(np.mean(np.sum((pp - np.eye(k)[yy]) ** 2, axis=1))) if k > 2 else float(np.mean((pp[:, 1] - yy) ** 2))
+        )
+
+    for key, fn in (("f1", f1), ("balanced_accuracy", balanced), ("brier", brier)):
+        out[f"{key}_ci"] = list(bootstrap_ci(fn, (y, proba), groups=groups, n_boot=n_boot, level=level, seed=seed))
     return out
 
 
@@ -171,7 +186,7 @@ def regression_metrics(
     level: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """R2 (with a bootstrap CI), MAE and RMSE."""
+    """R2, MAE and RMSE, each with a bootstrap CI."""
     from sklearn.metrics import mean_absolute_error, r2_score
 
     y = np.asarray(y, dtype=float)
@@ -180,12 +195,19 @@ def regression_metrics(
     def r2(a: np.ndarray, b: np.ndarray) -> float:
         return float(r2_score(a, b)) if np.ptp(a) > 0 else math.nan
 
+    def rmse(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((a - b) ** 2)))
+
     return {
         "n": int(y.size),
         "r2": r2(y, yhat),
         "r2_ci": list(bootstrap_ci(r2, (y, yhat), groups=groups, n_boot=n_boot, level=level, seed=seed)),
         "mae": float(mean_absolute_error(y, yhat)),
+        "mae_ci": list(
+            bootstrap_ci(mean_absolute_error, (y, yhat), groups=groups, n_boot=n_boot, level=level, seed=seed)
+        ),
         "rmse": float(np.sqrt(np.mean((y - yhat) ** 2))),
+        "rmse_ci": list(bootstrap_ci(rmse, (y, yhat), groups=groups, n_boot=n_boot, level=level, seed=seed)),
     }
 
 

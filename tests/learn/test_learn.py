@@ -84,6 +84,11 @@ def test_classification_metrics_fields():
     assert m["calibration"]["slope"] == pytest.approx(1.0, abs=0.2)
     assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
     assert {"balanced_accuracy", "f1", "confusion_matrix"} <= set(m)
+    for key in ("balanced_accuracy", "f1", "brier"):  # every metric has its patient-bootstrap interval
+        assert m[f"{key}_ci"][0] < m[key] < m[f"{key}_ci"][1]
+    r = metrics.regression_metrics(p * 10, p * 10 + rng.normal(size=2000), n_boot=50)
+    for key in ("r2", "mae", "rmse"):
+        assert r[f"{key}_ci"][0] < r[key] < r[f"{key}_ci"][1]
 
 
 # --- preprocessing ---------------------------------------------------------------------------
