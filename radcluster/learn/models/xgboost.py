@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ...errors import ModelError
 from .._arrays import as_dask, blockwise
 from . import ModelFamily, check_model, register
 
@@ -74,8 +73,6 @@ class XGBoostModel(BaseEstimator):
         import dask.array as da
         import xgboost.dask as dxgb
 
-        if self.task not in ("binary", "multiclass", "regression", "survival"):
-            raise ModelError(f"xgboost: task must be binary, multiclass, regression or survival; got {self.task!r}")
         params = dict(self.params or {})
         check_model("xgboost", self.task, params)
         params.setdefault("random_state", self.random_state)
