@@ -69,7 +69,7 @@ def dry_run(job) -> str:
             plan = plan_job(job)
         except RadclusterError as err:
             # a manifest on the cluster's file system (a pod's /data) may not be readable here
-            lines.append(f"# plan: not computed here: {err}")
+            lines.append("# plan: not computed here: " + " ".join(str(err).split()))
         else:
             lines.append(
                 f"# plan: {len(plan.new)} new, {len(plan.changed)} changed, {len(plan.skipped)} unchanged scan(s); "

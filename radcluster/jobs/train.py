@@ -45,7 +45,6 @@ __all__ = [
     "TrainResult",
     "train_store",
     "train_job",
-    "demo_train",
 ]
 
 
@@ -394,26 +393,3 @@ def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResu
         if on_dashboard is not None:
             on_dashboard(dashboard_link(client))
         return train_store(store_url, spec, client, registry, on_fold=on_fold)
-
-
-# --- demo ------------------------------------------------------------------------------------
-# Two dozen cases: boosted stumps on a few PCA scores, a model small enough for that many.
-DEMO_SPEC = {
-    "target": "outcome",
-    "model": "xgboost",
-    "params": {"xgboost": {"n_estimators": 100, "max_depth": 1, "learning_rate": 0.1}},
-    "preprocess": {"pca": 0.9, "pca_max_components": 10},
-    "cv": {"folds": 5, "seed": 0},
-    "metrics": {"bootstrap": 500},
-}
-
-
-def demo_train(
-    store_url: str, registry_url: str | os.PathLike, client
-) -> tuple[Path | str, float | None, Path | str | None]:
-    """Train xgboost on the demo store's ``outcome`` (cases without one are left out).
-
-    Returns ``(version_path, cv_auc, report_path)``.
-    """
-    result = train_store(store_url, DEMO_SPEC, client, registry_url)
-    return result.version, result.cv_auc, result.report
