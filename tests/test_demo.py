@@ -51,7 +51,7 @@ def test_every_local_job_runs_on_the_demo_cohort(demo, client):
     summary = run_job(jobs["extract.yaml"], client=client)  # the demo extracted everything already
     assert summary.ok and summary.skipped == summary.scans and summary.rows == 0
     trained = run_job(jobs["train.yaml"], client=client)
-    assert trained.cv_auc > 0.8 and Path(trained.version).parent == root / "models"
+    assert trained.cv_auc > 0.8 and Path(trained.version).resolve().parent == (root / "models").resolve()
     decision = run_job(jobs["retrain.yaml"], client=client)
     assert decision.promoted  # the demo's registry has no champion yet
     predicted = run_job(jobs["predict.yaml"], client=client)
