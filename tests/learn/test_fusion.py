@@ -3,6 +3,7 @@ saying which."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 from _onnx_models import encoder  # noqa: E402
 
+from radcluster.cli.models import add_commands  # noqa: E402
 from radcluster.errors import ModelError, SpecError  # noqa: E402
 from radcluster.jobs.extract import extract_job  # noqa: E402
 from radcluster.jobs.train import train_store  # noqa: E402
@@ -76,8 +78,33 @@ def test_every_feature_by_default_and_radiomics_alone(fused_store: Path, tmp_pat
     everything = train_store(str(fused_store), SPEC, client, tmp_path / "models")
     meta = json.loads((Path(everything.version) / "version.json").read_text())
     assert meta["feature_kinds"]["selected"] == "all" and meta["feature_kinds"]["counts"]["deep"] == 6
-    radiomics = train_store(str(fused_store), {**SPEC, "features": ["radiomics"]}, client, tmp_path / "models")
-    inputs = json.loads((Path(radiomics.version) / "features.json").read_text())["input"]
+    # radiomics alone, through `radcluster train --features radiomics`
+    parser = argparse.ArgumentParser(prog="radcluster")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(
+        [
+            "train",
+            str(fused_store),
+            "--target",
+            "outcome",
+            "--model",
+            "logistic_regression",
+            "--folds",
+            "3",
+            "--pca",
+            "2",
+            "--features",
+            "radiomics",
+            "--registry",
+            str(tmp_path / "cli"),
+            "--scheduler-address",
+            client.scheduler.address,
+        ]
+    )
+    assert args.func(args) == 0
+    (version,) = (tmp_path / "cli").glob("*/version.json")
+    assert json.loads(version.read_text())["feature_kinds"]["selected"] == ["radiomics"]
+    inputs = json.loads((version.parent / "features.json").read_text())["input"]
     assert inputs and not any(n.startswith("deep_") for n in inputs)
 
 
