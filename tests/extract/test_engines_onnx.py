@@ -259,3 +259,23 @@ def test_the_engines_key_changes_with_preprocessing_and_model_only(tmp_path: Pat
     assert key(batch=4) == base and key(threads=2) == base
     assert key(margin=3.0) != base and key(window=(-100, 100)) != base
     assert key(model=str(tmp_path / "b.onnx")) != base
+
+
+def test_the_engines_memory_estimate_joins_the_scans(tmp_path: Path) -> None:
+    from radcluster.plan import estimate_bytes, make_plan
+
+    arr, mask = _phantom(6)
+    manifest = _scan(tmp_path, arr, mask)
+    encoder(tmp_path / "enc.onnx", size=(16, 16, 16))
+    text, digest = read_params(None)
+    engine = make_engine("onnx", OnnxEngineSpec(name="m", model=str(tmp_path / "enc.onnx"), batch=4)).prepare(text)
+    scan = read_manifest(manifest).scans[0]
+    size = (tmp_path / "c1_image.nrrd").stat().st_size
+    voxels = size * 4 // 2  # a small file: four times its size in 2-byte voxels (plan.estimate_bytes)
+    extra = engine.memory_bytes(voxels)
+    # the session (twice the model file), a call's input with its activations, the crop's copies
+    assert extra == 2 * engine.model.size_bytes + 4 * 16**3 * 4 * 64 + 8 * voxels
+    assert estimate_bytes(scan, ["Original"], size, [engine]) == estimate_bytes(scan, ["Original"], size) + extra
+    plain = make_plan(read_manifest(manifest), pd.DataFrame(), digest, ["Original"])
+    deep = make_plan(read_manifest(manifest), pd.DataFrame(), digest, ["Original"], engines=[engine])
+    assert deep.tasks[0].memory == plain.tasks[0].memory + extra
