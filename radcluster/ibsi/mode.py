@@ -45,6 +45,7 @@ import numpy as np
 import SimpleITK as sitk
 from radiomics import firstorder, glcm, gldm, glrlm, glszm, ngtdm, shape
 
+from ..cohort.images import geometry_mismatch
 from ..errors import SpecError
 from ..extract import _radiomics  # noqa: F401  (removes the log handler pyradiomics adds on import)
 from .config import IBSIConfig, resolve_config
@@ -118,13 +119,10 @@ def _check_geometry(image: sitk.Image, mask: sitk.Image) -> None:
         raise ValueError(
             f"IBSI mode needs 3D images; got a {image.GetDimension()}D image and a {mask.GetDimension()}D mask"
         )
-    if image.GetSize() != mask.GetSize():
-        raise ValueError(f"image size {image.GetSize()} and mask size {mask.GetSize()} differ")
-    tol = 1e-3 * min(image.GetSpacing())  # float32 headers: image and mask may differ in the last bits
-    for what in ("Spacing", "Origin", "Direction"):
-        a, b = getattr(image, f"Get{what}")(), getattr(mask, f"Get{what}")()
-        if not np.allclose(a, b, rtol=0, atol=tol if what != "Direction" else 1e-6):
-            raise ValueError(f"image and mask differ in {what.lower()}: {a} vs {b}")
+    # ITK's rule, as for extraction; float32 headers: image and mask may differ in the last bits
+    reason = geometry_mismatch(image, mask, tolerance=1e-3)
+    if reason:
+        raise ValueError(f"image/mask geometry mismatch: {reason}")
 
 
 def preprocess(
