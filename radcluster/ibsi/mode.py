@@ -50,7 +50,7 @@ from ..errors import SpecError
 from ..extract import _radiomics  # noqa: F401  (removes the log handler pyradiomics adds on import)
 from .config import IBSIConfig, resolve_config
 
-__all__ = ["Preprocessed", "preprocess", "compute_features", "TEXTURE_CLASSES"]
+__all__ = ["Preprocessed", "preprocess", "compute_features", "TEXTURE_CLASSES", "check_ibsi_params", "extract_ibsi"]
 
 _INTERPOLATORS = {
     "linear": sitk.sitkLinear,
@@ -456,7 +456,7 @@ def compute_features(
     return out
 
 
-_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+_FEATURE_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
 
 _PARAMS_KEYS = ("imageType", "featureClass", "setting")
@@ -492,12 +492,14 @@ def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str
         )
     requested = params.get("featureClass")
     if requested is None:
-        requested = {c: None for c in _CLASSES}
+        requested = {c: None for c in _FEATURE_CLASSES}
     classes: dict[str, list[str] | None] = {}
     for name, features in requested.items():
-        if name not in _CLASSES:
+        if name not in _FEATURE_CLASSES:
             hint = " (IBSI has no 2D shape features)" if name == "shape2D" else ""
-            raise SpecError(f"IBSI mode: featureClass {name!r} is not supported{hint}; supported: {list(_CLASSES)}")
+            raise SpecError(
+                f"IBSI mode: featureClass {name!r} is not supported{hint}; supported: {list(_FEATURE_CLASSES)}"
+            )
         classes[name] = list(features) if features else None
     setting = params.get("setting") or {}
     settings = {k: setting.get(k, default) for k, default in _FEATURE_SETTINGS.items()}
