@@ -39,6 +39,7 @@ __all__ = [
     "json_bytes",
     "write_json",
     "read_json",
+    "read_table",
 ]
 
 # Backends whose exclusive create is a conditional write checked by the server (S3's
@@ -175,6 +176,18 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(read_bytes(os.fspath(path)))
     except FileNotFoundError:
         return None
+
+
+def read_table(path: str, **csv: Any):
+    """The table at ``path`` (a local path or an fsspec URL) as a DataFrame: Parquet
+    (``.parquet``, ``.pq``), tab-separated (``.tsv``) or CSV; ``csv``: ``pandas.read_csv``
+    options (Parquet keeps its own types)."""
+    import pandas as pd
+
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep="\t" if lower.endswith(".tsv") else ",", **csv)
 
 
 def create_exclusive(path: str, data: bytes) -> None:

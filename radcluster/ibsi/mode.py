@@ -45,11 +45,12 @@ import numpy as np
 import SimpleITK as sitk
 from radiomics import firstorder, glcm, gldm, glrlm, glszm, ngtdm, shape
 
+from ..cohort.images import geometry_mismatch
 from ..errors import SpecError
 from ..extract import _radiomics  # noqa: F401  (removes the log handler pyradiomics adds on import)
 from .config import IBSIConfig, resolve_config
 
-__all__ = ["Preprocessed", "preprocess", "compute_features", "TEXTURE_CLASSES"]
+__all__ = ["Preprocessed", "preprocess", "compute_features", "TEXTURE_CLASSES", "check_ibsi_params", "extract_ibsi"]
 
 _INTERPOLATORS = {
     "linear": sitk.sitkLinear,
@@ -118,13 +119,10 @@ def _check_geometry(image: sitk.Image, mask: sitk.Image) -> None:
         raise ValueError(
             f"IBSI mode needs 3D images; got a {image.GetDimension()}D image and a {mask.GetDimension()}D mask"
         )
-    if image.GetSize() != mask.GetSize():
-        raise ValueError(f"image size {image.GetSize()} and mask size {mask.GetSize()} differ")
-    tol = 1e-3 * min(image.GetSpacing())  # float32 headers: image and mask may differ in the last bits
-    for what in ("Spacing", "Origin", "Direction"):
-        a, b = getattr(image, f"Get{what}")(), getattr(mask, f"Get{what}")()
-        if not np.allclose(a, b, rtol=0, atol=tol if what != "Direction" else 1e-6):
-            raise ValueError(f"image and mask differ in {what.lower()}: {a} vs {b}")
+    # ITK's rule, as for extraction; float32 headers: image and mask may differ in the last bits
+    reason = geometry_mismatch(image, mask, tolerance=1e-3)
+    if reason:
+        raise ValueError(f"image/mask geometry mismatch: {reason}")
 
 
 def preprocess(
@@ -458,7 +456,7 @@ def compute_features(
     return out
 
 
-_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+_FEATURE_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
 
 _PARAMS_KEYS = ("imageType", "featureClass", "setting")
@@ -494,12 +492,14 @@ def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str
         )
     requested = params.get("featureClass")
     if requested is None:
-        requested = {c: None for c in _CLASSES}
+        requested = {c: None for c in _FEATURE_CLASSES}
     classes: dict[str, list[str] | None] = {}
     for name, features in requested.items():
-        if name not in _CLASSES:
+        if name not in _FEATURE_CLASSES:
             hint = " (IBSI has no 2D shape features)" if name == "shape2D" else ""
-            raise SpecError(f"IBSI mode: featureClass {name!r} is not supported{hint}; supported: {list(_CLASSES)}")
+            raise SpecError(
+                f"IBSI mode: featureClass {name!r} is not supported{hint}; supported: {list(_FEATURE_CLASSES)}"
+            )
         classes[name] = list(features) if features else None
     setting = params.get("setting") or {}
     settings = {k: setting.get(k, default) for k, default in _FEATURE_SETTINGS.items()}

@@ -62,11 +62,17 @@ def dry_run(job) -> str:
     else:
         lines.append(f"# the running scheduler at {cluster.address}")
     if job.kind == "extract" or job.kind == "retrain" and job.manifest is not None:
+        from ..errors import RadclusterError
         from .extract import plan_job
 
-        plan = plan_job(job)
-        lines.append(
-            f"# plan: {len(plan.new)} new, {len(plan.changed)} changed, {len(plan.skipped)} unchanged scan(s); "
-            f"{len(plan.tasks)} task(s); {len(plan.too_large)} too large for any worker"
-        )
+        try:
+            plan = plan_job(job)
+        except RadclusterError as err:
+            # a manifest on the cluster's file system (a pod's /data) may not be readable here
+            lines.append("# plan: not computed here: " + " ".join(str(err).split()))
+        else:
+            lines.append(
+                f"# plan: {len(plan.new)} new, {len(plan.changed)} changed, {len(plan.skipped)} unchanged scan(s); "
+                f"{len(plan.tasks)} task(s); {len(plan.too_large)} too large for any worker"
+            )
     return "\n".join(lines)

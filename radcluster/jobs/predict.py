@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import ModelError, SpecError
 from ..learn.cv import score_columns
-from ..learn.dataset import matrix_params_hashes, pivot_by_label, read_clinical, read_store_columns
+from ..learn.dataset import matrix_params_hashes, merge_clinical, pivot_by_label, read_store_columns
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,7 @@ def predict_store(
     if combat or feats.get("pivot_labels"):
         extra = read_store_columns(store, [combat] if combat else [])
         rows = rows.merge(extra, on=["case_id", "label"], how="left")
-        if clinical:
-            clin = read_clinical(clinical)
-            rows = rows.drop(columns=[c for c in clin.columns if c != "case_id" and c in rows]).merge(
-                clin, on="case_id", how="left"
-            )
+        rows = merge_clinical(rows, clinical)
     if feats.get("pivot_labels"):
         X, rows, names, _ = pivot_by_label(X, rows, names, feats["pivot_labels"])
     wanted = feats["input"]

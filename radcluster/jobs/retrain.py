@@ -52,7 +52,10 @@ class RetrainDecision:
 
 
 def _score(version: str, store_url: str, frame: pd.DataFrame, task: str, target: str, event: str | None) -> float:
-    from ..learn.metrics import concordance_index, roc_auc
+    """The task's main metric of ``version`` on the hold-out rows ``frame``, computed as training
+    computes it (:func:`radcluster.learn.cv.evaluate`)."""
+    from ..learn.cv import Target, evaluate
+    from ..learn.models import main_metric
     from .predict import predict_store
 
     pred = predict_store(version, store_url)
@@ -62,14 +65,17 @@ def _score(version: str, store_url: str, frame: pd.DataFrame, task: str, target:
     y = merged[target].to_numpy()
     if task == "binary":
         positive = np.asarray(sorted(pd.unique(frame[target])))[-1]
-        return float(roc_auc((y == positive).astype(int), merged["probability"].to_numpy()))
-    if task == "survival":
-        return float(
-            concordance_index(y.astype(float), merged[event].to_numpy().astype(int), merged["risk"].to_numpy())
+        p = merged["probability"].to_numpy()
+        truth, scores = (
+            Target("binary", (y == positive).astype(int), classes=np.array([0, 1])),
+            np.column_stack([1 - p, p]),
         )
-    from sklearn.metrics import r2_score
-
-    return float(r2_score(y.astype(float), merged["predicted"].to_numpy()))
+    elif task == "survival":
+        time_, died = y.astype(float), merged[event].to_numpy().astype(int)
+        truth, scores = Target("survival", None, time=time_, event=died), merged["risk"].to_numpy()
+    else:
+        truth, scores = Target("regression", y.astype(float)), merged["predicted"].to_numpy()
+    return float(evaluate(truth, scores, n_boot=0)[main_metric(task)])
 
 
 def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
@@ -84,7 +90,7 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
         When another retrain holds the registry's lock.
     """
     from ..cluster import connect, dashboard_link
-    from ..learn.dataset import infer_task, read_clinical, read_store_columns
+    from ..learn.dataset import infer_task, merge_clinical, read_store_columns
     from ..learn.models import main_metric
     from ..spec.training import parse_train_spec
     from ..store import open_store
@@ -100,11 +106,7 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
 
     def targets_frame() -> pd.DataFrame:
         frame = read_store_columns(open_store(store_url, must_exist=False), [*targets, "patient_id"])
-        if clinical:
-            clin = read_clinical(clinical)
-            frame = frame.drop(columns=[c for c in clin.columns if c != "case_id" and c in frame]).merge(
-                clin, on="case_id", how="left"
-            )
+        frame = merge_clinical(frame, clinical)
         return frame.dropna(subset=[t for t in targets if t in frame])
 
     def check_task(frame: pd.DataFrame) -> str:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from ..learn.dataset import (
 from ..learn.explain import contributions, decision_curve, permutation_importance
 from ..learn.models import main_metric, make_model, save_model
 from ..learn.preprocess import Preprocessor
-from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, parse_train_spec
+from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, feature_kind, parse_train_spec
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ __all__ = [
     "TrainResult",
     "train_store",
     "train_job",
-    "demo_train",
 ]
 
 
@@ -513,6 +513,11 @@ def _write_version(
             "n_rows": int(len(rows)),
             "n_cases": int(rows["case_id"].nunique()),
             "n_input_features": len(data.feature_names),
+            # which kinds of features the model was trained on (train's `features:`), and how many of each
+            "feature_kinds": {
+                "selected": list(spec.features) if spec.features else "all",
+                "counts": dict(Counter(feature_kind(n) for n in data.feature_names)),
+            },
             "n_model_inputs": len(model_inputs),
             "config_hash": spec.digest(),
             "main_metric": main,
@@ -546,26 +551,3 @@ def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResu
         if on_dashboard is not None:
             on_dashboard(dashboard_link(client))
         return train_store(store_url, spec, client, registry, on_fold=on_fold)
-
-
-# --- demo ------------------------------------------------------------------------------------
-# Two dozen cases: boosted stumps on a few PCA scores, a model small enough for that many.
-DEMO_SPEC = {
-    "target": "outcome",
-    "model": "xgboost",
-    "params": {"xgboost": {"n_estimators": 100, "max_depth": 1, "learning_rate": 0.1}},
-    "preprocess": {"pca": 0.9, "pca_max_components": 10},
-    "cv": {"folds": 5, "seed": 0},
-    "metrics": {"bootstrap": 500},
-}
-
-
-def demo_train(
-    store_url: str, registry_url: str | os.PathLike, client
-) -> tuple[Path | str, float | None, Path | str | None]:
-    """Train xgboost on the demo store's ``outcome`` (cases without one are left out).
-
-    Returns ``(version_path, cv_auc, report_path)``.
-    """
-    result = train_store(store_url, DEMO_SPEC, client, registry_url)
-    return result.version, result.cv_auc, result.report

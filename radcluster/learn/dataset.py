@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import _io
 from ..errors import ModelError
-from ..spec.training import TrainSpec
+from ..spec.training import TrainSpec, feature_kind
 from .cv import Target
 from .models import check_model
 
@@ -64,10 +65,7 @@ def read_store_columns(store, columns: list[str]) -> pd.DataFrame:
 
 def read_clinical(path: str) -> pd.DataFrame:
     try:
-        if path.lower().endswith((".parquet", ".pq")):
-            table = pd.read_parquet(path)
-        else:
-            table = pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",", dtype={"case_id": str})
+        table = _io.read_table(path, dtype={"case_id": str})
     except FileNotFoundError:
         raise ModelError(f"clinical table {path!r} does not exist") from None
     except Exception as err:  # pandas raises many types for unreadable tables
@@ -79,6 +77,18 @@ def read_clinical(path: str) -> pd.DataFrame:
     if dup:
         raise ModelError(f"clinical table {path!r}: duplicate case_id(s) {dup[:5]}")
     return table
+
+
+def merge_clinical(frame: pd.DataFrame, clinical: str | None) -> pd.DataFrame:
+    """``frame`` with the clinical table's columns joined by ``case_id`` (none: unchanged);
+    a clinical column replaces a store column of the same name."""
+    if not clinical:
+        return frame
+    clin = read_clinical(clinical)
+    overlap = [c for c in clin.columns if c != "case_id" and c in frame.columns]
+    if overlap:
+        logger.info("clinical table %s overrides store column(s) %s", clinical, overlap)
+    return frame.drop(columns=overlap).merge(clin, on="case_id", how="left")
 
 
 def pivot_by_label(X, rows: pd.DataFrame, names: list[str], labels: list[int] | None = None):
@@ -169,6 +179,27 @@ def _shuffle_by_group(frame: pd.DataFrame, columns: list[str], groups: np.ndarra
     return frame
 
 
+def select_kinds(X, names: list[str], kinds, store_url: str):
+    """The matrix columns of the feature kinds ``kinds`` (None: all), and their names.
+
+    Raises
+    ------
+    ModelError
+        When the store has no feature of a kind asked for.
+    """
+    if kinds is None:
+        return X, names
+    found = {k: [i for i, n in enumerate(names) if feature_kind(n) == k] for k in kinds}
+    missing = [k for k, idx in found.items() if not idx]
+    if missing:
+        hint = "; deep features come from an onnx engine (extraction.engines)" if "deep" in missing else ""
+        raise ModelError(f"features {list(kinds)}: store {store_url!r} has no {' or '.join(missing)} features{hint}")
+    keep = sorted(i for idx in found.values() for i in idx)
+    if len(keep) == len(names):
+        return X, names
+    return X[:, keep], [names[i] for i in keep]
+
+
 def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None = None) -> TrainingData:
     """Join the store's matrix to the target; rows with a missing target are left out (logged).
 
@@ -178,6 +209,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
 
     store = open_store(store_url)
     X, rows, names = store.matrix()
+    X, names = select_kinds(X, names, spec.features, store_url)
     rows = rows.assign(case_id=rows["case_id"].astype(str))
     needed = [
         c
@@ -195,12 +227,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     table = read_store_columns(store, needed)
     frame = rows.merge(table, on=["case_id", "label"], how="left", validate="one_to_one")
     clinical = clinical or spec.clinical
-    if clinical:
-        clin = read_clinical(clinical)
-        overlap = [c for c in clin.columns if c != "case_id" and c in frame.columns]
-        if overlap:
-            logger.info("clinical table %s overrides store column(s) %s", clinical, overlap)
-        frame = frame.drop(columns=overlap).merge(clin, on="case_id", how="left")
+    frame = merge_clinical(frame, clinical)
     pivot_labels = None
     if spec.labels == "pivot":
         X, frame, names, pivot_labels = pivot_by_label(X, frame, names)

@@ -21,45 +21,52 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def section_models(annotation: Any) -> list[type[BaseModel]]:
-    """The sections a field holds: one (``Section`` or ``Section | None``), or the members of
-    a tagged union such as ``cluster``."""
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a field annotated ``Section`` or ``Section | None``."""
+    return next(
+        (a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)), None
+    )
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every section model a field may hold: through unions, ``Annotated`` and sequences (the
+    members of ``cluster``, the forms of an ``extraction.engines`` entry)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [m for a in get_args(annotation) for m in section_models(a)]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
 
 
-def _locate(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+def _locate(model: type[BaseModel], loc: tuple[Any, ...], unknown_key: bool) -> tuple[list[str], list[str]]:
     """(the key's parts as written in the YAML, the valid keys beside it).
 
-    pydantic puts the tag of a union member into the location (``cluster.local.workers``);
-    users wrote ``cluster.workers``, so the tag is dropped and picks the member's keys.
+    pydantic puts the tag of a union member into the location (``cluster.local.workers``,
+    ``extraction.engines.0.onnx.onnx.name``); users wrote ``cluster.workers``, so a part that
+    is no key of the sections there is a tag: dropped, and picking the member it names.
+    List indices stay (``engines.0``).
     """
     key: list[str] = []
-    current: type[BaseModel] | None = model
-    parts = list(loc)
-    while parts:
-        part = parts.pop(0)
+    candidates = [model]
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(part, int):
+            key.append(str(part))
+            continue
+        field = next((m.model_fields[part] for m in candidates if part in m.model_fields), None)
+        if field is None and not (last and unknown_key):
+            tagged = [m for m in candidates if "kind" in m.model_fields and m.model_fields["kind"].default == part]
+            candidates = tagged or candidates
+            continue
         key.append(str(part))
-        if not parts:
-            break
-        field = current.model_fields.get(str(part)) if current is not None else None
-        members = section_models(field.annotation) if field is not None else []
-        if len(members) > 1:
-            tag = parts.pop(0)
-            current = next(
-                (m for m in members if "kind" in m.model_fields and m.model_fields["kind"].default == tag), None
-            )
-        else:
-            current = members[0] if members else None
-    return key, list(current.model_fields) if current is not None else []
+        if field is not None and not last:
+            candidates = _models_in(field.annotation)
+    return key, [name for m in candidates for name in m.model_fields]
 
 
 def format_errors(err: ValidationError, source: str, model: type[BaseModel], *, prefix: tuple[str, ...] = ()) -> str:
     """pydantic's errors of ``model`` as one SpecError message, a line per problem."""
     lines = []
     for e in err.errors():
-        key, valid = _locate(model, tuple(e["loc"]))
+        key, valid = _locate(model, tuple(e["loc"]), e["type"] == "extra_forbidden")
         where = ".".join((*prefix, *key))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

@@ -19,6 +19,16 @@ from ._base import Section, format_errors
 
 __all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "SelectSpec", "ValidationSpec", "parse_train_spec"]
 
+# What `features:` selects. Deep engines (radcluster.extract.engines, kind "deep") name their
+# columns deep_<name>_<i>; every other feature column is radiomics (pyradiomics, IBSI mode).
+FEATURE_KINDS = ("radiomics", "deep")
+DEEP_PREFIX = "deep_"
+
+
+def feature_kind(name: str) -> str:
+    """``"deep"`` for a deep engine's column (``deep_*``, pivoted ``deep_*@<label>`` too), else ``"radiomics"``."""
+    return "deep" if name.startswith(DEEP_PREFIX) else "radiomics"
+
 
 def pca_option(value: Any) -> int | float | None:
     """``value`` if it is a valid ``preprocess.pca``: a number of components (int >= 1), a
@@ -141,6 +151,11 @@ class TrainSpec(Section):
     validation: ValidationSpec = ValidationSpec()
     max_gather_mb: float = Field(512.0, gt=0, description="largest matrix gathered for scikit-learn models")
     persist: bool = Field(True, description="keep the training matrix in cluster memory while training")
+    features: tuple[Literal["radiomics", "deep"], ...] | None = Field(
+        None,
+        description="feature kinds to train on: [radiomics], [deep] (an onnx engine's deep_* columns) "
+        "or [radiomics, deep]; null: every feature in the store",
+    )
     shuffle_target: bool = Field(False, description="permute the target across patients (a leak check)")
     report: bool = Field(True, description="write report.html into the version")
 
@@ -163,6 +178,13 @@ class TrainSpec(Section):
         unknown = [k for k in v if k not in known]
         if unknown:
             raise ValueError(f"keys are model names ({', '.join(known)}); unknown: {', '.join(unknown)}")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("must list radiomics, deep or both, each once")
         return v
 
     @model_validator(mode="after")

@@ -310,7 +310,7 @@ def test_mask_on_another_grid_is_refused():
     image = sitk.GetImageFromArray(np.zeros((3, 3, 3)))
     mask = sitk.GetImageFromArray(np.ones((3, 3, 3), np.uint8))
     mask.SetOrigin((0.0, 0.0, 5.0))
-    with pytest.raises(ValueError, match="image and mask differ in origin"):
+    with pytest.raises(ValueError, match="image/mask geometry mismatch: origin differs"):
         extract_ibsi(image, mask, 1, None, IBSIConfig(bin_count=8))
 
 

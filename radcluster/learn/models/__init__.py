@@ -160,7 +160,8 @@ def make_model(
     random_state: int = 0,
 ):
     """An unfitted model for ``name`` and ``task``: the family's defaults under ``params``
-    (checked in ``fit``)."""
+    (checked in ``fit``). :class:`SpecError` for an unknown model or a task it does not do."""
+    check_model(name, task, {})
     spec = family(name)
     return spec.make(
         task,

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ...errors import ModelError
 from .._arrays import as_dask, blockwise
 from . import ModelFamily, check_model, register
 
@@ -72,10 +71,9 @@ class XGBoostModel(BaseEstimator):
         """Fit on dask ``X``; ``y`` holds class indices, values, or signed times for survival
         (negative: censored, XGBoost's Cox convention)."""
         import dask.array as da
+        import xgboost
         import xgboost.dask as dxgb
 
-        if self.task not in ("binary", "multiclass", "regression", "survival"):
-            raise ModelError(f"xgboost: task must be binary, multiclass, regression or survival; got {self.task!r}")
         params = dict(self.params or {})
         check_model("xgboost", self.task, params)
         params.setdefault("random_state", self.random_state)
@@ -105,7 +103,11 @@ class XGBoostModel(BaseEstimator):
         if eval_set is not None:
             Xv = as_dask(eval_set[0])
             evals = [(Xv, da.from_array(np.asarray(eval_set[1]), chunks=(Xv.chunks[0],)))]
-        est.fit(X, yd, eval_set=evals, verbose=False)
+        # XGBoost's own warnings (a worker holding no rows of a small matrix: "Empty dataset
+        # at worker") follow this logger: shown when the application logs INFO (radcluster -v).
+        # xgboost.dask hands this configuration to the workers that train.
+        with xgboost.config_context(verbosity=1 if logger.isEnabledFor(logging.INFO) else 0):
+            est.fit(X, yd, eval_set=evals, verbose=False)
         booster = est.get_booster()
         best = getattr(est, "best_iteration", None) if stop else None
         if best is not None:

@@ -1,0 +1,105 @@
+"""``radcluster cohort scan|check``, ``failures`` and ``export``: the cohort before a run, the store after."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK
+
+
+def cmd_cohort_scan(args: argparse.Namespace) -> int:
+    from ..cohort.discover import scan_directory
+
+    frame = scan_directory(args.folder)
+    out = Path(args.output)
+    root = Path(args.folder).resolve()
+    # Paths relative to the manifest's own folder, as the manifest reader expects.
+    for col in ("image", "mask"):
+        frame[col] = [os.path.relpath(root / p, out.resolve().parent) for p in frame[col]]
+    frame.to_csv(out, index=False)
+    print(f"wrote {out}: {len(frame)} case(s)")
+    return EXIT_OK
+
+
+def cmd_cohort_check(args: argparse.Namespace) -> int:
+    from ..cohort import read_manifest
+    from ..cohort.check import check_cohort
+
+    cohort = read_manifest(args.manifest)
+    problems = check_cohort(cohort, tolerance=args.tolerance, check_labels=not args.headers_only)
+    for p in problems:
+        print(f"case {p.case_id!r}: {p.file}: {p.reason}")
+    print(f"{len(cohort)} case(s) checked, {len({p.case_id for p in problems})} with problems")
+    return EXIT_INVALID if problems else EXIT_OK
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    fails = open_store(args.store).failures()
+    if fails.empty:
+        print("no failures")
+        return EXIT_OK
+    for rec in fails.itertuples():
+        print(f"{rec.case_id}\t{rec.stage}\t{rec.error_type}\t{rec.message}")
+    return EXIT_FAILURES
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    frame = open_store(args.store).features()
+    if args.names == "ibsi":
+        import yaml
+
+        from ..ibsi.names import aggregation_from_settings, to_ibsi_names
+
+        runs = open_store(args.store).runs()
+        params = yaml.safe_load(runs[-1]["params"]) if runs else {}
+        aggregation = aggregation_from_settings((params or {}).get("setting") or {})
+        frame = to_ibsi_names(frame, aggregation=aggregation, unmapped="keep" if args.keep_unmapped else "drop")
+    out = args.output
+    if out.endswith(".parquet"):
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+    print(f"wrote {out}: {len(frame)} row(s), {frame.shape[1]} column(s)")
+    return EXIT_OK
+
+
+def add_commands(subparsers) -> None:
+    """Register ``cohort``, ``failures`` and ``export`` on ``subparsers``."""
+    cohort = subparsers.add_parser("cohort", help="build or check a manifest").add_subparsers(
+        dest="cohort_cmd", required=True
+    )
+    p = cohort.add_parser("scan", help="build a manifest from a folder of images and masks")
+    p.add_argument("folder")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_cohort_scan)
+    p = cohort.add_parser("check", help="check every case of a manifest before running it")
+    p.add_argument("manifest")
+    p.add_argument("--tolerance", type=float, default=1e-6, help="geometry tolerance (ITK's rule)")
+    p.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read only file headers: skip the voxel checks (labels, NaN/inf, truncation)",
+    )
+    p.set_defaults(func=cmd_cohort_check)
+
+    p = subparsers.add_parser("failures", help="list the failed scans of a store")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_failures)
+
+    p = subparsers.add_parser("export", help="write a store's current features as CSV or Parquet")
+    p.add_argument("store")
+    p.add_argument("-o", "--output", required=True, help="file.csv or file.parquet")
+    p.add_argument(
+        "--names",
+        choices=["pyradiomics", "ibsi"],
+        default="pyradiomics",
+        help="column names: pyradiomics' or IBSI feature tags (kurtosis as excess kurtosis)",
+    )
+    p.add_argument("--keep-unmapped", action="store_true", help="with --names ibsi: keep features IBSI lacks")
+    p.set_defaults(func=cmd_export)
