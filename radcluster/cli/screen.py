@@ -17,7 +17,14 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from ..jobs.screen import screen_store, write_screen
     from ..spec import build_job
 
-    job = build_job({}, overrides=cluster_overrides(args), source="command line")
+    # the cluster comes from a job spec like a training's: the same flags, the same checks
+    overrides = {
+        "kind": "train",
+        "store": args.store,
+        "train.target": args.time or args.target,
+        **cluster_overrides(args),
+    }
+    job = build_job({}, overrides=overrides, source="command line")
     with connect(job.cluster) as client:
         print_dashboard(dashboard_link(client))
         table = screen_store(
