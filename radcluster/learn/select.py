@@ -198,9 +198,10 @@ class Selector(BaseEstimator):
     def _lasso(self, Z, y, keep) -> np.ndarray:
         Zk = Z[:, keep]
         if self.task == "survival":
-            from .models.cox import CoxModel
+            from .models import make_model
 
-            coef = CoxModel(name="coxnet", params={"l1_ratio": 1.0}, random_state=self.random_state).fit(Zk, y).coef_
+            lasso = make_model("coxnet", "survival", {"l1_ratio": 1.0}, random_state=self.random_state)
+            coef = lasso.fit(Zk, y).coef_
         elif self.task in ("binary", "multiclass"):
             from sklearn.linear_model import LogisticRegressionCV
 

@@ -120,6 +120,11 @@ def families() -> dict[str, ModelFamily]:
         for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != "xgboost", m.name)):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{__name__}.{info.name}")
+        # a family module imported directly before this (radcluster.learn.models.cox) has
+        # registered first: the order must not depend on who imported what
+        ordered = sorted(_REGISTRY.items(), key=lambda item: (item[0] != "xgboost", item[0]))
+        _REGISTRY.clear()
+        _REGISTRY.update(ordered)
         _loaded = True
     return _REGISTRY
 
