@@ -64,6 +64,10 @@ class ScanResult:
     mask_hash: str | None = None
     feature_names: list[str] = field(default_factory=list)
     unchanged: bool = False
+    # pyradiomics' warnings for this scan (distinct, in order), for the driver to log
+    warnings: list[str] = field(default_factory=list)
+    # image types computed per label as execute() does instead of once per scan (fast.py)
+    plain_filters: list[str] = field(default_factory=list)
 
 
 def _failure(err: ScanError) -> dict[str, Any]:
@@ -178,7 +182,7 @@ def extract_scan(
     """
     import SimpleITK as sitk
 
-    from ._radiomics import get_extractor, versions
+    from ._radiomics import captured_warnings, expected_groups, get_extractor, versions
 
     start = time.perf_counter()
     extractor = get_extractor(settings.params_text)
@@ -192,17 +196,23 @@ def extract_scan(
     failures: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
-    try:
-        image = _read(scan.case_id, scan.image, "image")
-        mask = _read(scan.case_id, scan.mask, "mask")
-        image_hash, mask_hash = _content_hash(image), _content_hash(mask)
-        if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
-            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
-        _check_inputs(scan, image, mask, extractor, tolerance)
-        per_label = _extract_labels(scan, image, mask, extractor, settings, part)
-    except ScanError as err:
-        failures.append(_failure(err))
-        per_label = {}
+    plain: list[str] = []
+    with captured_warnings() as warned:
+        try:
+            image = _read(scan.case_id, scan.image, "image")
+            mask = _read(scan.case_id, scan.mask, "mask")
+            image_hash, mask_hash = _content_hash(image), _content_hash(mask)
+            if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
+                return ScanResult(
+                    scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True
+                )
+            _check_inputs(scan, image, mask, extractor, tolerance)
+            per_label = _extract_labels(scan, image, mask, extractor, settings, part, plain)
+        except ScanError as err:
+            failures.append(_failure(err))
+            per_label = {}
+    # IBSI mode names its own features; otherwise every row must have what the params ask for
+    groups = expected_groups(extractor, image.GetDimension()) if per_label and not settings.ibsi else []
 
     elapsed = time.perf_counter() - start
     base = {
@@ -221,9 +231,36 @@ def extract_scan(
             failures.append(_failure(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
+        absent = [g for g in groups if not any(k.startswith(g) for k in values)]
+        if absent:
+            failures.append(_failure(_incomplete(scan, label, absent, warned)))
+            continue
         names.update(dict.fromkeys(values))
         rows.append({"label": int(label), "label_name": settings.label_names.get(int(label)), **base, **values})
-    return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
+    return ScanResult(
+        scan.case_id,
+        rows,
+        failures,
+        elapsed,
+        image_hash,
+        mask_hash,
+        list(names),
+        warnings=list(warned),
+        plain_filters=plain,
+    )
+
+
+def _incomplete(scan: Scan, label: int, absent: list[str], warned) -> ScanError:
+    """A label whose row would lack features the params ask for: a failure, not a short row."""
+    groups = ", ".join(g.rstrip("_") for g in absent[:5]) + (" ..." if len(absent) > 5 else "")
+    return ScanError(
+        scan.case_id,
+        "extract",
+        f"pyradiomics computed no {groups} features for this scan (pyradiomics: "
+        f"{'; '.join(warned) or 'no reason logged'})",
+        file=scan.image,
+        label=label,
+    )
 
 
 def _ibsi(
@@ -248,7 +285,7 @@ def _ibsi(
 
 
 def _extract_labels(
-    scan: Scan, image, mask, extractor, settings: ExtractionSettings, part: tuple[int, int] | None
+    scan: Scan, image, mask, extractor, settings: ExtractionSettings, part: tuple[int, int] | None, plain: list[str]
 ) -> dict[int, Any]:
     """features or a ScanError, per label."""
     import SimpleITK as sitk
@@ -271,7 +308,7 @@ def _extract_labels(
     if not present:
         raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
     labels = _labels_of(scan, present, default_label, part)
-    return extract_labels(scan, image, mask, extractor, labels, objects, present)
+    return extract_labels(scan, image, mask, extractor, labels, objects, present, plain)
 
 
 def _plain(scan: Scan, image, mask, extractor, label: int):

@@ -41,6 +41,22 @@ _LABEL_FREE_TYPES = frozenset(
 _RESAMPLE_MARGIN = 24
 
 
+def _crops_before_resampling(interpolator) -> bool:
+    """Whether to interpolate from a crop around the label instead of the whole image.
+
+    A B-spline interpolator of order >= 2 prefilters the whole input image, most of a CT
+    task's time; from a crop with ``_RESAMPLE_MARGIN`` it gives the same voxels (asserted on
+    every real case by tests/extract/test_parity.py and the parity matrix). Every other
+    interpolator reads only voxels near each output point, so the whole image costs no more and
+    is exactly execute()'s computation: a crop's origin moves the continuous indices by
+    rounding, enough to flip the rounding of a linear or Gaussian value at .5 in an integer image.
+    """
+    import SimpleITK as sitk
+
+    value = getattr(sitk, interpolator, None) if isinstance(interpolator, str) else interpolator
+    return value in (sitk.sitkBSpline2, sitk.sitkBSpline3, sitk.sitkBSpline4, sitk.sitkBSpline5)
+
+
 def find_labels(scan: Scan, mask) -> list[tuple[slice, ...] | None]:
     """``ndimage.find_objects`` of the mask as pyradiomics sees it (cast to UInt32).
 
@@ -94,8 +110,14 @@ def _crop(image, lower: np.ndarray, upper: np.ndarray, pad: np.ndarray | int):
     return sitk.RegionOfInterest(image, (hi - lo + 1).tolist(), lo.tolist())
 
 
-def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int]):
-    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once."""
+def extract_labels(
+    scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int], plain: list[str]
+):
+    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once.
+
+    The image types computed per label on the whole image, as ``execute()`` does, instead of
+    once per scan are appended to ``plain`` (for the run record).
+    """
     import SimpleITK as sitk
     from radiomics import imageoperations
 
@@ -108,14 +130,23 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
     resample = base.get("interpolator") is not None and base.get("resampledPixelSpacing") is not None
     pre_crop = bool(base.get("preCrop")) and not resample
     types = extractor.enabledImagetypes
-    shared_filters = not resample and not pre_crop and set(types) <= _LABEL_FREE_TYPES
+    # Without resampling or preCrop, execute() filters the whole image: a label-free filter is
+    # computed once on it and cropped per label; a filter that reads the mask (LBP3D) is
+    # computed per label on the whole image and mask, as execute() does (on a crop, its spline
+    # interpolation would see other boundaries). With either, execute() filters a per-label
+    # crop, which is built here from the same voxels and filtered the same way.
+    whole_image = not resample and not pre_crop
+    shared = {n: c for n, c in types.items() if n in _LABEL_FREE_TYPES} if whole_image else {}
+    per_label = {n: c for n, c in types.items() if n not in shared}
+    if whole_image:
+        plain += per_label
 
     out: dict[int, Any] = {}
     state: dict[int, tuple] = {}
     spacing = np.array(image.GetSpacing())
     # pyradiomics casts every mask to UInt32; a crop is cast after cropping (the same voxels),
     # but resampling computes its grid from the whole mask, which is then cast once.
-    whole_mask = sitk.Cast(mask, sitk.sitkUInt32) if resample else None
+    whole_mask = sitk.Cast(mask, sitk.sitkUInt32) if resample or (whole_image and per_label) else None
     for label in labels:
         kw = dict(base, label=label)
         if label not in present:
@@ -130,12 +161,15 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
         lower, upper = _bounds(objects[label - 1])
         try:
             if resample:
-                new = np.array(base["resampledPixelSpacing"], dtype=float)
-                new = np.where(new == 0, spacing, new)
-                pad = np.ceil((int(base.get("padDistance", 5)) + 1) * new / spacing).astype(int) + _RESAMPLE_MARGIN
+                source = image
+                if _crops_before_resampling(base["interpolator"]):
+                    new = np.array(base["resampledPixelSpacing"], dtype=float)
+                    new = np.where(new == 0, spacing, new)
+                    pad = np.ceil((int(base.get("padDistance", 5)) + 1) * new / spacing).astype(int)
+                    source = _crop(image, lower, upper, pad + _RESAMPLE_MARGIN)
                 # The output grid is computed by pyradiomics from the full mask, exactly as in
-                # execute(); only the image it interpolates from is cropped.
-                image_l, mask_l = imageoperations.resampleImage(_crop(image, lower, upper, pad), whole_mask, **kw)
+                # execute(); at most the image it interpolates from is cropped.
+                image_l, mask_l = imageoperations.resampleImage(source, whole_mask, **kw)
             elif pre_crop:
                 image_l = _crop(image, lower, upper, int(base.get("padDistance", 5)))
                 mask_l = sitk.Cast(_crop(mask, lower, upper, int(base.get("padDistance", 5))), sitk.sitkUInt32)
@@ -150,22 +184,28 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
             shape_mask = reseg if (reseg is not None and base.get("resegmentShape")) else mask_l
             features = collections.OrderedDict(extractor.computeShape(image_l, shape_mask, bbox, **kw))
             feature_mask = reseg if reseg is not None else mask_l
-            if not shared_filters:
-                for name, custom in types.items():
-                    args = dict(kw, **custom)
-                    gen = getattr(imageoperations, f"get{name}Image")(image_l, feature_mask, **args)
-                    for filtered, type_name, type_kw in gen:
-                        img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
-                        features.update(extractor.computeFeatures(img_c, msk_c, type_name, **type_kw))
+            filter_image, filter_mask = image_l, feature_mask
+            if whole_image and per_label:
+                filter_image, filter_mask = image, whole_mask
+                if reseg is not None:  # the thresholds come from the label's voxels: the same on the crop
+                    filter_mask = imageoperations.resegmentMask(image, whole_mask, **kw)
+            for name, custom in per_label.items():
+                args = dict(kw, **custom)
+                gen = getattr(imageoperations, f"get{name}Image")(filter_image, filter_mask, **args)
+                for filtered, type_name, type_kw in gen:
+                    if filter_image is image:
+                        filtered = _crop(filtered, lower, upper, 1)
+                    img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
+                    features.update(extractor.computeFeatures(img_c, msk_c, type_name, **type_kw))
             out[label] = features
             state[label] = (lower, upper, bbox, feature_mask)
         except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
             out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
 
-    if shared_filters and state:
+    if shared and state:
         # Each filtered image is computed once on the whole (normalised) image, as
         # pyradiomics does per call, then cropped for every label.
-        for name, custom in types.items():
+        for name, custom in shared.items():
             args = dict(base, **custom)
             for filtered, type_name, type_kw in getattr(imageoperations, f"get{name}Image")(image, mask, **args):
                 for label, (lower, upper, bbox, feature_mask) in list(state.items()):

@@ -9,6 +9,7 @@ voxels never reach it. Scheduling, retries and worker loss are Dask's own
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import logging
@@ -85,6 +86,8 @@ def _merged(results: list[ScanResult]) -> ScanResult:
         first.mask_hash,
         list(dict.fromkeys(n for r in results for n in r.feature_names)),
         unchanged=all(r.unchanged for r in results),
+        warnings=list(dict.fromkeys(w for r in results for w in r.warnings)),
+        plain_filters=list(dict.fromkeys(f for r in results for f in r.plain_filters)),
     )
 
 
@@ -237,6 +240,9 @@ def run_extract(
     writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
+    # per run: scans whose image types took execute()'s own route, and pyradiomics' warnings
+    plain_route: collections.Counter[str] = collections.Counter()
+    warned: collections.Counter[str] = collections.Counter()
 
     memory, use_resources, threads = _worker_memory(client)
     plan: Plan = make_plan(
@@ -324,6 +330,11 @@ def run_extract(
                     continue
                 if result.failures:
                     failed[result.case_id] = None
+                plain_route.update(result.plain_filters)
+                for message in result.warnings:
+                    if not warned[message]:
+                        logger.warning("pyradiomics (case %s and maybe others): %s", result.case_id, message)
+                    warned[message] += 1
                 summary.rows += len(result.rows)
                 writer.add(result, result.failures)
     finally:
@@ -356,6 +367,10 @@ def run_extract(
             "params_hash": settings.params_hash,
             "params": settings.params_text,
             "fast_path": settings.fast,
+            # image type -> scans it was computed for per label on the whole image, as
+            # execute() does, instead of once per scan (radcluster.extract.fast)
+            "plain_route": dict(plain_route),
+            "pyradiomics_warnings": dict(warned),
             "versions": versions(),
             "cluster": cluster_info or {},
         },
