@@ -4,8 +4,16 @@
 each time. Here the labels are found in the mask's non-zero block, each label is extracted on
 a crop around it (``checkMask``, ``resampleImage``, the image-type filters, ``computeShape``,
 ``computeFeatures``), and a filtered image that does not depend on the label is computed once
-per scan and cropped for every label. The result equals ``execute()``'s (relative difference
-<= 1e-6, asserted by the tests).
+per scan and cropped for every label; within one filtered crop the feature classes share one
+discretisation (:mod:`.discretise`). The result equals ``execute()``'s: every feature equal or
+within 1e-12 relative, over every setting and image type pyradiomics documents, each alone
+and in pairs (tests/extract/test_parity_matrix.py).
+
+Why each step gives execute()'s voxels: label-free filters see the whole (normalised) image,
+as in execute(); a filter that reads the mask (LBP3D) runs per label on the whole image and
+mask, as in execute() (:func:`plain_route`); with preCrop or resampling execute() filters a
+per-label crop, built here from the same voxels; resampling reads the whole image except with
+a B-spline, whose crop margin is tested (:func:`_crops_before_resampling`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 
 from ..cohort import Scan
 from ..errors import ScanError
+from .discretise import compute_features
 
 # Image types whose output at a voxel does not depend on the label being extracted, so one
 # filtered image serves every label of a scan (LBP3D reads the mask, so it is per label).
@@ -55,6 +64,21 @@ def _crops_before_resampling(interpolator) -> bool:
 
     value = getattr(sitk, interpolator, None) if isinstance(interpolator, str) else interpolator
     return value in (sitk.sitkBSpline2, sitk.sitkBSpline3, sitk.sitkBSpline4, sitk.sitkBSpline5)
+
+
+def _filters_whole_image(settings: dict) -> bool:
+    """Whether execute() filters the whole image (no resampling, no preCrop), not a label's crop."""
+    resample = settings.get("interpolator") is not None and settings.get("resampledPixelSpacing") is not None
+    return not resample and not settings.get("preCrop")
+
+
+def plain_route(extractor) -> list[str]:
+    """The image types the fast path computes per label on the whole image and mask, as
+    execute() does, instead of once per scan: those that read the mask (LBP3D), when execute()
+    filters the whole image. The run record lists them."""
+    if not _filters_whole_image(extractor.settings):
+        return []
+    return [name for name in extractor.enabledImagetypes if name not in _LABEL_FREE_TYPES]
 
 
 def find_labels(scan: Scan, mask) -> list[tuple[slice, ...] | None]:
@@ -110,14 +134,8 @@ def _crop(image, lower: np.ndarray, upper: np.ndarray, pad: np.ndarray | int):
     return sitk.RegionOfInterest(image, (hi - lo + 1).tolist(), lo.tolist())
 
 
-def extract_labels(
-    scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int], plain: list[str]
-):
-    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once.
-
-    The image types computed per label on the whole image, as ``execute()`` does, instead of
-    once per scan are appended to ``plain`` (for the run record).
-    """
+def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int]):
+    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once."""
     import SimpleITK as sitk
     from radiomics import imageoperations
 
@@ -135,11 +153,9 @@ def extract_labels(
     # computed per label on the whole image and mask, as execute() does (on a crop, its spline
     # interpolation would see other boundaries). With either, execute() filters a per-label
     # crop, which is built here from the same voxels and filtered the same way.
-    whole_image = not resample and not pre_crop
-    shared = {n: c for n, c in types.items() if n in _LABEL_FREE_TYPES} if whole_image else {}
-    per_label = {n: c for n, c in types.items() if n not in shared}
-    if whole_image:
-        plain += per_label
+    whole_image = _filters_whole_image(base)
+    per_label = {n: types[n] for n in plain_route(extractor)} if whole_image else dict(types)
+    shared = {n: c for n, c in types.items() if n not in per_label}
 
     out: dict[int, Any] = {}
     state: dict[int, tuple] = {}
@@ -196,7 +212,7 @@ def extract_labels(
                     if filter_image is image:
                         filtered = _crop(filtered, lower, upper, 1)
                     img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
-                    features.update(extractor.computeFeatures(img_c, msk_c, type_name, **type_kw))
+                    features.update(compute_features(extractor, img_c, msk_c, type_name, **type_kw))
             out[label] = features
             state[label] = (lower, upper, bbox, feature_mask)
         except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
@@ -214,7 +230,7 @@ def extract_labels(
                             _crop(filtered, lower, upper, 1), feature_mask, bbox
                         )
                         out[label].update(
-                            extractor.computeFeatures(img_c, msk_c, type_name, **dict(type_kw, label=label))
+                            compute_features(extractor, img_c, msk_c, type_name, **dict(type_kw, label=label))
                         )
                     except Exception as err:
                         out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
