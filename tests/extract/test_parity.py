@@ -132,3 +132,48 @@ def test_bspline_from_a_crop_gives_the_whole_image_voxels(case, spacing):
     cropped, _ = imageoperations.resampleImage(_crop(image, lower, upper, pad), mask, **kw)
     assert whole.GetSize() == cropped.GetSize() and whole.GetOrigin() == cropped.GetOrigin()
     assert np.array_equal(sitk.GetArrayViewFromImage(whole), sitk.GetArrayViewFromImage(cropped))
+
+
+def test_run_record_names_the_plain_route_and_pyradiomics_warnings_are_logged(client, tmp_path, caplog):
+    import json
+    import logging
+
+    from conftest import write_manifest
+
+    from radcluster.cohort import read_manifest
+    from radcluster.jobs.extract import run_extract
+
+    rows = [
+        {"case_id": c, "image": str(case_paths(c)[0]), "mask": str(case_paths(c)[1])} for c in ("brain2", "breast1")
+    ]
+    manifest = write_manifest(tmp_path / "cohort.csv", rows)
+    text = yaml.safe_dump({"imageType": {"Original": {}, "LBP2D": {}, "LBP3D": {}}})
+    with caplog.at_level(logging.WARNING, logger="radcluster"):
+        summary = run_extract(
+            read_manifest(manifest), ExtractionSettings(text, params_hash(text)), str(tmp_path / "s"), client
+        )
+    assert summary.failures == 0 and summary.rows == 2
+    record = json.loads(next((tmp_path / "s" / "runs").glob("*.json")).read_text())
+    assert record["plain_route"] == {"LBP3D": 2}
+    lbp2d = "Calculating Local Binary Pattern in 2D, but extracting features in 3D. Use with caution!"
+    assert record["pyradiomics_warnings"][lbp2d] == 2
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("radcluster")]
+    assert sum(lbp2d in m for m in logged) == 1  # once per run, not once per scan
+
+
+def test_cli_refuses_params_with_a_missing_package_before_a_cluster_starts(
+    monkeypatch, tmp_path, sample_manifest, capsys
+):
+    from radcluster.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else find_spec(name, *a)
+    )
+    params = tmp_path / "lbp.yaml"
+    params.write_text(yaml.safe_dump({"imageType": {"Original": {}, "LBP2D": {}}}))
+    code = main(["extract", str(sample_manifest), "--out", str(tmp_path / "s"), "--params", str(params)])
+    assert code == 2
+    err = capsys.readouterr()
+    assert "imageType LBP2D, which needs the package 'scikit-image'" in err.err
+    assert "Dask dashboard" not in err.out and not (tmp_path / "s").exists()
