@@ -19,8 +19,21 @@ import fsspec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_url", "local_path", "basename", "join", "local_file", "exists", "read_bytes", "write_atomic",
-           "create_exclusive", "remove", "put_files", "get_files", "storage_errors"]
+__all__ = [
+    "is_url",
+    "local_path",
+    "basename",
+    "join",
+    "local_file",
+    "exists",
+    "read_bytes",
+    "write_atomic",
+    "create_exclusive",
+    "remove",
+    "put_files",
+    "get_files",
+    "storage_errors",
+]
 
 # Backends whose exclusive create is a conditional write checked by the server (S3's
 # ``If-None-Match: *``, which s3fs sends for mode="create"). fsspec's generic fallback looks
@@ -36,7 +49,7 @@ def local_path(path: str | os.PathLike) -> str | None:
     """The local path ``path`` names (a plain path or a ``file://`` URL); None for a remote URL."""
     path = os.fspath(path)
     if path.startswith("file://"):
-        return path[len("file://"):]
+        return path[len("file://") :]
     return None if is_url(path) else path
 
 
@@ -52,7 +65,7 @@ def join(base: str, path: str) -> str:
     SimpleITK can read them directly.
     """
     if path.startswith("file://"):
-        return path[len("file://"):]
+        return path[len("file://") :]
     if is_url(path) or os.path.isabs(path):
         return path
     if is_url(base):
@@ -79,8 +92,7 @@ def local_file(path: str) -> Iterator[str]:
         return
     cache = tempfile.mkdtemp(prefix="radcluster-")
     try:
-        yield fsspec.open_local(f"simplecache::{path}",
-                                simplecache={"same_names": True, "cache_storage": cache})
+        yield fsspec.open_local(f"simplecache::{path}", simplecache={"same_names": True, "cache_storage": cache})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -137,15 +149,27 @@ def create_exclusive(path: str, data: bytes) -> None:
     """
     local = local_path(path)
     if local is not None:
-        fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        # Written under a temporary name and hard-linked to ``path`` (link fails if it exists):
+        # as exclusive as O_EXCL, and a reader never sees the file half written.
+        folder, name = os.path.split(os.path.abspath(local))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, local)
+        finally:
+            os.unlink(tmp)
         return
     fs, p = fsspec.core.url_to_fs(path)
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     if not protocols & _CONDITIONAL_CREATE:
-        logger.warning("%s: this storage has no conditional create radcluster knows of; two writers "
-                       "may both create it (best effort)", path)
+        logger.warning(
+            "%s: this storage has no conditional create radcluster knows of; two writers "
+            "may both create it (best effort)",
+            path,
+        )
     fs.pipe_file(p, data, mode="create")
 
 
