@@ -34,10 +34,31 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "BenchError", "CASES_DIR", "REAL_CASES", "Timing", "Agreement", "base_parser", "add_split_peer_flag", "header",
-    "workdir", "warm_cache", "run_command", "run_parallel", "best_of", "radcluster_cmd", "pyradiomics_cmd", "write_csv",
-    "radcluster_features", "pyradiomics_features", "compare", "Pair", "versus_pyradiomics", "verdict", "parity",
-    "table", "main",
+    "BenchError",
+    "CASES_DIR",
+    "REAL_CASES",
+    "Timing",
+    "Agreement",
+    "base_parser",
+    "add_split_peer_flag",
+    "header",
+    "workdir",
+    "warm_cache",
+    "run_command",
+    "run_parallel",
+    "best_of",
+    "radcluster_cmd",
+    "pyradiomics_cmd",
+    "write_csv",
+    "radcluster_features",
+    "pyradiomics_features",
+    "compare",
+    "Pair",
+    "versus_pyradiomics",
+    "verdict",
+    "parity",
+    "table",
+    "main",
 ]
 
 CASES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "pyradiomics-cases"
@@ -82,20 +103,22 @@ class Agreement:
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Flags every benchmark has."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workers", type=int, default=2,
-                   help="radcluster local worker processes = pyradiomics --jobs")
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--workers", type=int, default=2, help="radcluster local worker processes = pyradiomics --jobs")
     p.add_argument("--repeat", type=int, default=1, help="runs of each command; the fastest counts")
-    p.add_argument("--data", type=Path, default=CASES_DIR,
-                   help="folder with <case>_image.nrrd, <case>_label.nrrd and params/")
+    p.add_argument(
+        "--data", type=Path, default=CASES_DIR, help="folder with <case>_image.nrrd, <case>_label.nrrd and params/"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
     return p
 
 
 def add_split_peer_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split-peer", action="store_true",
-                   help="also time pyradiomics as N side-by-side '--jobs 1' processes (no busy-waiting driver)")
+    p.add_argument(
+        "--split-peer",
+        action="store_true",
+        help="also time pyradiomics as N side-by-side '--jobs 1' processes (no busy-waiting driver)",
+    )
 
 
 def _versions() -> str:
@@ -106,18 +129,22 @@ def _versions() -> str:
     import radcluster
     from radcluster._radiomics import RADIOMICS_DIST
 
-    return (f"radcluster {radcluster.__version__}, {RADIOMICS_DIST}, SimpleITK {sitk.Version_VersionString()}, "
-            f"dask {dask.__version__}, distributed {distributed.__version__}, "
-            f"Python {sys.version.split()[0]}")
+    return (
+        f"radcluster {radcluster.__version__}, {RADIOMICS_DIST}, SimpleITK {sitk.Version_VersionString()}, "
+        f"dask {dask.__version__}, distributed {distributed.__version__}, "
+        f"Python {sys.version.split()[0]}"
+    )
 
 
 def header(title: str, args: argparse.Namespace) -> None:
     import psutil
 
     print(f"== {title}")
-    print(f"date {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}; machine: "
-          f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"date {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}; machine: "
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print(_versions())
     shown = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     print(f"arguments: {shown}", flush=True)
@@ -181,8 +208,7 @@ def run_command(cmd: Sequence[str], *, what: str, output: Path | None = None) ->
     # As radcluster's CLI does for its workers: pyradiomics' per-case warnings are noise here.
     env.setdefault("DASK_LOGGING__RADIOMICS", "error")
     start = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     own = [0.0, 0.0]
     stop = threading.Event()
     sampler = threading.Thread(target=_cpu_sampler, args=(proc.pid, own, stop), daemon=True)
@@ -193,8 +219,10 @@ def run_command(cmd: Sequence[str], *, what: str, output: Path | None = None) ->
     sampler.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise BenchError(f"{what} failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
-                         f"stdout (end):\n{stdout[-3000:]}\nstderr (end):\n{stderr[-3000:]}")
+        raise BenchError(
+            f"{what} failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
+            f"stdout (end):\n{stdout[-3000:]}\nstderr (end):\n{stderr[-3000:]}"
+        )
     waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # rusage misses processes nobody waited for; the samples miss a process's last 0.2 s
     return Timing(wall, max(waited, own[1]), own[0], load, stdout, output)
@@ -209,10 +237,14 @@ def run_parallel(cmds: Sequence[Sequence[str]], *, what: str, output: Path | Non
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # Files, not pipes: a process must never wait for the benchmark to read its output.
-        files = [(stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
-                 for _ in cmds]
-        procs = [subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, text=True)
-                 for cmd, (out, err) in zip(cmds, files, strict=True)]
+        files = [
+            (stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
+            for _ in cmds
+        ]
+        procs = [
+            subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, text=True)
+            for cmd, (out, err) in zip(cmds, files, strict=True)
+        ]
         for proc in procs:
             proc.wait()
         wall = time.perf_counter() - start
@@ -224,8 +256,10 @@ def run_parallel(cmds: Sequence[Sequence[str]], *, what: str, output: Path | Non
             texts.append((out.read(), err.read()))
     for cmd, proc, (stdout, stderr) in zip(cmds, procs, texts, strict=True):
         if proc.returncode != 0:
-            raise BenchError(f"{what} failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
-                             f"stdout (end):\n{stdout[-3000:]}\nstderr (end):\n{stderr[-3000:]}")
+            raise BenchError(
+                f"{what} failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
+                f"stdout (end):\n{stdout[-3000:]}\nstderr (end):\n{stderr[-3000:]}"
+            )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Timing(wall, cpu, math.nan, load, "".join(o for o, _ in texts), output)
 
@@ -245,18 +279,38 @@ def best_of(repeat: int, runs: dict[str, Callable[[int], Timing]]) -> dict[str, 
     return best
 
 
-def radcluster_cmd(manifest: Path, params: Path, out: Path, workers: int,
-                   label_table: Path | None = None) -> list[str]:
-    cmd = [str(_BIN / "radcluster"), "extract", str(manifest), "--params", str(params), "--out", str(out),
-           "--workers", str(workers), "--dashboard-address", ":0"]
+def radcluster_cmd(manifest: Path, params: Path, out: Path, workers: int, label_table: Path | None = None) -> list[str]:
+    cmd = [
+        str(_BIN / "radcluster"),
+        "extract",
+        str(manifest),
+        "--params",
+        str(params),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--dashboard-address",
+        ":0",
+    ]
     if label_table is not None:
         cmd += ["--label-table", str(label_table)]
     return cmd
 
 
 def pyradiomics_cmd(batch_csv: Path, params: Path, out_csv: Path, jobs: int) -> list[str]:
-    return [str(_BIN / "pyradiomics"), str(batch_csv), "--param", str(params), "--jobs", str(jobs),
-            "-o", str(out_csv), "-f", "csv"]
+    return [
+        str(_BIN / "pyradiomics"),
+        str(batch_csv),
+        "--param",
+        str(params),
+        "--jobs",
+        str(jobs),
+        "-o",
+        str(out_csv),
+        "-f",
+        "csv",
+    ]
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -271,8 +325,10 @@ def radcluster_features(store: Path) -> pd.DataFrame:
     frame = open_store(str(store)).features()
     names = [c for c in frame.columns if _FEATURE_COLUMN.match(c)]
     out = frame.set_index(["case_id", "label"])[names]
-    out.index = pd.MultiIndex.from_arrays([out.index.get_level_values(0).astype(str),
-                                           out.index.get_level_values(1).astype(int)], names=["case_id", "label"])
+    out.index = pd.MultiIndex.from_arrays(
+        [out.index.get_level_values(0).astype(str), out.index.get_level_values(1).astype(int)],
+        names=["case_id", "label"],
+    )
     return out.astype(float)
 
 
@@ -307,8 +363,16 @@ def compare(rc: pd.DataFrame, peer: pd.DataFrame) -> Agreement:
         worst = float(rel[i, j])
         where = f"{rows[i][0]} label {rows[i][1]}: {names[j]} ({a[i, j]!r} vs {b[i, j]!r})"
     unequal = int(((a != b) & ~both_nan).sum())
-    return Agreement(len(rows), len(names), worst, where, unequal, len(rc.index.difference(peer.index)),
-                     len(peer.index.difference(rc.index)), [c for c in peer.columns if c not in rc.columns])
+    return Agreement(
+        len(rows),
+        len(names),
+        worst,
+        where,
+        unequal,
+        len(rc.index.difference(peer.index)),
+        len(peer.index.difference(rc.index)),
+        [c for c in peer.columns if c not in rc.columns],
+    )
 
 
 @dataclass
@@ -330,9 +394,18 @@ class Pair:
         return self.split.wall / self.radcluster.wall if self.split is not None else math.nan
 
 
-def versus_pyradiomics(folder: Path, tag: str, manifest: Path, batch_csv: Path, params: Path, *,
-                       workers: int, repeat: int, label_table: Path | None = None,
-                       split_peer: bool = False) -> Pair:
+def versus_pyradiomics(
+    folder: Path,
+    tag: str,
+    manifest: Path,
+    batch_csv: Path,
+    params: Path,
+    *,
+    workers: int,
+    repeat: int,
+    label_table: Path | None = None,
+    split_peer: bool = False,
+) -> Pair:
     """Time ``radcluster extract`` and ``pyradiomics`` (batch) on the same cases and compare rows.
 
     ``manifest`` (radcluster) and ``batch_csv`` (pyradiomics: case_id, Image, Mask[, Label])
@@ -349,13 +422,13 @@ def versus_pyradiomics(folder: Path, tag: str, manifest: Path, batch_csv: Path, 
 
     def rc(i: int) -> Timing:
         out = folder / f"{tag}-radcluster-{i}"
-        return run_command(radcluster_cmd(manifest, params, out, workers, label_table),
-                           what=f"radcluster extract ({tag})", output=out)
+        return run_command(
+            radcluster_cmd(manifest, params, out, workers, label_table), what=f"radcluster extract ({tag})", output=out
+        )
 
     def py(i: int) -> Timing:
         out = folder / f"{tag}-pyradiomics-{i}.csv"
-        return run_command(pyradiomics_cmd(batch_csv, params, out, workers), what=f"pyradiomics ({tag})",
-                           output=out)
+        return run_command(pyradiomics_cmd(batch_csv, params, out, workers), what=f"pyradiomics ({tag})", output=out)
 
     def py_split(i: int) -> Timing:
         rows = pd.read_csv(batch_csv, dtype=str)
@@ -369,14 +442,18 @@ def versus_pyradiomics(folder: Path, tag: str, manifest: Path, batch_csv: Path, 
     if split_peer:
         runs["pyradiomics split"] = py_split
     best = best_of(repeat, runs)
-    agreement = compare(radcluster_features(best["radcluster"].output),
-                        pyradiomics_features(best["pyradiomics"].output))
+    agreement = compare(
+        radcluster_features(best["radcluster"].output), pyradiomics_features(best["pyradiomics"].output)
+    )
     if agreement.only_peer or agreement.only_radcluster or not agreement.rows:
-        raise BenchError(f"{tag}: the two tools did not extract the same rows ({parity(agreement)}); "
-                         f"see {best['pyradiomics'].output} and {best['radcluster'].output} (--keep)")
+        raise BenchError(
+            f"{tag}: the two tools did not extract the same rows ({parity(agreement)}); "
+            f"see {best['pyradiomics'].output} and {best['radcluster'].output} (--keep)"
+        )
     record = open_store(str(best["radcluster"].output)).runs()[-1]
-    return Pair(best["radcluster"], best["pyradiomics"], agreement, float(record["seconds"]),
-                best.get("pyradiomics split"))
+    return Pair(
+        best["radcluster"], best["pyradiomics"], agreement, float(record["seconds"]), best.get("pyradiomics split")
+    )
 
 
 def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
@@ -386,18 +463,26 @@ def verdict(value: float, target: float, *, higher_is_better: bool = True) -> st
 
 def parity(agreement: Agreement) -> str:
     """One line: rows and features compared, the largest difference, and whether it is within bound."""
-    ok = (agreement.worst <= PARITY_RTOL and not agreement.missing_features
-          and not agreement.only_peer and not agreement.only_radcluster)
-    text = (f"{agreement.rows} rows x {agreement.features} features compared; largest relative difference "
-            f"{agreement.worst:.3g} ({agreement.unequal} values not bit-identical); "
-            f"{'identical within 1e-6' if ok else 'NOT identical'}")
+    ok = (
+        agreement.worst <= PARITY_RTOL
+        and not agreement.missing_features
+        and not agreement.only_peer
+        and not agreement.only_radcluster
+    )
+    text = (
+        f"{agreement.rows} rows x {agreement.features} features compared; largest relative difference "
+        f"{agreement.worst:.3g} ({agreement.unequal} values not bit-identical); "
+        f"{'identical within 1e-6' if ok else 'NOT identical'}"
+    )
     if agreement.worst > 0:
         text += f"; largest at {agreement.where}"
     if agreement.missing_features:
         text += f"; {len(agreement.missing_features)} peer features missing, e.g. {agreement.missing_features[:3]}"
     if agreement.only_peer or agreement.only_radcluster:
-        text += (f"; rows only in the peer's output: {agreement.only_peer}, "
-                 f"only in radcluster's: {agreement.only_radcluster}")
+        text += (
+            f"; rows only in the peer's output: {agreement.only_peer}, "
+            f"only in radcluster's: {agreement.only_radcluster}"
+        )
     return text
 
 
@@ -405,8 +490,10 @@ def table(header_row: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain fixed-width table (what the README quotes verbatim)."""
     cells = [[str(c) for c in header_row]] + [[_fmt(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header_row))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in cells]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

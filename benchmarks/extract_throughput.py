@@ -48,8 +48,13 @@ def _real_cohort(folder: Path, data: Path, n_scans: int) -> tuple[Path, Path, li
     rows = []
     for i in range(n_scans):
         case = REAL_CASES[i % len(REAL_CASES)]
-        rows.append({"case_id": f"{case}-{i // len(REAL_CASES) + 1:03d}",
-                     "image": str(data / f"{case}_image.nrrd"), "mask": str(data / f"{case}_label.nrrd")})
+        rows.append(
+            {
+                "case_id": f"{case}-{i // len(REAL_CASES) + 1:03d}",
+                "image": str(data / f"{case}_image.nrrd"),
+                "mask": str(data / f"{case}_label.nrrd"),
+            }
+        )
     return _manifests(folder / "real", rows)
 
 
@@ -61,8 +66,9 @@ def _synthetic_cohort(folder: Path, n_scans: int, seed: int) -> tuple[Path, Path
     root = folder / "synthetic"
     manifest = make_cohort(root, n_scans, seed=seed)
     frame = pd.read_csv(manifest, dtype=str)
-    rows = [{"case_id": r.case_id, "image": str(root / r.image), "mask": str(root / r.mask)}
-            for r in frame.itertuples()]
+    rows = [
+        {"case_id": r.case_id, "image": str(root / r.image), "mask": str(root / r.mask)} for r in frame.itertuples()
+    ]
     return _manifests(root, rows)
 
 
@@ -70,8 +76,9 @@ def _manifests(folder: Path, rows: list[dict]) -> tuple[Path, Path, list[Path]]:
     """radcluster's manifest and pyradiomics' batch CSV over the same scans."""
     folder.mkdir(parents=True, exist_ok=True)
     manifest = write_csv(folder / "cases.csv", rows)
-    batch = write_csv(folder / "batch.csv",
-                      [{"case_id": r["case_id"], "Image": r["image"], "Mask": r["mask"]} for r in rows])
+    batch = write_csv(
+        folder / "batch.csv", [{"case_id": r["case_id"], "Image": r["image"], "Mask": r["mask"]} for r in rows]
+    )
     files = [Path(r[k]) for r in rows for k in ("image", "mask")]
     return manifest, batch, files
 
@@ -92,44 +99,131 @@ def compare_tools(args: argparse.Namespace) -> None:
             for params in params_files:
                 tag = f"{name.split()[0]}-{params.stem}"
                 print(f"-- {name}, {params.name}: {n} scans, {args.workers} workers/jobs", flush=True)
-                pair = versus_pyradiomics(folder, tag, manifest, batch, params, workers=args.workers,
-                                          repeat=args.repeat, split_peer=args.split_peer)
+                pair = versus_pyradiomics(
+                    folder,
+                    tag,
+                    manifest,
+                    batch,
+                    params,
+                    workers=args.workers,
+                    repeat=args.repeat,
+                    split_peer=args.split_peer,
+                )
                 print(f"   features: {parity(pair.agreement)}", flush=True)
                 results.append((name, params.name, n, pair))
 
     print()
-    print("Throughput (whole commands, start-up included; best of "
-          f"{args.repeat}; {args.workers} worker processes / jobs each):")
+    print(
+        "Throughput (whole commands, start-up included; best of "
+        f"{args.repeat}; {args.workers} worker processes / jobs each):"
+    )
     rows = []
     for name, params, n, pair in results:
         target = TARGETS.get(params, math.nan)
         rc, py = pair.radcluster, pair.pyradiomics
-        rows.append([name, params, n, f"{rc.wall:.1f}", f"{n / rc.wall:.2f}", f"{py.wall:.1f}",
-                     f"{n / py.wall:.2f}", f"{pair.ratio:.2f}x", f">= {target}x",
-                     verdict(pair.ratio, target) if not math.isnan(target) else "-"])
-    print(table(["cohort", "params", "scans", "radcluster s", "scans/s", "pyradiomics s", "scans/s",
-                 "ratio", "target", "verdict"], rows))
+        rows.append(
+            [
+                name,
+                params,
+                n,
+                f"{rc.wall:.1f}",
+                f"{n / rc.wall:.2f}",
+                f"{py.wall:.1f}",
+                f"{n / py.wall:.2f}",
+                f"{pair.ratio:.2f}x",
+                f">= {target}x",
+                verdict(pair.ratio, target) if not math.isnan(target) else "-",
+            ]
+        )
+    print(
+        table(
+            [
+                "cohort",
+                "params",
+                "scans",
+                "radcluster s",
+                "scans/s",
+                "pyradiomics s",
+                "scans/s",
+                "ratio",
+                "target",
+                "verdict",
+            ],
+            rows,
+        )
+    )
     if args.split_peer:
         print()
-        print(f"pyradiomics without its busy-waiting batch driver ({args.workers} x 'pyradiomics --jobs 1' "
-              "on slices of the batch CSV, side by side):")
-        print(table(["cohort", "params", "scans", "radcluster s", "pyradiomics split s", "scans/s", "ratio",
-                     "target", "verdict"],
-                    [[name, params, n, f"{pair.radcluster.wall:.1f}", f"{pair.split.wall:.1f}",
-                      f"{n / pair.split.wall:.2f}", f"{pair.split_ratio:.2f}x", f">= {TARGETS.get(params, math.nan)}x",
-                      verdict(pair.split_ratio, TARGETS.get(params, math.nan))]
-                     for name, params, n, pair in results]))
+        print(
+            f"pyradiomics without its busy-waiting batch driver ({args.workers} x 'pyradiomics --jobs 1' "
+            "on slices of the batch CSV, side by side):"
+        )
+        print(
+            table(
+                [
+                    "cohort",
+                    "params",
+                    "scans",
+                    "radcluster s",
+                    "pyradiomics split s",
+                    "scans/s",
+                    "ratio",
+                    "target",
+                    "verdict",
+                ],
+                [
+                    [
+                        name,
+                        params,
+                        n,
+                        f"{pair.radcluster.wall:.1f}",
+                        f"{pair.split.wall:.1f}",
+                        f"{n / pair.split.wall:.2f}",
+                        f"{pair.split_ratio:.2f}x",
+                        f">= {TARGETS.get(params, math.nan)}x",
+                        verdict(pair.split_ratio, TARGETS.get(params, math.nan)),
+                    ]
+                    for name, params, n, pair in results
+                ],
+            )
+        )
     print()
-    print("Where the time went (radcluster run = submit .. matrix built, from its run record; "
-          "CPU = user+sys of the command and its workers; driver = the command's own process):")
+    print(
+        "Where the time went (radcluster run = submit .. matrix built, from its run record; "
+        "CPU = user+sys of the command and its workers; driver = the command's own process):"
+    )
     rows = []
     for name, params, _, pair in results:
         rc, py = pair.radcluster, pair.pyradiomics
-        rows.append([name, params, f"{pair.run_seconds:.1f}", f"{rc.wall - pair.run_seconds:.1f}",
-                     f"{rc.cpu:.0f}", f"{rc.driver_cpu:.0f}", f"{py.cpu:.0f}", f"{py.driver_cpu:.0f}",
-                     f"{rc.load:.2f} / {py.load:.2f}"])
-    print(table(["cohort", "params", "rc run s", "rc start+stop s", "rc CPU s", "rc driver CPU s",
-                 "py CPU s", "py driver CPU s", "load before rc / py"], rows))
+        rows.append(
+            [
+                name,
+                params,
+                f"{pair.run_seconds:.1f}",
+                f"{rc.wall - pair.run_seconds:.1f}",
+                f"{rc.cpu:.0f}",
+                f"{rc.driver_cpu:.0f}",
+                f"{py.cpu:.0f}",
+                f"{py.driver_cpu:.0f}",
+                f"{rc.load:.2f} / {py.load:.2f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "cohort",
+                "params",
+                "rc run s",
+                "rc start+stop s",
+                "rc CPU s",
+                "rc driver CPU s",
+                "py CPU s",
+                "py driver CPU s",
+                "load before rc / py",
+            ],
+            rows,
+        )
+    )
     print()
     print("Feature agreement (radcluster store vs pyradiomics CSV, rows matched by case id):")
     for name, params, _, pair in results:
@@ -162,6 +256,7 @@ class _Stages:
                 self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - inner
                 if self._stack:
                     self._stack[-1] += elapsed
+
         return timed
 
     def wrap_generator(self, fn, name: str):
@@ -179,6 +274,7 @@ class _Stages:
                 except StopIteration:
                     return
                 yield item
+
         return gen
 
 
@@ -220,8 +316,25 @@ def _instrument(stack, stages: _Stages) -> None:
         patch(cls, "_initCalculation", f"{cls_name}: matrix")
 
 
-_ORDER = ("read", "hash", "check", "find", "crop", "resample", "checkMask", "normalize", "resegment", "filter",
-          "shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+_ORDER = (
+    "read",
+    "hash",
+    "check",
+    "find",
+    "crop",
+    "resample",
+    "checkMask",
+    "normalize",
+    "resegment",
+    "filter",
+    "shape",
+    "firstorder",
+    "glcm",
+    "glrlm",
+    "glszm",
+    "gldm",
+    "ngtdm",
+)
 
 
 def _stage_key(name: str) -> tuple[int, str]:
@@ -267,13 +380,19 @@ def _client_side(result, folder: Path, rows_per_part: int = 64) -> dict[str, flo
     blob = pickle.dumps(result)
     pickled = time.perf_counter() - start
     store = open_store(str(folder), must_exist=False)
-    rows = [dict(r, case_id=f"{r['case_id']}-{i}", run_id="profile", extracted_at="x")
-            for i in range(rows_per_part) for r in result.rows]
+    rows = [
+        dict(r, case_id=f"{r['case_id']}-{i}", run_id="profile", extracted_at="x")
+        for i in range(rows_per_part)
+        for r in result.rows
+    ]
     start = time.perf_counter()
     store.write_part("features", rows, run_id="profile", seq=0, metadata={"features": result.feature_names})
     write = (time.perf_counter() - start) / rows_per_part
-    return {"pickle result": pickled, "write row (Parquet, 1/64 of a 64-row part)": write,
-            "result size KiB": len(blob) / 1024}
+    return {
+        "pickle result": pickled,
+        "write row (Parquet, 1/64 of a 64-row part)": write,
+        "result size KiB": len(blob) / 1024,
+    }
 
 
 def _pyradiomics_seconds(image: str, mask: str, params: Path, repeat: int) -> float:
@@ -335,15 +454,24 @@ def profile(args: argparse.Namespace) -> None:
                 row += [f"{s:.3f}", f"{100 * s / totals[case]:.1f}%"]
             rows.append(row)
         rows.append(["task total (extract_scan)"] + sum(([f"{totals[c]:.3f}", "100%"] for c in args.profile_cases), []))
-        rows.append(["pyradiomics execute(), same case"]
-                    + sum(([f"{peers[c]:.3f}", f"{peers[c] / totals[c]:.2f}x"] for c in args.profile_cases), []))
+        rows.append(
+            ["pyradiomics execute(), same case"]
+            + sum(([f"{peers[c]:.3f}", f"{peers[c] / totals[c]:.2f}x"] for c in args.profile_cases), [])
+        )
         for key in ("pickle result", "write row (Parquet, 1/64 of a 64-row part)"):
-            rows.append([f"after the task: {key}"]
-                        + sum(([f"{extras[c][key]:.4f}", f"{100 * extras[c][key] / totals[c]:.1f}%"]
-                               for c in args.profile_cases), []))
+            rows.append(
+                [f"after the task: {key}"]
+                + sum(
+                    ([f"{extras[c][key]:.4f}", f"{100 * extras[c][key] / totals[c]:.1f}%"] for c in args.profile_cases),
+                    [],
+                )
+            )
         print()
-        print(f"{params_name}: exclusive seconds per stage, best of {args.repeat} (result "
-              + ", ".join(f"{c} {extras[c]['result size KiB']:.0f} KiB" for c in args.profile_cases) + ")")
+        print(
+            f"{params_name}: exclusive seconds per stage, best of {args.repeat} (result "
+            + ", ".join(f"{c} {extras[c]['result size KiB']:.0f} KiB" for c in args.profile_cases)
+            + ")"
+        )
         print(table(["stage"] + sum(([f"{c} s", "share"] for c in args.profile_cases), []), rows))
 
 
@@ -352,13 +480,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scans", type=int, default=80, help="real-case scans (the 5 cases repeated; 0: skip)")
     p.add_argument("--synthetic", type=int, default=80, help="synthetic scans (make_cohort; 0: skip)")
     p.add_argument("--seed", type=int, default=0, help="make_cohort seed")
-    p.add_argument("--params", nargs="+", default=["Params.yaml", "exampleCT.yaml"],
-                   help="params files in <data>/params")
+    p.add_argument(
+        "--params", nargs="+", default=["Params.yaml", "exampleCT.yaml"], help="params files in <data>/params"
+    )
     add_split_peer_flag(p)
     p.add_argument("--profile", action="store_true", help="profile one task per case instead of comparing tools")
     p.add_argument("--profile-cases", nargs="+", default=["lung1", "lung2"], help="cases for --profile")
-    p.add_argument("--cprofile", type=int, default=0, metavar="N",
-                   help="with --profile, also print cProfile's top N functions by own time")
+    p.add_argument(
+        "--cprofile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --profile, also print cProfile's top N functions by own time",
+    )
     return p.parse_args(argv)
 
 

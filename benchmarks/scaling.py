@@ -94,8 +94,9 @@ def _measure(cohort, settings, folder: Path, n_workers: int, warmup) -> Run:
             end_clock = start_clock + wall
         cpu = sum(client.run(_cpu_seconds).values()) - cpu_before
     if summary.failures:
-        raise BenchError(f"scaling: {summary.failures} scan(s) failed with {n_workers} worker(s): "
-                         f"{summary.failed_cases[:5]}")
+        raise BenchError(
+            f"scaling: {summary.failures} scan(s) failed with {n_workers} worker(s): {summary.failed_cases[:5]}"
+        )
 
     spans: dict[str, list[tuple[float, float]]] = {}
     for rec in stream.data:
@@ -104,8 +105,9 @@ def _measure(cohort, settings, folder: Path, n_workers: int, warmup) -> Run:
                 spans.setdefault(rec["worker"], []).append((ss["start"], ss["stop"]))
     n_tasks = int(open_store(str(folder / f"store-{n_workers}")).runs()[-1]["tasks"])
     if sum(len(v) for v in spans.values()) != n_tasks:
-        raise BenchError(f"scaling: the task stream holds {sum(len(v) for v in spans.values())} tasks, "
-                         f"the run record {n_tasks}")
+        raise BenchError(
+            f"scaling: the task stream holds {sum(len(v) for v in spans.values())} tasks, the run record {n_tasks}"
+        )
     gaps, compute = [], 0.0
     for worker_spans in spans.values():
         worker_spans.sort()
@@ -113,8 +115,7 @@ def _measure(cohort, settings, folder: Path, n_workers: int, warmup) -> Run:
         gaps += [nxt[0] - prev[1] for prev, nxt in zip(worker_spans, worker_spans[1:], strict=False)]
     first = min(s[0] for v in spans.values() for s in v)
     last = max(s[1] for v in spans.values() for s in v)
-    return Run(n_workers, wall, len(cohort), n_tasks, compute, gaps, first - start_clock,
-               end_clock - last, cpu, load)
+    return Run(n_workers, wall, len(cohort), n_tasks, compute, gaps, first - start_clock, end_clock - last, cpu, load)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -150,24 +151,60 @@ def run(args: argparse.Namespace) -> None:
     speedup = one.wall / many.wall
     target = TARGET_EFFICIENCY * args.workers
     print()
-    print(f"Scaling ({args.scans} scans, {args.params}, run_extract wall time, cluster start-up excluded, "
-          f"best of {args.repeat}):")
-    print(table(["workers", "wall s", "scans/s", "tasks", "task s", "s per scan", "worker CPU / task time",
-                 "per-task gap ms (mean / p95)", "gap / task time", "run share not in tasks",
-                 "to 1st task s", "after last task s", "load before"],
-                [[r.workers, f"{r.wall:.1f}", f"{r.scans / r.wall:.2f}", r.tasks, f"{r.compute / r.tasks:.2f}",
-                  f"{r.per_scan:.3f}",
-                  f"{r.worker_cpu / r.compute:.2f}",
-                  f"{1e3 * np.mean(r.gaps):.1f} / {1e3 * np.percentile(r.gaps, 95):.1f}",
-                  f"{100 * r.gap_share:.1f}%", f"{100 * r.outside_tasks:.1f}%", f"{r.to_first_task:.2f}",
-                  f"{r.after_last_task:.2f}", f"{r.load:.2f}"] for r in best.values()]))
-    print(f"speed-up {args.workers} workers / 1 worker: {speedup:.2f}x (target >= {target:.1f}x): "
-          f"{verdict(speedup, target)}")
-    print(f"task compute time per scan, {args.workers} workers / 1 worker: {many.per_scan / one.per_scan:.2f} "
-          "(the same scans: above 1 means the workers competed for cores, with each other or with the client)")
-    print(f"Dask per-task overhead with {args.workers} workers (gap / task time): {100 * many.gap_share:.2f}% "
-          f"(target < {100 * TARGET_OVERHEAD:.0f}%): "
-          f"{verdict(many.gap_share, TARGET_OVERHEAD, higher_is_better=False)}")
+    print(
+        f"Scaling ({args.scans} scans, {args.params}, run_extract wall time, cluster start-up excluded, "
+        f"best of {args.repeat}):"
+    )
+    print(
+        table(
+            [
+                "workers",
+                "wall s",
+                "scans/s",
+                "tasks",
+                "task s",
+                "s per scan",
+                "worker CPU / task time",
+                "per-task gap ms (mean / p95)",
+                "gap / task time",
+                "run share not in tasks",
+                "to 1st task s",
+                "after last task s",
+                "load before",
+            ],
+            [
+                [
+                    r.workers,
+                    f"{r.wall:.1f}",
+                    f"{r.scans / r.wall:.2f}",
+                    r.tasks,
+                    f"{r.compute / r.tasks:.2f}",
+                    f"{r.per_scan:.3f}",
+                    f"{r.worker_cpu / r.compute:.2f}",
+                    f"{1e3 * np.mean(r.gaps):.1f} / {1e3 * np.percentile(r.gaps, 95):.1f}",
+                    f"{100 * r.gap_share:.1f}%",
+                    f"{100 * r.outside_tasks:.1f}%",
+                    f"{r.to_first_task:.2f}",
+                    f"{r.after_last_task:.2f}",
+                    f"{r.load:.2f}",
+                ]
+                for r in best.values()
+            ],
+        )
+    )
+    print(
+        f"speed-up {args.workers} workers / 1 worker: {speedup:.2f}x (target >= {target:.1f}x): "
+        f"{verdict(speedup, target)}"
+    )
+    print(
+        f"task compute time per scan, {args.workers} workers / 1 worker: {many.per_scan / one.per_scan:.2f} "
+        "(the same scans: above 1 means the workers competed for cores, with each other or with the client)"
+    )
+    print(
+        f"Dask per-task overhead with {args.workers} workers (gap / task time): {100 * many.gap_share:.2f}% "
+        f"(target < {100 * TARGET_OVERHEAD:.0f}%): "
+        f"{verdict(many.gap_share, TARGET_OVERHEAD, higher_is_better=False)}"
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -176,8 +213,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scans", type=int, default=200, help="synthetic scans (make_cohort, default shape)")
     p.add_argument("--seed", type=int, default=0, help="make_cohort seed")
     p.add_argument("--params", default="Params.yaml", help="params file in <data>/params")
-    p.add_argument("--group-max", type=int, default=None, metavar="N",
-                   help="experiment: at most N tiny scans per task (radcluster.plan._BATCH_MAX; default: as shipped)")
+    p.add_argument(
+        "--group-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="experiment: at most N tiny scans per task (radcluster.plan._BATCH_MAX; default: as shipped)",
+    )
     args = p.parse_args(argv)
     if args.workers < 2:
         p.error("--workers must be at least 2 (it is compared with 1 worker)")

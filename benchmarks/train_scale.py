@@ -57,8 +57,9 @@ def write_store(root: Path, rows: int, features: int, factors: int, seed: int) -
     beta = np.zeros(factors)
     beta[: min(4, factors)] = [1.2, -1.0, 0.8, 0.6][: min(4, factors)]
     group = zarr.open_group(store=str(store_dir / "matrix.zarr"), mode="w")
-    x = group.create_array("X", shape=(rows, features), dtype="float64",
-                           chunks=(min(rows, CHUNK_ROWS), features), fill_value=np.nan)
+    x = group.create_array(
+        "X", shape=(rows, features), dtype="float64", chunks=(min(rows, CHUNK_ROWS), features), fill_value=np.nan
+    )
     outcome = np.empty(rows, dtype=np.int64)
     seeds = np.random.SeedSequence(seed + 1).spawn(-(-rows // CHUNK_ROWS))
     for k, start in enumerate(range(0, rows, CHUNK_ROWS)):
@@ -66,26 +67,41 @@ def write_store(root: Path, rows: int, features: int, factors: int, seed: int) -
         n = min(CHUNK_ROWS, rows - start)
         latent = r.normal(size=(n, factors))
         block = (latent @ loadings + 0.7 * r.normal(size=(n, features))) * scales + offsets
-        x[start:start + n] = block
+        x[start : start + n] = block
         p = 1 / (1 + np.exp(-(latent @ beta)))
-        outcome[start:start + n] = r.random(n) < p
+        outcome[start : start + n] = r.random(n) < p
     width = len(str(rows))
     case_ids = np.array([f"bench-{i:0{width}d}" for i in range(rows)])
     group.create_array("case_id", shape=(rows,), dtype=str, chunks=(rows,))[:] = case_ids
     group.create_array("label", shape=(rows,), dtype="int64", chunks=(rows,))[:] = np.ones(rows, dtype=np.int64)
-    group.attrs.update({"feature_names": [f"original_bench_F{j:04d}" for j in range(features)], "rows": rows,
-                        "params_hashes": ["benchmark"], "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    group.attrs.update(
+        {
+            "feature_names": [f"original_bench_F{j:04d}" for j in range(features)],
+            "rows": rows,
+            "params_hashes": ["benchmark"],
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
     pd.DataFrame({"case_id": case_ids, "outcome": outcome}).to_parquet(root / "clinical.parquet", index=False)
     return time.perf_counter() - started
 
 
 def train_spec(args) -> dict:
     return {
-        "target": "outcome", "clinical": str(Path(args.out) / "clinical.parquet"), "model": "xgboost",
-        "params": {"xgboost": {"n_estimators": args.trees, "max_depth": 4, "learning_rate": 0.1,
-                               "subsample": 1.0, "colsample_bytree": 1.0, "tree_method": "hist"}},
-        "preprocess": {"impute": "mean", "max_mode_fraction": None, "pca": args.components,
-                       "pca_solver": "randomized"},
+        "target": "outcome",
+        "clinical": str(Path(args.out) / "clinical.parquet"),
+        "model": "xgboost",
+        "params": {
+            "xgboost": {
+                "n_estimators": args.trees,
+                "max_depth": 4,
+                "learning_rate": 0.1,
+                "subsample": 1.0,
+                "colsample_bytree": 1.0,
+                "tree_method": "hist",
+            }
+        },
+        "preprocess": {"impute": "mean", "max_mode_fraction": None, "pca": args.components, "pca_solver": "randomized"},
         "cv": {"folds": 0, "test_fraction": 0.2, "early_stopping_rounds": None, "seed": 0},
         "metrics": {"bootstrap": 200},
         "persist": not args.no_persist,
@@ -128,8 +144,17 @@ def run_distributed(args) -> dict:
     from radcluster.train import train_store
 
     root = Path(args.out)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      host="127.0.0.1", memory_limit=args.memory_limit) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            host="127.0.0.1",
+            memory_limit=args.memory_limit,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         import xgboost.dask  # noqa: F401  (imported explicitly, as xgboost requires)
 
         client.run(lambda: __import__("xgboost.dask"))  # warm the workers' imports, not timed
@@ -140,9 +165,16 @@ def run_distributed(args) -> dict:
             result = train_store(str(root / "store"), train_spec(args), client, root / "registry")
             seconds = time.perf_counter() - started
     test = result.metrics["test"]
-    return {"seconds": seconds, "fit_seconds": result.metrics["seconds"], "auc": test["roc_auc"],
-            "auc_ci": test["roc_auc_ci"], "n_test": test["n"],
-            "peak_rss": sampler.peak, "version": str(result.version), "workers": args.workers}
+    return {
+        "seconds": seconds,
+        "fit_seconds": result.metrics["seconds"],
+        "auc": test["roc_auc"],
+        "auc_ci": test["roc_auc_ci"],
+        "n_test": test["n"],
+        "peak_rss": sampler.peak,
+        "version": str(result.version),
+        "workers": args.workers,
+    }
 
 
 def run_single(args) -> dict:
@@ -175,8 +207,7 @@ def run_single(args) -> dict:
     keep = X_dev.std(axis=0) > 1e-12
     scaler = StandardScaler(copy=False).fit(imputer.transform(X_dev)[:, keep])
     Xs = scaler.transform(imputer.transform(X_dev)[:, keep])
-    pca = PCA(n_components=args.components, svd_solver="randomized", iterated_power=4, random_state=0,
-              copy=False)
+    pca = PCA(n_components=args.components, svd_solver="randomized", iterated_power=4, random_state=0, copy=False)
     Z_dev = pca.fit_transform(Xs)  # copy=False: fit overwrites Xs, so fit_transform, not fit().transform()
     del Xs
     model = xgboost.XGBClassifier(n_jobs=args.workers, random_state=0, **spec["params"]["xgboost"])
@@ -184,8 +215,13 @@ def run_single(args) -> dict:
     Z_test = pca.transform(scaler.transform(imputer.transform(X_test)[:, keep]))
     auc = float(roc_auc_score(y[test], model.predict_proba(Z_test)[:, 1]))
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "load_seconds": loaded, "auc": auc, "n_test": int(len(test)),
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {
+        "seconds": seconds,
+        "load_seconds": loaded,
+        "auc": auc,
+        "n_test": int(len(test)),
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def _gb(value: float) -> str:
@@ -201,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trees", type=int, default=200, help="xgboost boosting rounds")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="auto", help="per-worker memory limit")
-    parser.add_argument("--no-persist", action="store_true",
-                        help="radcluster re-reads the Zarr matrix in each pass instead of holding it in workers")
+    parser.add_argument(
+        "--no-persist",
+        action="store_true",
+        help="radcluster re-reads the Zarr matrix in each pass instead of holding it in workers",
+    )
     parser.add_argument("--tolerance", type=float, default=0.01, help="largest allowed AUC difference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="working folder (default: a temp folder, removed at the end)")
@@ -220,9 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out = tmp
     root = Path(args.out)
     try:
-        print(f"matrix: {args.rows:,} rows x {args.features:,} features "
-              f"({args.rows * args.features * 8 / 2**30:.2f} GiB float64), {args.components} PCA components, "
-              f"{args.trees} trees, {args.workers} worker(s); folder {root}", flush=True)
+        print(
+            f"matrix: {args.rows:,} rows x {args.features:,} features "
+            f"({args.rows * args.features * 8 / 2**30:.2f} GiB float64), {args.components} PCA components, "
+            f"{args.trees} trees, {args.workers} worker(s); folder {root}",
+            flush=True,
+        )
         if args.reuse and (root / "store" / "matrix.zarr").exists():
             print("store: reused", flush=True)
         else:
@@ -230,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"store written chunk by chunk in {seconds:.1f} s", flush=True)
 
         dist = run_distributed(args)
-        print(f"radcluster (Dask, {args.workers} workers): {dist['seconds']:.1f} s, test AUC {dist['auc']:.4f}",
-              flush=True)
+        print(
+            f"radcluster (Dask, {args.workers} workers): {dist['seconds']:.1f} s, test AUC {dist['auc']:.4f}",
+            flush=True,
+        )
         child = [sys.executable, __file__, "--single-only", *(argv if argv is not None else sys.argv[1:])]
         if "--out" not in child:
             child += ["--out", str(root)]
@@ -240,24 +284,33 @@ def main(argv: list[str] | None = None) -> int:
             print(done.stderr, file=sys.stderr)
             return 2
         single = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"single process (scikit-learn + xgboost, matrix in memory): {single['seconds']:.1f} s "
-              f"(of which {single['load_seconds']:.1f} s loading), test AUC {single['auc']:.4f}", flush=True)
+        print(
+            f"single process (scikit-learn + xgboost, matrix in memory): {single['seconds']:.1f} s "
+            f"(of which {single['load_seconds']:.1f} s loading), test AUC {single['auc']:.4f}",
+            flush=True,
+        )
 
         diff = abs(dist["auc"] - single["auc"])
         print("\n=== train_scale results ===")
         print(f"rows x features:          {args.rows:,} x {args.features:,}")
-        print(f"radcluster time:          {dist['seconds']:.1f} s ({args.workers} workers x 1 thread; "
-              f"{dist['fit_seconds']:.1f} s to the evaluated model, the rest registry + report)")
+        print(
+            f"radcluster time:          {dist['seconds']:.1f} s ({args.workers} workers x 1 thread; "
+            f"{dist['fit_seconds']:.1f} s to the evaluated model, the rest registry + report)"
+        )
         print(f"single-process time:      {single['seconds']:.1f} s (xgboost n_jobs={args.workers})")
         print(f"ratio radcluster/single:  {dist['seconds'] / single['seconds']:.2f}")
         for name, value in dist["peak_rss"].items():
             print(f"peak RSS {name + ':':<17}{_gb(value)}")
         print(f"peak RSS single process:  {_gb(single['peak_rss'])}")
-        print(f"test AUC radcluster:      {dist['auc']:.4f} (95% CI {dist['auc_ci'][0]:.4f}-{dist['auc_ci'][1]:.4f},"
-              f" n={dist['n_test']:,})")
+        print(
+            f"test AUC radcluster:      {dist['auc']:.4f} (95% CI {dist['auc_ci'][0]:.4f}-{dist['auc_ci'][1]:.4f},"
+            f" n={dist['n_test']:,})"
+        )
         print(f"test AUC single process:  {single['auc']:.4f}")
-        print(f"AUC difference:           {diff:.4f} ({'OK' if diff <= args.tolerance else 'FAIL'}, "
-              f"tolerance {args.tolerance})")
+        print(
+            f"AUC difference:           {diff:.4f} ({'OK' if diff <= args.tolerance else 'FAIL'}, "
+            f"tolerance {args.tolerance})"
+        )
         print(f"model version:            {dist['version']}")
         return 0 if diff <= args.tolerance else 1
     finally:

@@ -55,10 +55,13 @@ def prestart_local_workers(job) -> None:
     import dask
 
     cluster = job.cluster
-    if (cluster.kind != "local" or not cluster.processes
-            or "forkserver" not in multiprocessing.get_all_start_methods()
-            or "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" in os.environ
-            or dask.config.get("distributed.worker.multiprocessing-method", "spawn") != "spawn"):
+    if (
+        cluster.kind != "local"
+        or not cluster.processes
+        or "forkserver" not in multiprocessing.get_all_start_methods()
+        or "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" in os.environ
+        or dask.config.get("distributed.worker.multiprocessing-method", "spawn") != "spawn"
+    ):
         return
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     context = multiprocessing.get_context("forkserver")

@@ -21,6 +21,7 @@ from ._cli_common import cluster_overrides as _cluster_overrides
 
 __all__ = ["add_commands", "run_train", "run_predict"]
 
+
 def _abs(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
@@ -43,19 +44,30 @@ def _fmt(value: Any) -> str:
 # --- train -----------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     flags = {
-        "train.target": args.target, "train.model": args.model, "train.task": args.task,
-        "train.event": args.event, "train.clinical": _abs(args.clinical),
+        "train.target": args.target,
+        "train.model": args.model,
+        "train.task": args.task,
+        "train.event": args.event,
+        "train.clinical": _abs(args.clinical),
         "train.labels": "pivot" if args.pivot_labels else None,
-        "train.cv.folds": args.folds, "train.cv.test_fraction": args.test_fraction,
-        "train.cv.seed": args.seed, "train.preprocess.combat": args.combat,
+        "train.cv.folds": args.folds,
+        "train.cv.test_fraction": args.test_fraction,
+        "train.cv.seed": args.seed,
+        "train.preprocess.combat": args.combat,
         "train.preprocess.pca": _pca_value(args.pca) if args.pca is not None else None,
         "train.shuffle_target": True if args.shuffle_target else None,
         "train.report": False if args.no_report else None,
     }
     job = _build(args, "train", {"store": _abs(args.store), "registry": _abs(args.registry), **flags})
     if args.pca is not None and args.pca.lower() in ("none", "off"):
-        job = job.model_copy(update={"train": {**(job.train or {}), "preprocess": {
-            **((job.train or {}).get("preprocess") or {}), "pca": None}}})
+        job = job.model_copy(
+            update={
+                "train": {
+                    **(job.train or {}),
+                    "preprocess": {**((job.train or {}).get("preprocess") or {}), "pca": None},
+                }
+            }
+        )
     return run_train(job)
 
 
@@ -115,8 +127,10 @@ def run_predict(job, *, clinical: str | None = None, trust: tuple[str, ...] = ()
     if version == "champion":
         champion = read_champion(job.resolve(job.registry)) if job.registry else None
         if champion is None:
-            raise SpecError("predict.version 'champion' needs a 'registry' with a champion "
-                            "(run `radcluster retrain` first) or a version folder")
+            raise SpecError(
+                "predict.version 'champion' needs a 'registry' with a champion "
+                "(run `radcluster retrain` first) or a version folder"
+            )
         version = champion["version"]
     else:
         version = job.resolve(version)
@@ -127,16 +141,23 @@ def run_predict(job, *, clinical: str | None = None, trust: tuple[str, ...] = ()
     except ModelError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"wrote {output}: {len(frame)} prediction(s) from model {frame['model_version'].iloc[0]}"
-          if len(frame) else f"wrote {output}: no rows in the store")
+    print(
+        f"wrote {output}: {len(frame)} prediction(s) from model {frame['model_version'].iloc[0]}"
+        if len(frame)
+        else f"wrote {output}: no rows in the store"
+    )
     return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    job = _build(args, "predict", {"store": _abs(args.store), "predict.version": _abs(args.version),
-                                   "predict.output": _abs(args.output)})
-    return run_predict(job, clinical=_abs(args.clinical), trust=tuple(args.trust or ()),
-                       use_cluster=not args.no_cluster)
+    job = _build(
+        args,
+        "predict",
+        {"store": _abs(args.store), "predict.version": _abs(args.version), "predict.output": _abs(args.output)},
+    )
+    return run_predict(
+        job, clinical=_abs(args.clinical), trust=tuple(args.trust or ()), use_cluster=not args.no_cluster
+    )
 
 
 # --- report, models --------------------------------------------------------------------------
@@ -166,8 +187,18 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         test = (m.get("metrics") or {}).get("test") or {}
         ci = cv.get(f"{main}_ci") or [None, None]
         ci_txt = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci[0] is not None else ""
-        lines.append((m["version"], m.get("model", ""), m.get("task", ""), str(m.get("target") or "-"),
-                      str(m.get("n_rows", "")), main, f"{_fmt(cv.get(main))}{ci_txt}", _fmt(test.get(main))))
+        lines.append(
+            (
+                m["version"],
+                m.get("model", ""),
+                m.get("task", ""),
+                str(m.get("target") or "-"),
+                str(m.get("n_rows", "")),
+                main,
+                f"{_fmt(cv.get(main))}{ci_txt}",
+                _fmt(test.get(main)),
+            )
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     for row in lines:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -176,15 +207,19 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers) -> None:
     """Register ``train``, ``predict``, ``report`` and ``models`` on ``subparsers``."""
-    p = subparsers.add_parser("train", help="train a model on a store and register a new version",
-                              description="Cross-validate, fit and register a model; flags override "
-                                          "the --config job's train section.")
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on a store and register a new version",
+        description="Cross-validate, fit and register a model; flags override the --config job's train section.",
+    )
     p.add_argument("store", help="feature store folder or URL")
     p.add_argument("--config", help="job YAML (kind: train) whose 'train' section configures training")
     p.add_argument("--target", help="target column (carried in the store or in --clinical)")
     p.add_argument("--registry", "-r", help="model registry folder or URL (default: the job's, else ./models)")
-    p.add_argument("--model", help="xgboost (default), logistic_regression, random_forest, svm, "
-                                   "naive_bayes, decision_tree, ridge, kmeans")
+    p.add_argument(
+        "--model",
+        help="xgboost (default), logistic_regression, random_forest, svm, naive_bayes, decision_tree, ridge, kmeans",
+    )
     p.add_argument("--task", choices=["auto", "binary", "multiclass", "regression", "survival", "clustering"])
     p.add_argument("--event", help="survival: event column (--target is then the time column)")
     p.add_argument("--clinical", help="CSV/Parquet keyed by case_id holding the target columns")
@@ -194,8 +229,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--pca", help="components (int), explained-variance share (e.g. 0.95) or 'none'")
     p.add_argument("--combat", help="ComBat-harmonise by this batch column (e.g. site)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--shuffle-target", action="store_true",
-                   help="leak check: permute the target across patients (expect chance-level metrics)")
+    p.add_argument(
+        "--shuffle-target",
+        action="store_true",
+        help="leak check: permute the target across patients (expect chance-level metrics)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_train)
@@ -205,8 +243,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("store", help="feature store with the same features")
     p.add_argument("-o", "--output", required=True, help="predictions Parquet file")
     p.add_argument("--clinical", help="CSV/Parquet keyed by case_id (e.g. the ComBat batch column)")
-    p.add_argument("--trust", action="append", metavar="TYPE",
-                   help="opt in to loading this extra type from a scikit-learn model file (repeatable)")
+    p.add_argument(
+        "--trust",
+        action="append",
+        metavar="TYPE",
+        help="opt in to loading this extra type from a scikit-learn model file (repeatable)",
+    )
     p.add_argument("--no-cluster", action="store_true", help="predict in this process (threads), no cluster")
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_predict)
@@ -216,9 +258,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("-o", "--output", help="HTML file or URL (default: <version>/report.html)")
     p.set_defaults(func=cmd_report)
 
-    models = subparsers.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd",
-                                                                                      required=True)
+    models = subparsers.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
     p = models.add_parser("list", help="list the versions of a registry with their metrics")
-    p.add_argument("registry", nargs="?", default=os.environ.get("RADCLUSTER_REGISTRY", "models"),
-                   help="registry folder or URL (default: $RADCLUSTER_REGISTRY, else ./models)")
+    p.add_argument(
+        "registry",
+        nargs="?",
+        default=os.environ.get("RADCLUSTER_REGISTRY", "models"),
+        help="registry folder or URL (default: $RADCLUSTER_REGISTRY, else ./models)",
+    )
     p.set_defaults(func=cmd_models_list)

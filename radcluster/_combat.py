@@ -66,14 +66,18 @@ class ComBat(BaseEstimator, TransformerMixin):
         if small:
             raise ModelError(f"ComBat needs at least 2 training rows per batch; batch(es) {small} have fewer")
         if len(self.batches_) < 2:
-            raise ModelError(f"ComBat needs at least 2 batches; the training rows hold only "
-                             f"{[str(b) for b in self.batches_]}")
+            raise ModelError(
+                f"ComBat needs at least 2 batches; the training rows hold only {[str(b) for b in self.batches_]}"
+            )
         xp = _xp(X)
         Xd = X.rechunk({1: -1}) if xp is not np else X
         onehot = _codes_like(Xd, codes)
         eye = np.eye(len(self.batches_))
-        sums = (xp.map_blocks(lambda c: eye[c[:, 0]], onehot, chunks=(Xd.chunks[0], (len(eye),)),
-                              dtype=float) if xp is not np else eye[codes]).T @ Xd
+        sums = (
+            xp.map_blocks(lambda c: eye[c[:, 0]], onehot, chunks=(Xd.chunks[0], (len(eye),)), dtype=float)
+            if xp is not np
+            else eye[codes]
+        ).T @ Xd
         sums = dask.compute(sums)[0] if xp is not np else sums
         means = sums / counts[:, None]
 
@@ -81,8 +85,11 @@ class ComBat(BaseEstimator, TransformerMixin):
             return (x - means[c[:, 0]]) ** 2
 
         resid = xp.map_blocks(sq, Xd, onehot, dtype=float) if xp is not np else sq(Xd, onehot)
-        ind = (xp.map_blocks(lambda c: eye[c[:, 0]], onehot, chunks=(Xd.chunks[0], (len(eye),)),
-                             dtype=float) if xp is not np else eye[codes])
+        ind = (
+            xp.map_blocks(lambda c: eye[c[:, 0]], onehot, chunks=(Xd.chunks[0], (len(eye),)), dtype=float)
+            if xp is not np
+            else eye[codes]
+        )
         ss = ind.T @ resid
         ss = dask.compute(ss)[0] if xp is not np else ss
         n = counts.sum()
@@ -110,8 +117,9 @@ class ComBat(BaseEstimator, TransformerMixin):
             g_new = (nb * t2 * g_hat + d * g_bar) / (nb * t2 + d)
             sum2 = (ss + nb * (means - alpha - g_new * sd) ** 2) / sd**2
             d_new = (b + 0.5 * sum2) / (nb / 2 + a - 1)
-            change = max(np.max(np.abs(g_new - g) / (np.abs(g) + 1e-12)),
-                         np.max(np.abs(d_new - d) / (np.abs(d) + 1e-12)))
+            change = max(
+                np.max(np.abs(g_new - g) / (np.abs(g) + 1e-12)), np.max(np.abs(d_new - d) / (np.abs(d) + 1e-12))
+            )
             g, d = g_new, d_new
             if change < self.tol:
                 break
@@ -121,8 +129,10 @@ class ComBat(BaseEstimator, TransformerMixin):
         batch = np.asarray(batch).astype(str)
         unseen = sorted(str(b) for b in set(batch) - set(self.batches_))
         if unseen:
-            raise ModelError(f"ComBat: batch(es) {unseen} were not among the training batches "
-                             f"{[str(b) for b in self.batches_]}; they cannot be harmonised")
+            raise ModelError(
+                f"ComBat: batch(es) {unseen} were not among the training batches "
+                f"{[str(b) for b in self.batches_]}; they cannot be harmonised"
+            )
         codes = np.searchsorted(self.batches_, batch)
         alpha, sd, g, sqrt_d = self.alpha_, self.sd_, self.gamma_, np.sqrt(self.delta_)
 

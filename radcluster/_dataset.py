@@ -19,8 +19,14 @@ from .errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingData", "load_training_data", "read_store_columns", "read_clinical", "pivot_by_label",
-           "matrix_params_hashes"]
+__all__ = [
+    "TrainingData",
+    "load_training_data",
+    "read_store_columns",
+    "read_clinical",
+    "pivot_by_label",
+    "matrix_params_hashes",
+]
 
 
 @dataclass
@@ -52,8 +58,7 @@ def read_clinical(path: str) -> pd.DataFrame:
         if path.lower().endswith((".parquet", ".pq")):
             table = pd.read_parquet(path)
         else:
-            table = pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",",
-                                dtype={"case_id": str})
+            table = pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",", dtype={"case_id": str})
     except FileNotFoundError:
         raise ModelError(f"clinical table {path!r} does not exist") from None
     except Exception as err:  # pandas raises many types for unreadable tables
@@ -165,8 +170,17 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     store = open_store(store_url)
     X, rows, names = store.matrix()
     rows = rows.assign(case_id=rows["case_id"].astype(str))
-    needed = [c for c in (spec.target, spec.event, spec.preprocess.combat, "patient_id",
-                          None if spec.cv.group in ("auto", "none") else spec.cv.group) if c]
+    needed = [
+        c
+        for c in (
+            spec.target,
+            spec.event,
+            spec.preprocess.combat,
+            "patient_id",
+            None if spec.cv.group in ("auto", "none") else spec.cv.group,
+        )
+        if c
+    ]
     table = read_store_columns(store, needed)
     frame = rows.merge(table, on=["case_id", "label"], how="left", validate="one_to_one")
     clinical = clinical or spec.clinical
@@ -189,8 +203,12 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     missing = frame[required].isna().any(axis=1).to_numpy() if required else np.zeros(len(frame), bool)
     left_out = frame.loc[missing, ["case_id", "label"]].assign(reason="missing " + "/".join(required))
     if missing.any():
-        logger.warning("left out %d of %d row(s) with a missing %s", int(missing.sum()), len(frame),
-                       " or ".join(repr(c) for c in required))
+        logger.warning(
+            "left out %d of %d row(s) with a missing %s",
+            int(missing.sum()),
+            len(frame),
+            " or ".join(repr(c) for c in required),
+        )
     keep = np.flatnonzero(~missing)
     frame = frame.iloc[keep].reset_index(drop=True)
     X = X[keep] if missing.any() else X
@@ -200,8 +218,9 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     task = spec.resolved_task() or infer_task(frame[spec.target])
     if spec.shuffle_target and spec.target:
         # by patient whatever cv.group says: a patient's scans keep sharing one (permuted) value
-        frame = _shuffle_by_group(frame, [c for c in (spec.target, spec.event) if c], _groups(frame, "auto"),
-                                  spec.cv.seed)
+        frame = _shuffle_by_group(
+            frame, [c for c in (spec.target, spec.event) if c], _groups(frame, "auto"), spec.cv.seed
+        )
     target = _make_target(frame, spec, task)
     learn.check_model(spec.model, task, spec.params.get(spec.model, {}))
     batch = frame[spec.preprocess.combat].astype(str).to_numpy() if spec.preprocess.combat else None

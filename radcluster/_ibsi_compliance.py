@@ -16,14 +16,33 @@ from ._ibsi_config import AGGREGATIONS, IBSIConfig
 from ._ibsi_names import NameRow, name_table
 from .errors import SpecError
 
-__all__ = ["Comparison", "DatasetResult", "ComplianceResult", "rounded_difference", "matches",
-           "read_reference", "check_compliance", "stock_settings", "family_of", "FAMILIES"]
+__all__ = [
+    "Comparison",
+    "DatasetResult",
+    "ComplianceResult",
+    "rounded_difference",
+    "matches",
+    "read_reference",
+    "check_compliance",
+    "stock_settings",
+    "family_of",
+    "FAMILIES",
+]
 
 #: IBSI feature families (tag prefix -> title), in report order.
 FAMILIES = {
-    "morph": "Morphology", "loc": "Local intensity", "stat": "Intensity statistics",
-    "ih": "Intensity histogram", "ivh": "Intensity-volume histogram", "cm": "GLCM", "rlm": "GLRLM",
-    "szm": "GLSZM", "dzm": "GLDZM", "ngt": "NGTDM", "ngl": "NGLDM", "diag": "Preprocessing diagnostics",
+    "morph": "Morphology",
+    "loc": "Local intensity",
+    "stat": "Intensity statistics",
+    "ih": "Intensity histogram",
+    "ivh": "Intensity-volume histogram",
+    "cm": "GLCM",
+    "rlm": "GLRLM",
+    "szm": "GLSZM",
+    "dzm": "GLDZM",
+    "ngt": "NGTDM",
+    "ngl": "NGLDM",
+    "diag": "Preprocessing diagnostics",
 }
 _DIAG_PREFIXES = ("img_", "vox_", "mean_int", "min_int", "max_int", "int_mask_", "morph_mask_")
 STOCK_AGGREGATIONS = ("3D_avg", "3D_comb", "2_5D_avg", "2_5D_comb")
@@ -31,8 +50,8 @@ MODES = ("stock", "ibsi")
 
 # (data set, IBSI configuration, phantom folder, reference file)
 _DATASETS = [("digital phantom", "digital_phantom", "digital_phantom", "ibsi_1_dig_phantom.csv")] + [
-    (f"CT phantom, configuration {c}", c, "ct_phantom", f"ibsi_1_chest_config_{c.lower()}.csv")
-    for c in "ABCDE"]
+    (f"CT phantom, configuration {c}", c, "ct_phantom", f"ibsi_1_chest_config_{c.lower()}.csv") for c in "ABCDE"
+]
 
 
 def family_of(tag: str) -> str:
@@ -88,8 +107,9 @@ def read_reference(path: Path) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     if not lines or lines[0].strip().split(";") != ["reference value", "tolerance", "tag"]:
-        raise SpecError(f"{str(path)!r} is not an IBSI reference file: the first line must be "
-                        f"'reference value;tolerance;tag'")
+        raise SpecError(
+            f"{str(path)!r} is not an IBSI reference file: the first line must be 'reference value;tolerance;tag'"
+        )
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -133,8 +153,7 @@ class DatasetResult:
 
     def counts(self, mode: str, family: str | None = None) -> tuple[int, int, int]:
         """(matched, compared, not available) in ``mode``, for one family or all features."""
-        rows = [c for c in self.comparisons.get(mode, [])
-                if (c.family == family if family else c.family != "diag")]
+        rows = [c for c in self.comparisons.get(mode, []) if (c.family == family if family else c.family != "diag")]
         compared = [c for c in rows if c.matched is not None]
         return sum(c.matched for c in compared), len(compared), len(rows) - len(compared)
 
@@ -148,8 +167,13 @@ class ComplianceResult:
 
     def unexplained(self) -> list[tuple[str, str, Comparison]]:
         """Mismatches without a documented cause: (data set, mode, comparison)."""
-        return [(d.name, mode, c) for d in self.datasets for mode in MODES
-                for c in d.mismatches(mode) if c.reason.startswith("unexplained")]
+        return [
+            (d.name, mode, c)
+            for d in self.datasets
+            for mode in MODES
+            for c in d.mismatches(mode)
+            if c.reason.startswith("unexplained")
+        ]
 
 
 # --- the stock pyradiomics counterpart of a configuration ---------------------------------------
@@ -162,17 +186,22 @@ def stock_settings(config: IBSIConfig) -> tuple[dict, list[str]]:
     if config.bin_width is not None:
         s["binWidth"] = config.bin_width
         if config.resegment_range is not None and config.resegment_range[0] is not None:
-            caveats.append("fixed-bin-size bins are numbered from 1 at the ROI minimum (edges at multiples of "
-                           "the bin width), not counted from the lower resegmentation bound; the two agree "
-                           "only when the ROI reaches a bound that is a multiple of the bin width")
+            caveats.append(
+                "fixed-bin-size bins are numbered from 1 at the ROI minimum (edges at multiples of "
+                "the bin width), not counted from the lower resegmentation bound; the two agree "
+                "only when the ROI reaches a bound that is a multiple of the bin width"
+            )
     else:
         s["binCount"] = config.bin_count
     if config.spacing is not None:
         s["resampledPixelSpacing"] = [0 if v is None else v for v in config.spacing]
-        s["interpolator"] = {"linear": "sitkLinear", "cubic": "sitkBSpline",
-                             "nearest": "sitkNearestNeighbor"}[config.interpolation]
-        caveats.append("the resampled grid is aligned to the mask's bounding box, not centred on the image, "
-                       "and the mask is resampled by nearest neighbour, not linearly with a 0.5 threshold")
+        s["interpolator"] = {"linear": "sitkLinear", "cubic": "sitkBSpline", "nearest": "sitkNearestNeighbor"}[
+            config.interpolation
+        ]
+        caveats.append(
+            "the resampled grid is aligned to the mask's bounding box, not centred on the image, "
+            "and the mask is resampled by nearest neighbour, not linearly with a 0.5 threshold"
+        )
     if config.round_intensities:
         caveats.append("interpolated intensities are not rounded")
     if config.outlier_sigma is not None:
@@ -225,8 +254,14 @@ def _ibsi(image, mask, config: IBSIConfig, aggregations):
     return compute_features(pre, _wanted(stock=False), settings, tuple(aggregations)), pre.diagnostics
 
 
-def _compare(reference: dict[str, tuple[float, float]], features: dict[str, dict[str, float]],
-             diagnostics: dict[str, float] | None, *, mode: str, caveats: list[str]) -> list[Comparison]:
+def _compare(
+    reference: dict[str, tuple[float, float]],
+    features: dict[str, dict[str, float]],
+    diagnostics: dict[str, float] | None,
+    *,
+    mode: str,
+    caveats: list[str],
+) -> list[Comparison]:
     by_tag: dict[str, list[tuple[NameRow, str]]] = {}
     for agg in AGGREGATIONS:
         for row in name_table():
@@ -243,8 +278,18 @@ def _compare(reference: dict[str, tuple[float, float]], features: dict[str, dict
                 out.append(Comparison(tag, ref, tol, reason="not computed by radcluster"))
             else:
                 ok = matches(value, ref, tol)
-                out.append(Comparison(tag, ref, tol, "(preprocessing)", value, rounded_difference(value, ref), ok,
-                                      "" if ok else "unexplained"))
+                out.append(
+                    Comparison(
+                        tag,
+                        ref,
+                        tol,
+                        "(preprocessing)",
+                        value,
+                        rounded_difference(value, ref),
+                        ok,
+                        "" if ok else "unexplained",
+                    )
+                )
             continue
         if tag not in by_tag:
             out.append(Comparison(tag, ref, tol, reason="no pyradiomics equivalent"))
@@ -278,8 +323,13 @@ def _compare(reference: dict[str, tuple[float, float]], features: dict[str, dict
     return out
 
 
-def check_compliance(reference_dir: str | Path, *, modes: tuple[str, ...] = MODES, ct: bool = True,
-                     configs: tuple[str, ...] | None = None) -> ComplianceResult:
+def check_compliance(
+    reference_dir: str | Path,
+    *,
+    modes: tuple[str, ...] = MODES,
+    ct: bool = True,
+    configs: tuple[str, ...] | None = None,
+) -> ComplianceResult:
     """Compute every mappable feature on the IBSI phantoms and compare with the reference values.
 
     Parameters
@@ -297,13 +347,18 @@ def check_compliance(reference_dir: str | Path, *, modes: tuple[str, ...] = MODE
     """
     root = Path(reference_dir)
     refdir = root / "reference_values"
-    needed = [refdir / "ibsi_1_dig_phantom.csv", root / "digital_phantom" / "image.nii.gz",
-              root / "digital_phantom" / "mask.nii.gz"]
+    needed = [
+        refdir / "ibsi_1_dig_phantom.csv",
+        root / "digital_phantom" / "image.nii.gz",
+        root / "digital_phantom" / "mask.nii.gz",
+    ]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise SpecError(f"IBSI reference folder {str(root)!r} lacks {', '.join(missing)}; expected the layout "
-                        "reference_values/ibsi_1_dig_phantom.csv, digital_phantom/image.nii.gz, "
-                        "digital_phantom/mask.nii.gz (and optionally ct_phantom/, ibsi_1_chest_config_*.csv)")
+        raise SpecError(
+            f"IBSI reference folder {str(root)!r} lacks {', '.join(missing)}; expected the layout "
+            "reference_values/ibsi_1_dig_phantom.csv, digital_phantom/image.nii.gz, "
+            "digital_phantom/mask.nii.gz (and optionally ct_phantom/, ibsi_1_chest_config_*.csv)"
+        )
     for mode in modes:
         if mode not in MODES:
             raise SpecError(f"compliance mode must be one of {list(MODES)}; got {mode!r}")

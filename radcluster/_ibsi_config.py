@@ -78,39 +78,54 @@ class IBSIConfig:
         if self.spacing is not None:
             spacing = tuple(self.spacing)
             if len(spacing) != 3 or any(s is not None and not (_number(s) and s > 0) for s in spacing):
-                raise SpecError(f"IBSI config {self.name!r}: 'spacing' must be three positive numbers "
-                                f"(x, y, z in mm, None to keep an axis) or None; got {self.spacing!r}")
+                raise SpecError(
+                    f"IBSI config {self.name!r}: 'spacing' must be three positive numbers "
+                    f"(x, y, z in mm, None to keep an axis) or None; got {self.spacing!r}"
+                )
             set_(self, "spacing", tuple(None if s is None else float(s) for s in spacing))
         if self.interpolation not in _INTERPOLATIONS:
-            raise SpecError(f"IBSI config {self.name!r}: 'interpolation' must be one of "
-                            f"{list(_INTERPOLATIONS)}; got {self.interpolation!r}")
+            raise SpecError(
+                f"IBSI config {self.name!r}: 'interpolation' must be one of "
+                f"{list(_INTERPOLATIONS)}; got {self.interpolation!r}"
+            )
         if not (_number(self.mask_threshold) and 0 < self.mask_threshold <= 1):
-            raise SpecError(f"IBSI config {self.name!r}: 'mask_threshold' must be in (0, 1]; "
-                            f"got {self.mask_threshold!r}")
+            raise SpecError(
+                f"IBSI config {self.name!r}: 'mask_threshold' must be in (0, 1]; got {self.mask_threshold!r}"
+            )
         if self.resegment_range is not None:
             rng = tuple(self.resegment_range)
-            if (len(rng) != 2 or any(v is not None and not _number(v) for v in rng)
-                    or (None not in rng and rng[0] > rng[1])):
-                raise SpecError(f"IBSI config {self.name!r}: 'resegment_range' must be [lower, upper] "
-                                f"with lower <= upper (None for an open bound); got {self.resegment_range!r}")
+            if (
+                len(rng) != 2
+                or any(v is not None and not _number(v) for v in rng)
+                or (None not in rng and rng[0] > rng[1])
+            ):
+                raise SpecError(
+                    f"IBSI config {self.name!r}: 'resegment_range' must be [lower, upper] "
+                    f"with lower <= upper (None for an open bound); got {self.resegment_range!r}"
+                )
             set_(self, "resegment_range", tuple(None if v is None else float(v) for v in rng))
         if self.outlier_sigma is not None and not (_number(self.outlier_sigma) and self.outlier_sigma > 0):
-            raise SpecError(f"IBSI config {self.name!r}: 'outlier_sigma' must be a positive number or None; "
-                            f"got {self.outlier_sigma!r}")
+            raise SpecError(
+                f"IBSI config {self.name!r}: 'outlier_sigma' must be a positive number or None; "
+                f"got {self.outlier_sigma!r}"
+            )
         if (self.bin_width is None) == (self.bin_count is None):
-            raise SpecError(f"IBSI config {self.name!r}: set exactly one of 'bin_width' (fixed bin size) and "
-                            f"'bin_count' (fixed bin number); got bin_width={self.bin_width!r}, "
-                            f"bin_count={self.bin_count!r}")
+            raise SpecError(
+                f"IBSI config {self.name!r}: set exactly one of 'bin_width' (fixed bin size) and "
+                f"'bin_count' (fixed bin number); got bin_width={self.bin_width!r}, "
+                f"bin_count={self.bin_count!r}"
+            )
         if self.bin_width is not None:
             if not (_number(self.bin_width) and self.bin_width > 0):
                 raise SpecError(f"IBSI config {self.name!r}: 'bin_width' must be positive; got {self.bin_width!r}")
             set_(self, "bin_width", float(self.bin_width))
         if self.bin_count is not None and not (isinstance(self.bin_count, int) and self.bin_count >= 1):
-            raise SpecError(f"IBSI config {self.name!r}: 'bin_count' must be an integer >= 1; "
-                            f"got {self.bin_count!r}")
+            raise SpecError(f"IBSI config {self.name!r}: 'bin_count' must be an integer >= 1; got {self.bin_count!r}")
         if self.aggregation not in AGGREGATIONS:
-            raise SpecError(f"IBSI config {self.name!r}: 'aggregation' must be one of {list(AGGREGATIONS)}; "
-                            f"got {self.aggregation!r}")
+            raise SpecError(
+                f"IBSI config {self.name!r}: 'aggregation' must be one of {list(AGGREGATIONS)}; "
+                f"got {self.aggregation!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IBSIConfig:
@@ -150,8 +165,10 @@ class IBSIConfig:
             spacing = tuple(None if not v else float(v) for v in spacing)
         interp = _SITK_INTERPOLATORS.get(s.get("interpolator", "sitkBSpline") or "sitkBSpline")
         if spacing is not None and interp is None:
-            raise SpecError(f"IBSI mode: interpolator {s.get('interpolator')!r} is not supported; use one of "
-                            f"{sorted(_SITK_INTERPOLATORS)}")
+            raise SpecError(
+                f"IBSI mode: interpolator {s.get('interpolator')!r} is not supported; use one of "
+                f"{sorted(_SITK_INTERPOLATORS)}"
+            )
         rng = s.get("resegmentRange")
         mode = s.get("resegmentMode", "absolute")
         reseg, sigma = None, None
@@ -161,8 +178,10 @@ class IBSIConfig:
             elif mode == "sigma" and len(rng) == 2 and math.isclose(-rng[0], rng[1]):
                 sigma = float(rng[1])
             else:
-                raise SpecError(f"IBSI mode: resegmentMode {mode!r} with resegmentRange {rng!r} has no IBSI "
-                                "equivalent; use 'absolute' or a symmetric 'sigma' range")
+                raise SpecError(
+                    f"IBSI mode: resegmentMode {mode!r} with resegmentRange {rng!r} has no IBSI "
+                    "equivalent; use 'absolute' or a symmetric 'sigma' range"
+                )
         if s.get("binCount") is not None:
             width, count = None, int(s["binCount"])
         else:
@@ -172,11 +191,21 @@ class IBSIConfig:
             raise SpecError("IBSI mode: force2Ddimension must be 0 (axial slices)")
         weighting = s.get("weightingNorm")
         if weighting not in (None, "no_weighting"):
-            raise SpecError(f"IBSI mode: weightingNorm {weighting!r} has no IBSI aggregation; use none "
-                            "(IBSI 'avg') or 'no_weighting' (IBSI 'comb')")
+            raise SpecError(
+                f"IBSI mode: weightingNorm {weighting!r} has no IBSI aggregation; use none "
+                "(IBSI 'avg') or 'no_weighting' (IBSI 'comb')"
+            )
         method = "comb" if weighting == "no_weighting" else "avg"
-        return cls(name="params", spacing=spacing, interpolation=interp or "linear", resegment_range=reseg,
-                   outlier_sigma=sigma, bin_width=width, bin_count=count, aggregation=f"{dims}_{method}")
+        return cls(
+            name="params",
+            spacing=spacing,
+            interpolation=interp or "linear",
+            resegment_range=reseg,
+            outlier_sigma=sigma,
+            bin_width=width,
+            bin_count=count,
+            aggregation=f"{dims}_{method}",
+        )
 
     def with_aggregation(self, aggregation: str) -> IBSIConfig:
         """The same preprocessing with another texture aggregation."""
@@ -191,14 +220,35 @@ def _number(v: Any) -> bool:
 NAMED_CONFIGS: dict[str, IBSIConfig] = {
     "digital_phantom": IBSIConfig(name="digital_phantom", bin_width=1),
     "A": IBSIConfig(name="A", resegment_range=(-500, 400), bin_width=25, aggregation="2D_avg"),
-    "B": IBSIConfig(name="B", spacing=(2, 2, None), interpolation="linear", round_intensities=True,
-                    resegment_range=(-500, 400), bin_count=32, aggregation="2D_avg"),
-    "C": IBSIConfig(name="C", spacing=(2, 2, 2), interpolation="linear", round_intensities=True,
-                    resegment_range=(-1000, 400), bin_width=25),
-    "D": IBSIConfig(name="D", spacing=(2, 2, 2), interpolation="linear", round_intensities=True,
-                    outlier_sigma=3, bin_count=32),
-    "E": IBSIConfig(name="E", spacing=(2, 2, 2), interpolation="cubic", round_intensities=True,
-                    resegment_range=(-1000, 400), outlier_sigma=3, bin_count=32),
+    "B": IBSIConfig(
+        name="B",
+        spacing=(2, 2, None),
+        interpolation="linear",
+        round_intensities=True,
+        resegment_range=(-500, 400),
+        bin_count=32,
+        aggregation="2D_avg",
+    ),
+    "C": IBSIConfig(
+        name="C",
+        spacing=(2, 2, 2),
+        interpolation="linear",
+        round_intensities=True,
+        resegment_range=(-1000, 400),
+        bin_width=25,
+    ),
+    "D": IBSIConfig(
+        name="D", spacing=(2, 2, 2), interpolation="linear", round_intensities=True, outlier_sigma=3, bin_count=32
+    ),
+    "E": IBSIConfig(
+        name="E",
+        spacing=(2, 2, 2),
+        interpolation="cubic",
+        round_intensities=True,
+        resegment_range=(-1000, 400),
+        outlier_sigma=3,
+        bin_count=32,
+    ),
 }
 
 
@@ -212,5 +262,6 @@ def resolve_config(config: IBSIConfig | str | dict | None, params: dict | None) 
         return IBSIConfig.named(config)
     if isinstance(config, dict):
         return IBSIConfig.from_dict(config)
-    raise SpecError(f"IBSI config must be an IBSIConfig, a configuration name or a mapping; "
-                    f"got {type(config).__name__}")
+    raise SpecError(
+        f"IBSI config must be an IBSIConfig, a configuration name or a mapping; got {type(config).__name__}"
+    )

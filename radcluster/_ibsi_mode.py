@@ -86,8 +86,7 @@ def _grid(image: sitk.Image, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarra
     direction = np.array(image.GetDirection(), float).reshape(3, 3)
     sb = np.array([sa[i] if spacing[i] is None else float(spacing[i]) for i in range(3)])
     # the 1e-6 guards exact multiples (60 x 3 mm / 2 mm = 90) against floating-point excess
-    nb = np.array([na[i] if spacing[i] is None else math.ceil(na[i] * sa[i] / sb[i] - 1e-6)
-                   for i in range(3)], int)
+    nb = np.array([na[i] if spacing[i] is None else math.ceil(na[i] * sa[i] / sb[i] - 1e-6) for i in range(3)], int)
     ob = oa + direction @ ((sa * (na - 1) - sb * (nb - 1)) / 2.0)
     return sb, nb, ob
 
@@ -114,8 +113,9 @@ def _resample(image: sitk.Image, size, origin, spacing, interpolator: int) -> np
 
 def _check_geometry(image: sitk.Image, mask: sitk.Image) -> None:
     if image.GetDimension() != 3 or mask.GetDimension() != 3:
-        raise ValueError(f"IBSI mode needs 3D images; got a {image.GetDimension()}D image and a "
-                         f"{mask.GetDimension()}D mask")
+        raise ValueError(
+            f"IBSI mode needs 3D images; got a {image.GetDimension()}D image and a {mask.GetDimension()}D mask"
+        )
     if image.GetSize() != mask.GetSize():
         raise ValueError(f"image size {image.GetSize()} and mask size {mask.GetSize()} differ")
     tol = 1e-3 * min(image.GetSpacing())  # float32 headers: image and mask may differ in the last bits
@@ -125,8 +125,9 @@ def _check_geometry(image: sitk.Image, mask: sitk.Image) -> None:
             raise ValueError(f"image and mask differ in {what.lower()}: {a} vs {b}")
 
 
-def preprocess(image: sitk.Image, mask: sitk.Image, label: int, config: IBSIConfig, *,
-               crop: bool = True) -> Preprocessed:
+def preprocess(
+    image: sitk.Image, mask: sitk.Image, label: int, config: IBSIConfig, *, crop: bool = True
+) -> Preprocessed:
     """Resample, round, resegment and discretise one ROI as IBSI 1 prescribes.
 
     Parameters
@@ -177,8 +178,7 @@ def preprocess(image: sitk.Image, mask: sitk.Image, label: int, config: IBSIConf
             sub_hi = ob + direction @ (hi_b * sb)
             ia = [(direction.T @ (p - np.asarray(image.GetOrigin()))) / sa for p in (sub_lo, sub_hi)]
             in_lo = np.maximum(np.floor(np.minimum(*ia)).astype(int) - margin, 0)
-            in_hi = np.minimum(np.ceil(np.maximum(*ia)).astype(int) + margin,
-                               np.array(image.GetSize()) - 1)
+            in_hi = np.minimum(np.ceil(np.maximum(*ia)).astype(int) + margin, np.array(image.GetSize()) - 1)
             region = [int(v) for v in in_hi - in_lo + 1]
             src_img = sitk.RegionOfInterest(src_img, region, [int(v) for v in in_lo])
             src_mask = sitk.RegionOfInterest(src_mask, region, [int(v) for v in in_lo])
@@ -280,14 +280,22 @@ class _KeepBins:
 def _keep_bins(base: type) -> type:
     # pyradiomics names a feature class's logger after the class's module: keep pyradiomics'
     # logger names (radiomics.glcm, ...) so its log settings apply to these classes too
-    return type(f"IBSIBinned{base.__name__.removeprefix('Radiomics')}", (_KeepBins, base),
-                {"__module__": base.__module__})
+    return type(
+        f"IBSIBinned{base.__name__.removeprefix('Radiomics')}", (_KeepBins, base), {"__module__": base.__module__}
+    )
 
 
 _FirstOrderBins = _keep_bins(firstorder.RadiomicsFirstOrder)
-_CLASSES = {name: _keep_bins(base) for name, base in (
-    ("glcm", glcm.RadiomicsGLCM), ("glrlm", glrlm.RadiomicsGLRLM), ("glszm", glszm.RadiomicsGLSZM),
-    ("gldm", gldm.RadiomicsGLDM), ("ngtdm", ngtdm.RadiomicsNGTDM))}
+_CLASSES = {
+    name: _keep_bins(base)
+    for name, base in (
+        ("glcm", glcm.RadiomicsGLCM),
+        ("glrlm", glrlm.RadiomicsGLRLM),
+        ("glszm", glszm.RadiomicsGLSZM),
+        ("gldm", gldm.RadiomicsGLDM),
+        ("ngtdm", ngtdm.RadiomicsNGTDM),
+    )
+}
 
 
 def _image(arr: np.ndarray, spacing) -> sitk.Image:
@@ -310,10 +318,12 @@ def _run(cls, image: sitk.Image, mask: sitk.Image, features, settings: dict) -> 
     return {k: float(np.asarray(v, float).reshape(-1)[0]) for k, v in instance.execute().items()}
 
 
-def _texture(pre: Preprocessed, cls_name: str, features, settings: dict, *, dims: str,
-             weighting: str | None) -> dict[str, float]:
-    s = dict(settings, weightingNorm=weighting, force2D=dims != "3D", force2Ddimension=0, label=1,
-             ibsiNg=int(pre.bins.max()))
+def _texture(
+    pre: Preprocessed, cls_name: str, features, settings: dict, *, dims: str, weighting: str | None
+) -> dict[str, float]:
+    s = dict(
+        settings, weightingNorm=weighting, force2D=dims != "3D", force2Ddimension=0, label=1, ibsiNg=int(pre.bins.max())
+    )
     cls = _CLASSES[cls_name]
     if features:
         features = [f for f in features if f not in _OWN.get(cls_name, ())]
@@ -327,13 +337,13 @@ def _texture(pre: Preprocessed, cls_name: str, features, settings: dict, *, dims
     for z in range(pre.bins.shape[0]):
         if pre.int_mask[z].sum() == 0:
             continue
-        img = _image(pre.bins[z:z + 1].astype(float), pre.spacing)
-        msk = _image(pre.int_mask[z:z + 1].astype(np.uint8), pre.spacing)
+        img = _image(pre.bins[z : z + 1].astype(float), pre.spacing)
+        msk = _image(pre.int_mask[z : z + 1].astype(np.uint8), pre.spacing)
         per_slice.append(_run(cls, img, msk, features, s))
     # a slice without any neighbouring pair (a lone voxel) has no matrix: pyradiomics gives NaN,
     # and the slice does not count in the average
     out = {}
-    for k in (per_slice[0] if per_slice else ()):
+    for k in per_slice[0] if per_slice else ():
         values = np.array([d[k] for d in per_slice], float)
         values = values[np.isfinite(values)]
         out[k] = float(values.mean()) if values.size else float("nan")
@@ -350,6 +360,7 @@ def _uniformity(pre: Preprocessed, dims: str) -> float:
     pyradiomics deprecated its GLDM copy as equal to first-order Uniformity, which holds in 3D
     and 2.5D; in 2D it is the mean of the per-slice values.
     """
+
     def one(bins: np.ndarray) -> float:
         _, counts = np.unique(bins, return_counts=True)
         p = counts / counts.sum()
@@ -357,12 +368,14 @@ def _uniformity(pre: Preprocessed, dims: str) -> float:
 
     if dims != "2D":
         return one(pre.bins[pre.int_mask])
-    return float(np.mean([one(pre.bins[z][pre.int_mask[z]]) for z in range(pre.bins.shape[0])
-                          if pre.int_mask[z].any()]))
+    return float(
+        np.mean([one(pre.bins[z][pre.int_mask[z]]) for z in range(pre.bins.shape[0]) if pre.int_mask[z].any()])
+    )
 
 
-def compute_features(pre: Preprocessed, feature_classes: dict, settings: dict,
-                     aggregations: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def compute_features(
+    pre: Preprocessed, feature_classes: dict, settings: dict, aggregations: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
     """pyradiomics-named features of a preprocessed ROI, for each aggregation asked for.
 
     Parameters
@@ -398,18 +411,29 @@ def compute_features(pre: Preprocessed, feature_classes: dict, settings: dict,
     if "firstorder" in feature_classes:
         wanted = feature_classes["firstorder"]
         msk = _image(pre.int_mask.astype(np.uint8), spacing)
-        intensity = _run(firstorder.RadiomicsFirstOrder, _image(pre.intensities, spacing), msk, wanted,
-                         {"label": 1, "voxelArrayShift": 0})
-        binned = _run(_FirstOrderBins, _image(pre.bins.astype(float), spacing), msk, None,
-                      {"label": 1, "voxelArrayShift": 0})
+        intensity = _run(
+            firstorder.RadiomicsFirstOrder,
+            _image(pre.intensities, spacing),
+            msk,
+            wanted,
+            {"label": 1, "voxelArrayShift": 0},
+        )
+        binned = _run(
+            _FirstOrderBins, _image(pre.bins.astype(float), spacing), msk, None, {"label": 1, "voxelArrayShift": 0}
+        )
         for k, v in intensity.items():
             if k not in ("Entropy", "Uniformity"):
                 common[f"original_firstorder_{k}"] = v
         for k in ("Entropy", "Uniformity"):
             if not wanted or k in wanted:
                 common[f"original_firstorder_{k}"] = binned[k]
-        common.update({f"original_histogram_{k}": v for k, v in binned.items()
-                       if k not in ("Entropy", "Uniformity", "Energy", "TotalEnergy", "RootMeanSquared")})
+        common.update(
+            {
+                f"original_histogram_{k}": v
+                for k, v in binned.items()
+                if k not in ("Entropy", "Uniformity", "Energy", "TotalEnergy", "RootMeanSquared")
+            }
+        )
     out: dict[str, dict[str, float]] = {}
     cache: dict[tuple, dict[str, float]] = {}
     for agg in aggregations:
@@ -422,8 +446,9 @@ def compute_features(pre: Preprocessed, feature_classes: dict, settings: dict,
             weighting = "no_weighting" if (method == "comb" and cls_name in _WEIGHTED) else None
             key = (cls_name, dims, weighting)
             if key not in cache:
-                cache[key] = _texture(pre, cls_name, feature_classes[cls_name], settings,
-                                      dims=dims, weighting=weighting)
+                cache[key] = _texture(
+                    pre, cls_name, feature_classes[cls_name], settings, dims=dims, weighting=weighting
+                )
             values.update({f"original_{cls_name}_{k}": v for k, v in cache[key].items()})
         if "gldm" in feature_classes and _wants(feature_classes["gldm"], "GrayLevelNonUniformityNormalized"):
             values["original_gldm_GrayLevelNonUniformityNormalized"] = _uniformity(pre, dims)

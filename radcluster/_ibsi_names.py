@@ -32,13 +32,13 @@ import pandas as pd
 from ._ibsi_config import AGGREGATIONS
 from .errors import SpecError
 
-__all__ = ["NameRow", "name_table", "ibsi_tags", "to_ibsi_names", "aggregation_from_settings",
-           "FEATURE_COLUMN"]
+__all__ = ["NameRow", "name_table", "ibsi_tags", "to_ibsi_names", "aggregation_from_settings", "FEATURE_COLUMN"]
 
 #: ``<image type>_<class>_<Feature>``: the shape of a pyradiomics feature column.
 FEATURE_COLUMN = re.compile(
     r"^(?P<image>[A-Za-z0-9.\-]+)_(?P<cls>shape|shape2D|firstorder|histogram|glcm|glrlm|glszm|gldm|ngtdm)"
-    r"_(?P<feature>[A-Za-z0-9]+)$")
+    r"_(?P<feature>[A-Za-z0-9]+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,16 @@ def name_table() -> tuple[NameRow, ...]:
     text = resources.files("radcluster").joinpath("data/ibsi_names.csv").read_text(encoding="utf-8")
     rows = []
     for r in csv.DictReader(text.splitlines()):
-        rows.append(NameRow(r["pyradiomics"], r["ibsi_tag"], tuple(r["aggregations"].split()),
-                            r["rename"] == "yes", float(r["offset"] or 0), r["note"]))
+        rows.append(
+            NameRow(
+                r["pyradiomics"],
+                r["ibsi_tag"],
+                tuple(r["aggregations"].split()),
+                r["rename"] == "yes",
+                float(r["offset"] or 0),
+                r["note"],
+            )
+        )
     return tuple(rows)
 
 
@@ -108,8 +116,7 @@ def aggregation_from_settings(settings: dict | None) -> str | None:
     return None
 
 
-def to_ibsi_names(df: pd.DataFrame, *, aggregation: str | None = "3D_avg",
-                  unmapped: str = "keep") -> pd.DataFrame:
+def to_ibsi_names(df: pd.DataFrame, *, aggregation: str | None = "3D_avg", unmapped: str = "keep") -> pd.DataFrame:
     """Rename pyradiomics feature columns to IBSI tags.
 
     Columns ``original_<class>_<Feature>`` with an IBSI equivalent are renamed to the IBSI tag
@@ -148,8 +155,9 @@ def to_ibsi_names(df: pd.DataFrame, *, aggregation: str | None = "3D_avg",
     if unmapped not in ("keep", "drop"):
         raise SpecError(f"to_ibsi_names: 'unmapped' must be 'keep' or 'drop'; got {unmapped!r}")
     if aggregation is not None and aggregation not in AGGREGATIONS:
-        raise SpecError(f"to_ibsi_names: 'aggregation' must be one of {list(AGGREGATIONS)} or None; "
-                        f"got {aggregation!r}")
+        raise SpecError(
+            f"to_ibsi_names: 'aggregation' must be one of {list(AGGREGATIONS)} or None; got {aggregation!r}"
+        )
     table = ibsi_tags(aggregation)
     columns: dict[str, pd.Series] = {}
     for col in df.columns:

@@ -33,8 +33,10 @@ def _versions() -> str:
         scipy = f", scipy {metadata.version('scipy')}"
     except metadata.PackageNotFoundError:  # pragma: no cover
         scipy = ""
-    return (f"radcluster {__version__}, {RADIOMICS_DIST}, SimpleITK {SimpleITK.Version_VersionString()}, "
-            f"numpy {numpy.__version__}{scipy}")
+    return (
+        f"radcluster {__version__}, {RADIOMICS_DIST}, SimpleITK {SimpleITK.Version_VersionString()}, "
+        f"numpy {numpy.__version__}{scipy}"
+    )
 
 
 def _config_row(d: DatasetResult) -> str:
@@ -42,8 +44,11 @@ def _config_row(d: DatasetResult) -> str:
     if c.spacing is None:
         resample = "none"
     else:
-        resample = " x ".join("keep" if s is None else f"{s:g}" for s in c.spacing) + " mm, " + {
-            "linear": "(bi/tri)linear", "cubic": "cubic B-spline", "nearest": "nearest"}[c.interpolation]
+        resample = (
+            " x ".join("keep" if s is None else f"{s:g}" for s in c.spacing)
+            + " mm, "
+            + {"linear": "(bi/tri)linear", "cubic": "cubic B-spline", "nearest": "nearest"}[c.interpolation]
+        )
     reseg = []
     if c.resegment_range is not None:
         lo, hi = c.resegment_range
@@ -52,16 +57,23 @@ def _config_row(d: DatasetResult) -> str:
         reseg.append(f"outliers (mean +/- {c.outlier_sigma:g} sd)")
     disc = f"FBS {c.bin_width:g}" if c.bin_width is not None else f"FBN {c.bin_count}"
     dims = "2D" if c.aggregation.startswith("2") else "3D"
-    stock = ", ".join(f"`{k}: {v}`" for k, v in d.stock_settings.items()
-                      if k not in ("label", "voxelArrayShift", "distances", "symmetricalGLCM", "gldm_a"))
-    return (f"| {d.name.split(', ')[-1]} | {dims} | {resample} | {'yes' if c.round_intensities else 'no'} | "
-            f"{' + '.join(reseg) or 'none'} | {disc} | {stock} |")
+    stock = ", ".join(
+        f"`{k}: {v}`"
+        for k, v in d.stock_settings.items()
+        if k not in ("label", "voxelArrayShift", "distances", "symmetricalGLCM", "gldm_a")
+    )
+    return (
+        f"| {d.name.split(', ')[-1]} | {dims} | {resample} | {'yes' if c.round_intensities else 'no'} | "
+        f"{' + '.join(reseg) or 'none'} | {disc} | {stock} |"
+    )
 
 
 def _family_table(d: DatasetResult) -> list[str]:
-    lines = ["| family | reference values | stock: matched / compared | stock: not available "
-             "| IBSI mode: matched / compared | IBSI mode: not available |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| family | reference values | stock: matched / compared | stock: not available "
+        "| IBSI mode: matched / compared | IBSI mode: not available |",
+        "|---|---|---|---|---|---|",
+    ]
     present = {c.family for mode in MODES for c in d.comparisons.get(mode, [])}
     total = [0, 0, 0, 0, 0, 0, 0]
     for fam, title in FAMILIES.items():
@@ -69,16 +81,21 @@ def _family_table(d: DatasetResult) -> list[str]:
             continue
         n = len({c.tag for mode in MODES for c in d.comparisons.get(mode, []) if c.family == fam})
         s, i = d.counts("stock", fam), d.counts("ibsi", fam)
-        lines.append(f"| {title} (`{fam}_`) | {n} | {_ratio(s)} | {s[2] if s[1] or s[2] else '-'} "
-                     f"| {_ratio(i)} | {i[2] if i[1] or i[2] else '-'} |")
+        lines.append(
+            f"| {title} (`{fam}_`) | {n} | {_ratio(s)} | {s[2] if s[1] or s[2] else '-'} "
+            f"| {_ratio(i)} | {i[2] if i[1] or i[2] else '-'} |"
+        )
         for k, v in enumerate((n, *s, *i)):
             total[k] += v
-    lines.append(f"| **all features** | **{total[0]}** | **{total[1]} / {total[2]}** | **{total[3]}** "
-                 f"| **{total[4]} / {total[5]}** | **{total[6]}** |")
+    lines.append(
+        f"| **all features** | **{total[0]}** | **{total[1]} / {total[2]}** | **{total[3]}** "
+        f"| **{total[4]} / {total[5]}** | **{total[6]}** |"
+    )
     diag = d.counts("ibsi", "diag")
     if diag[1]:
-        lines.append(f"| Preprocessing diagnostics (IBSI mode) | {diag[1] + diag[2]} | | "
-                     f"| {_ratio(diag)} | {diag[2]} |")
+        lines.append(
+            f"| Preprocessing diagnostics (IBSI mode) | {diag[1] + diag[2]} | | | {_ratio(diag)} | {diag[2]} |"
+        )
     return lines
 
 
@@ -86,8 +103,10 @@ def _mismatch_table(rows: list[Comparison], *, reasons: bool = True) -> list[str
     head = "| IBSI tag | pyradiomics feature | reference | tolerance | value | rounded difference |"
     lines = [head + (" reason |" if reasons else ""), "|---" * (7 if reasons else 6) + "|"]
     for c in rows:
-        lines.append(f"| `{c.tag}` | `{c.feature}` | {_fmt(c.reference)} | {_fmt(c.tolerance)} | {_fmt(c.value)} "
-                     f"| {_fmt(c.difference)} |" + (f" {c.reason} |" if reasons else ""))
+        lines.append(
+            f"| `{c.tag}` | `{c.feature}` | {_fmt(c.reference)} | {_fmt(c.tolerance)} | {_fmt(c.value)} "
+            f"| {_fmt(c.difference)} |" + (f" {c.reason} |" if reasons else "")
+        )
     return lines
 
 
@@ -104,10 +123,14 @@ def _dataset_section(d: DatasetResult) -> list[str]:
             continue
         reasons = sorted({c.reason for c in bad})
         if mode == "stock" and len(reasons) == 1 and reasons[0].startswith("stock preprocessing"):
-            out += [f"Mismatches, {_MODE_TITLE[mode]}: {len(bad)}, all from stock pyradiomics' preprocessing "
-                    "for this configuration (see 'Where stock pyradiomics departs from the configuration'); "
-                    "IBSI mode runs the same pyradiomics feature classes after IBSI preprocessing.", "",
-                    "<details><summary>every mismatch</summary>", ""]
+            out += [
+                f"Mismatches, {_MODE_TITLE[mode]}: {len(bad)}, all from stock pyradiomics' preprocessing "
+                "for this configuration (see 'Where stock pyradiomics departs from the configuration'); "
+                "IBSI mode runs the same pyradiomics feature classes after IBSI preprocessing.",
+                "",
+                "<details><summary>every mismatch</summary>",
+                "",
+            ]
             out += _mismatch_table(bad, reasons=False) + ["", "</details>", ""]
         else:
             out += [f"Mismatches, {_MODE_TITLE[mode]}: {len(bad)}.", ""] + _mismatch_table(bad) + [""]
@@ -178,40 +201,57 @@ def render_report(result: ComplianceResult, *, reference_label: str = "the IBSI 
         n = len({c.tag for mode in MODES for c in d.comparisons.get(mode, []) if c.family != "diag"})
         L.append(f"| {d.name} | {n} | {_ratio(s)} | {_ratio(i)} | {s[2]} / {i[2]} | {_ratio(g)} |")
     unexplained = result.unexplained()
-    L += ["", ("Every mismatch has a documented cause." if not unexplained else
-               f"**{len(unexplained)} mismatch(es) without a documented cause** (marked 'unexplained' below)."),
-          "", "## Configurations", "",
-          "IBSI 1 configurations as implemented (reference manual, table 5.1; the grid sizes, voxel counts "
-          "and intensity ranges after interpolation and resegmentation are checked against the reference "
-          "files' diagnostic values, see 'Preprocessing diagnostics').", "",
-          "| configuration | texture | resampling | rounding | resegmentation | discretisation "
-          "| stock pyradiomics settings |",
-          "|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        (
+            "Every mismatch has a documented cause."
+            if not unexplained
+            else f"**{len(unexplained)} mismatch(es) without a documented cause** (marked 'unexplained' below)."
+        ),
+        "",
+        "## Configurations",
+        "",
+        "IBSI 1 configurations as implemented (reference manual, table 5.1; the grid sizes, voxel counts "
+        "and intensity ranges after interpolation and resegmentation are checked against the reference "
+        "files' diagnostic values, see 'Preprocessing diagnostics').",
+        "",
+        "| configuration | texture | resampling | rounding | resegmentation | discretisation "
+        "| stock pyradiomics settings |",
+        "|---|---|---|---|---|---|---|",
+    ]
     L += [_config_row(d) for d in result.datasets]
-    L += ["",
-          "Common to all: `distances: [1]`, `symmetricalGLCM: true`, `gldm_a: 0`, `voxelArrayShift: 0`, "
-          "label 1, image cast to float32. 2D configurations (A, B) are compared on the 2D (per slice) "
-          "and 2.5D aggregations, 3D ones (C-E) on 3D; `avg` is pyradiomics' default weighting and `comb` "
-          "is `weightingNorm: no_weighting`; 2.5D is `force2D: true`, `force2Ddimension: 0`. The digital "
-          "phantom is used as is (FBS 1 from its minimum, 1, leaves its grey levels unchanged).",
-          "",
-          "Assumptions, all confirmed by the diagnostic values: the mask is interpolated linearly and "
-          "thresholded at 0.5 (bilinearly in-plane for B); the outlier mean and standard deviation "
-          "(population, N) are those of the ROI after interpolation and before any resegmentation; range "
-          "and outlier filtering are intersected (E); rounding is to the nearest integer; IBSI's "
-          "'tricubic' interpolation (E) is cubic B-spline interpolation (SimpleITK `sitkBSpline`, as "
-          "scipy's `map_coordinates(order=3)`); `Ng` in normalised GLCM features of a single slice is the "
-          "highest grey level of the whole ROI. Configuration D has outlier filtering but no range "
-          "resegmentation: its reference maximum intensity after resegmentation is 521 HU, above 400.", "",
-          "Where stock pyradiomics departs from the configuration:", ""]
+    L += [
+        "",
+        "Common to all: `distances: [1]`, `symmetricalGLCM: true`, `gldm_a: 0`, `voxelArrayShift: 0`, "
+        "label 1, image cast to float32. 2D configurations (A, B) are compared on the 2D (per slice) "
+        "and 2.5D aggregations, 3D ones (C-E) on 3D; `avg` is pyradiomics' default weighting and `comb` "
+        "is `weightingNorm: no_weighting`; 2.5D is `force2D: true`, `force2Ddimension: 0`. The digital "
+        "phantom is used as is (FBS 1 from its minimum, 1, leaves its grey levels unchanged).",
+        "",
+        "Assumptions, all confirmed by the diagnostic values: the mask is interpolated linearly and "
+        "thresholded at 0.5 (bilinearly in-plane for B); the outlier mean and standard deviation "
+        "(population, N) are those of the ROI after interpolation and before any resegmentation; range "
+        "and outlier filtering are intersected (E); rounding is to the nearest integer; IBSI's "
+        "'tricubic' interpolation (E) is cubic B-spline interpolation (SimpleITK `sitkBSpline`, as "
+        "scipy's `map_coordinates(order=3)`); `Ng` in normalised GLCM features of a single slice is the "
+        "highest grey level of the whole ROI. Configuration D has outlier filtering but no range "
+        "resegmentation: its reference maximum intensity after resegmentation is 521 HU, above 400.",
+        "",
+        "Where stock pyradiomics departs from the configuration:",
+        "",
+    ]
     for d in result.datasets:
         if d.stock_caveats:
             L.append(f"- {d.name}: " + "; ".join(d.stock_caveats) + ".")
     L += ["", "## Results per data set", ""]
     for d in result.datasets:
         L += _dataset_section(d)
-    L += ["## Definition differences and equivalences", "",
-          "From the name table (`radcluster/data/ibsi_names.csv`):", ""]
+    L += [
+        "## Definition differences and equivalences",
+        "",
+        "From the name table (`radcluster/data/ibsi_names.csv`):",
+        "",
+    ]
     by_note: dict[str, list[str]] = {}
     for row in name_table():
         if row.note:
@@ -219,8 +259,13 @@ def render_report(result: ComplianceResult, *, reference_label: str = "the IBSI 
             if pair not in by_note.setdefault(row.note, []):
                 by_note[row.note].append(pair)
     L += [f"- {', '.join(pairs)}: {note}" for note, pairs in by_note.items()]
-    L += ["", "## IBSI features pyradiomics does not compute", "",
-          "Not available in either mode (aggregation suffixes dropped):", ""]
+    L += [
+        "",
+        "## IBSI features pyradiomics does not compute",
+        "",
+        "Not available in either mode (aggregation suffixes dropped):",
+        "",
+    ]
     L += _not_available(result)
     L.append("")
     return "\n".join(L)

@@ -114,9 +114,15 @@ def _resample_rows(group_codes: np.ndarray, n_groups: int, rng: np.random.Genera
     return np.repeat(np.arange(group_codes.size), counts[group_codes])
 
 
-def bootstrap_ci(metric: Callable[..., float], arrays: tuple[np.ndarray, ...], *,
-                 groups: np.ndarray | None = None, n_boot: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    metric: Callable[..., float],
+    arrays: tuple[np.ndarray, ...],
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``metric(*arrays)``, resampling ``groups`` when given.
 
     Resamples where the metric is undefined (one class drawn) are skipped; NaN bounds when
@@ -125,8 +131,7 @@ def bootstrap_ci(metric: Callable[..., float], arrays: tuple[np.ndarray, ...], *
     if n_boot <= 0:
         return (math.nan, math.nan)
     n = len(arrays[0])
-    codes = (np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None
-             else np.arange(n))
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n)
     n_groups = int(codes.max()) + 1 if n else 0
     rng = np.random.default_rng(seed)
     values = []
@@ -155,13 +160,25 @@ def _calibration(y: np.ndarray, p: np.ndarray, bins: int) -> dict[str, Any]:
     if len(np.unique(y)) == 2 and np.ptp(logit) > 0:
         fit = LogisticRegression(C=1e6, max_iter=1000).fit(logit[:, None], y)
         slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-    return {"mean_predicted": mean_pred.tolist(), "fraction_positive": frac_pos.tolist(),
-            "slope": slope, "intercept": intercept}
+    return {
+        "mean_predicted": mean_pred.tolist(),
+        "fraction_positive": frac_pos.tolist(),
+        "slope": slope,
+        "intercept": intercept,
+    }
 
 
-def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray, *,
-                           groups: np.ndarray | None = None, n_boot: int = 1000, level: float = 0.95,
-                           bins: int = 10, seed: int = 0) -> dict[str, Any]:
+def classification_metrics(
+    y: np.ndarray,
+    proba: np.ndarray,
+    classes: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    bins: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
     """ROC AUC (with a bootstrap CI), balanced accuracy, F1, Brier score, calibration.
 
     ``y`` holds class indices (0..K-1), ``proba`` the (n, K) class probabilities. Binary
@@ -174,8 +191,11 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray
     proba = np.asarray(proba, dtype=float)
     k = len(classes)
     pred = proba.argmax(axis=1)
-    out: dict[str, Any] = {"n": int(y.size), "classes": [str(c) for c in classes],
-                           "class_counts": np.bincount(y, minlength=k).tolist()}
+    out: dict[str, Any] = {
+        "n": int(y.size),
+        "classes": [str(c) for c in classes],
+        "class_counts": np.bincount(y, minlength=k).tolist(),
+    }
     if k == 2:
         p1 = proba[:, 1]
         auc = roc_auc(y, p1)
@@ -184,6 +204,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray
         out["brier"] = float(np.mean((p1 - y) ** 2))
         out["calibration"] = _calibration(y, p1, bins)
     else:
+
         def auc_ovr(yy: np.ndarray, pp: np.ndarray) -> float:
             if len(np.unique(yy)) < k:
                 return math.nan
@@ -200,8 +221,15 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: np.ndarray
     return out
 
 
-def regression_metrics(y: np.ndarray, yhat: np.ndarray, *, groups: np.ndarray | None = None,
-                       n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def regression_metrics(
+    y: np.ndarray,
+    yhat: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """R2 (with a bootstrap CI), MAE and RMSE."""
     from sklearn.metrics import mean_absolute_error, r2_score
 
@@ -211,26 +239,42 @@ def regression_metrics(y: np.ndarray, yhat: np.ndarray, *, groups: np.ndarray | 
     def r2(a: np.ndarray, b: np.ndarray) -> float:
         return float(r2_score(a, b)) if np.ptp(a) > 0 else math.nan
 
-    return {"n": int(y.size), "r2": r2(y, yhat),
-            "r2_ci": list(bootstrap_ci(r2, (y, yhat), groups=groups, n_boot=n_boot, level=level, seed=seed)),
-            "mae": float(mean_absolute_error(y, yhat)), "rmse": float(np.sqrt(np.mean((y - yhat) ** 2)))}
+    return {
+        "n": int(y.size),
+        "r2": r2(y, yhat),
+        "r2_ci": list(bootstrap_ci(r2, (y, yhat), groups=groups, n_boot=n_boot, level=level, seed=seed)),
+        "mae": float(mean_absolute_error(y, yhat)),
+        "rmse": float(np.sqrt(np.mean((y - yhat) ** 2))),
+    }
 
 
-def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray, *,
-                     groups: np.ndarray | None = None, n_boot: int = 1000, level: float = 0.95,
-                     seed: int = 0) -> dict[str, Any]:
+def survival_metrics(
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Harrell's C-index (with a bootstrap CI) and the number of events."""
     time = np.asarray(time, dtype=float)
     event = np.asarray(event).astype(int)
     risk = np.asarray(risk, dtype=float)
-    return {"n": int(time.size), "events": int(event.sum()),
-            "c_index": concordance_index(time, event, risk),
-            "c_index_ci": list(bootstrap_ci(concordance_index, (time, event, risk), groups=groups,
-                                            n_boot=n_boot, level=level, seed=seed))}
+    return {
+        "n": int(time.size),
+        "events": int(event.sum()),
+        "c_index": concordance_index(time, event, risk),
+        "c_index_ci": list(
+            bootstrap_ci(concordance_index, (time, event, risk), groups=groups, n_boot=n_boot, level=level, seed=seed)
+        ),
+    }
 
 
-def clustering_metrics(scores: np.ndarray, labels: np.ndarray, *, target: np.ndarray | None = None,
-                       max_rows: int = 10_000, seed: int = 0) -> dict[str, Any]:
+def clustering_metrics(
+    scores: np.ndarray, labels: np.ndarray, *, target: np.ndarray | None = None, max_rows: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
     """Silhouette on the PCA scores (on at most ``max_rows`` sampled rows), cluster sizes,
     and the adjusted Rand index against ``target`` when one is given."""
     from sklearn.metrics import adjusted_rand_score, silhouette_score
@@ -238,9 +282,11 @@ def clustering_metrics(scores: np.ndarray, labels: np.ndarray, *, target: np.nda
     labels = np.asarray(labels, dtype=int)
     out: dict[str, Any] = {"n": int(labels.size), "cluster_sizes": np.bincount(labels).tolist()}
     n_clusters = len(np.unique(labels))
-    out["silhouette"] = (float(silhouette_score(scores, labels, sample_size=min(max_rows, labels.size),
-                                                random_state=seed))
-                         if 1 < n_clusters < labels.size else math.nan)
+    out["silhouette"] = (
+        float(silhouette_score(scores, labels, sample_size=min(max_rows, labels.size), random_state=seed))
+        if 1 < n_clusters < labels.size
+        else math.nan
+    )
     if target is not None:
         out["adjusted_rand"] = float(adjusted_rand_score(np.asarray(target), labels))
     return out

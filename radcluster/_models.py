@@ -34,26 +34,35 @@ from .errors import ModelError, RegistryError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODELS", "TASKS", "check_model", "make_model", "load_model", "XGBoostModel",
-           "SklearnModel", "KMeansModel"]
+__all__ = ["MODELS", "TASKS", "check_model", "make_model", "load_model", "XGBoostModel", "SklearnModel", "KMeansModel"]
 
 TASKS = ("binary", "multiclass", "regression", "survival", "clustering")
 
 # name -> task -> (module, class); "classification" covers binary and multiclass.
 _SKLEARN = {
     "logistic_regression": {"classification": ("sklearn.linear_model", "LogisticRegression")},
-    "random_forest": {"classification": ("sklearn.ensemble", "RandomForestClassifier"),
-                      "regression": ("sklearn.ensemble", "RandomForestRegressor")},
+    "random_forest": {
+        "classification": ("sklearn.ensemble", "RandomForestClassifier"),
+        "regression": ("sklearn.ensemble", "RandomForestRegressor"),
+    },
     "svm": {"classification": ("sklearn.svm", "SVC"), "regression": ("sklearn.svm", "SVR")},
     "naive_bayes": {"classification": ("sklearn.naive_bayes", "GaussianNB")},
-    "decision_tree": {"classification": ("sklearn.tree", "DecisionTreeClassifier"),
-                      "regression": ("sklearn.tree", "DecisionTreeRegressor")},
+    "decision_tree": {
+        "classification": ("sklearn.tree", "DecisionTreeClassifier"),
+        "regression": ("sklearn.tree", "DecisionTreeRegressor"),
+    },
     "ridge": {"regression": ("sklearn.linear_model", "Ridge")},
 }
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "xgboost": {"n_estimators": 300, "max_depth": 3, "learning_rate": 0.05, "subsample": 0.8,
-                "colsample_bytree": 0.8, "tree_method": "hist"},
+    "xgboost": {
+        "n_estimators": 300,
+        "max_depth": 3,
+        "learning_rate": 0.05,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "tree_method": "hist",
+    },
     "logistic_regression": {"C": 1.0, "max_iter": 2000},
     "random_forest": {"n_estimators": 300, "min_samples_leaf": 2},
     "svm": {"C": 1.0, "kernel": "rbf"},
@@ -66,8 +75,18 @@ TRUSTED_TYPES = (
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
 )
-_XGB_RESERVED = ("objective", "eval_metric", "early_stopping_rounds", "callbacks", "enable_categorical",
-                 "feature_types", "missing", "importance_type", "device", "n_jobs")
+_XGB_RESERVED = (
+    "objective",
+    "eval_metric",
+    "early_stopping_rounds",
+    "callbacks",
+    "enable_categorical",
+    "feature_types",
+    "missing",
+    "importance_type",
+    "device",
+    "n_jobs",
+)
 
 
 def _task_family(task: str) -> str:
@@ -113,17 +132,24 @@ def check_model(name: str, task: str, params: dict[str, Any]) -> None:
             raise ModelError(f"params.{name}: unknown parameter {key!r} for task {task!r}; {hint}")
 
 
-def make_model(name: str, task: str, params: dict[str, Any] | None = None, *, early_stopping_rounds:
-               int | None = 20, max_gather_mb: float = 512.0, random_state: int = 0) -> BaseEstimator:
+def make_model(
+    name: str,
+    task: str,
+    params: dict[str, Any] | None = None,
+    *,
+    early_stopping_rounds: int | None = 20,
+    max_gather_mb: float = 512.0,
+    random_state: int = 0,
+) -> BaseEstimator:
     """An unfitted model wrapper for ``name`` and ``task`` (parameters checked in ``fit``)."""
     params = {**_DEFAULTS.get(name, {}), **(params or {})}
     if name == "xgboost":
-        return XGBoostModel(task=task, params=params, early_stopping_rounds=early_stopping_rounds,
-                            random_state=random_state)
+        return XGBoostModel(
+            task=task, params=params, early_stopping_rounds=early_stopping_rounds, random_state=random_state
+        )
     if name == "kmeans":
         return KMeansModel(params=params, max_gather_mb=max_gather_mb, random_state=random_state)
-    return SklearnModel(name=name, task=task, params=params, max_gather_mb=max_gather_mb,
-                        random_state=random_state)
+    return SklearnModel(name=name, task=task, params=params, max_gather_mb=max_gather_mb, random_state=random_state)
 
 
 def _as_dask(X):
@@ -162,8 +188,14 @@ class XGBoostModel(BaseEstimator):
         Total gain of each input.
     """
 
-    def __init__(self, *, task: str = "binary", params: dict[str, Any] | None = None,
-                 early_stopping_rounds: int | None = 20, random_state: int = 0):
+    def __init__(
+        self,
+        *,
+        task: str = "binary",
+        params: dict[str, Any] | None = None,
+        early_stopping_rounds: int | None = 20,
+        random_state: int = 0,
+    ):
         self.task = task
         self.params = params
         self.early_stopping_rounds = early_stopping_rounds
@@ -176,8 +208,7 @@ class XGBoostModel(BaseEstimator):
         import xgboost.dask as dxgb
 
         if self.task not in ("binary", "multiclass", "regression", "survival"):
-            raise ModelError(f"xgboost: task must be binary, multiclass, regression or survival; "
-                             f"got {self.task!r}")
+            raise ModelError(f"xgboost: task must be binary, multiclass, regression or survival; got {self.task!r}")
         params = dict(self.params or {})
         check_model("xgboost", self.task, params)
         params.setdefault("random_state", self.random_state)
@@ -202,8 +233,7 @@ class XGBoostModel(BaseEstimator):
             self.n_classes_ = 0
             objective = "survival:cox" if self.task == "survival" else "reg:squarederror"
             metric = None if self.task == "survival" else "rmse"
-            est = dxgb.DaskXGBRegressor(objective=objective, eval_metric=metric,
-                                        early_stopping_rounds=stop, **params)
+            est = dxgb.DaskXGBRegressor(objective=objective, eval_metric=metric, early_stopping_rounds=stop, **params)
         evals = None
         if eval_set is not None:
             Xv = _as_dask(eval_set[0])
@@ -239,13 +269,17 @@ class XGBoostModel(BaseEstimator):
 
             return _blockwise(X, proba, k)
         margin = self.task == "survival"
-        return _blockwise(X, lambda b: booster.inplace_predict(
-            b, predict_type="margin" if margin else "value"), None)
+        return _blockwise(X, lambda b: booster.inplace_predict(b, predict_type="margin" if margin else "value"), None)
 
     def save(self, folder: Path) -> dict[str, Any]:
         self.booster_.save_model(str(folder / "model.ubj"))
-        return {"format": "xgboost-ubj", "file": "model.ubj", "best_iteration": self.best_iteration_,
-                "n_classes": self.n_classes_, "n_features": self.n_features_in_}
+        return {
+            "format": "xgboost-ubj",
+            "file": "model.ubj",
+            "best_iteration": self.best_iteration_,
+            "n_classes": self.n_classes_,
+            "n_features": self.n_features_in_,
+        }
 
     @classmethod
     def load(cls, folder: Path, meta: dict[str, Any]) -> XGBoostModel:
@@ -283,9 +317,15 @@ class SklearnModel(BaseEstimator):
         Impurity importances, mean absolute coefficients, or permutation importances.
     """
 
-    def __init__(self, *, name: str = "logistic_regression", task: str = "binary",
-                 params: dict[str, Any] | None = None, max_gather_mb: float = 512.0,
-                 random_state: int = 0):
+    def __init__(
+        self,
+        *,
+        name: str = "logistic_regression",
+        task: str = "binary",
+        params: dict[str, Any] | None = None,
+        max_gather_mb: float = 512.0,
+        random_state: int = 0,
+    ):
         self.name = name
         self.task = task
         self.params = params
@@ -316,7 +356,8 @@ class SklearnModel(BaseEstimator):
             raise ModelError(
                 f"model {self.name!r} is fitted in one process on the gathered matrix, which would be "
                 f"{mb:.0f} MB (max_gather_mb={self.max_gather_mb:g}): reduce it with preprocess.pca, "
-                "raise max_gather_mb, or use model 'xgboost'")
+                "raise max_gather_mb, or use model 'xgboost'"
+            )
         Xn = X.compute()
         y = np.asarray(y)
         self.estimator_ = ParallelPostFit(estimator=est).fit(Xn, y)
@@ -334,8 +375,7 @@ class SklearnModel(BaseEstimator):
             from sklearn.inspection import permutation_importance
 
             sample = slice(0, min(len(y), 2000))
-            result = permutation_importance(est, Xn[sample], y[sample], n_repeats=5,
-                                            random_state=self.random_state)
+            result = permutation_importance(est, Xn[sample], y[sample], n_repeats=5, random_state=self.random_state)
             imp = np.clip(result.importances_mean, 0, None)
         total = imp.sum()
         return imp / total if total > 0 else imp
@@ -355,8 +395,13 @@ class SklearnModel(BaseEstimator):
         unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
         if unknown:  # pragma: no cover - only if scikit-learn changes its internals
             raise RegistryError(f"model {self.name!r} holds types not on radcluster's trusted list: {unknown}")
-        return {"format": "skops", "file": "model.skops", "trusted_types": sorted(untrusted),
-                "n_features": self.n_features_in_, "importances": self.importances_.tolist()}
+        return {
+            "format": "skops",
+            "file": "model.skops",
+            "trusted_types": sorted(untrusted),
+            "n_features": self.n_features_in_,
+            "importances": self.importances_.tolist(),
+        }
 
     @classmethod
     def load(cls, folder: Path, meta: dict[str, Any], *, trust: tuple[str, ...] = ()) -> SklearnModel:
@@ -369,7 +414,8 @@ class SklearnModel(BaseEstimator):
         if unknown:
             raise RegistryError(
                 f"{path}: refusing to load types not on radcluster's trusted list: {', '.join(unknown)}; "
-                "if you trust this file, pass them explicitly (trust=...)")
+                "if you trust this file, pass them explicitly (trust=...)"
+            )
         est = sio.load(path, trusted=[*TRUSTED_TYPES, *trust])
         model = cls(name=meta["name"], task=meta["task"], params=meta.get("params"))
         model.estimator_ = ParallelPostFit(estimator=est)
@@ -396,8 +442,7 @@ class KMeansModel(BaseEstimator):
         Spread of the centres along each input (what separates the clusters).
     """
 
-    def __init__(self, *, params: dict[str, Any] | None = None, max_gather_mb: float = 512.0,
-                 random_state: int = 0):
+    def __init__(self, *, params: dict[str, Any] | None = None, max_gather_mb: float = 512.0, random_state: int = 0):
         self.params = params
         self.max_gather_mb = max_gather_mb
         self.random_state = random_state

@@ -121,7 +121,7 @@ def _schema_problems(value: object, rule: dict, path: str) -> list[str]:
     problems: list[str] = []
     if isinstance(value, dict) and "mapping" in rule:
         fixed = {k: r for k, r in rule["mapping"].items() if not k.startswith("regex;")}
-        patterns = [(re.compile(k[len("regex;"):]), r) for k, r in rule["mapping"].items() if k.startswith("regex;")]
+        patterns = [(re.compile(k[len("regex;") :]), r) for k, r in rule["mapping"].items() if k.startswith("regex;")]
         for key, sub in value.items():
             where = f"{path}.{key}" if path else str(key)
             sub_rule = fixed.get(key) or next((r for pat, r in patterns if pat.fullmatch(str(key))), None)
@@ -137,8 +137,11 @@ def _schema_problems(value: object, rule: dict, path: str) -> list[str]:
                     problems.append(_unknown("featureClass", where, key, sorted(classes)))
                     continue
                 names = classes[key].getFeatureNames()
-                problems += [_unknown("feature", f"{where}.{name}", name, sorted(names))
-                             for name in (sub if isinstance(sub, list) else []) if name not in names]
+                problems += [
+                    _unknown("feature", f"{where}.{name}", name, sorted(names))
+                    for name in (sub if isinstance(sub, list) else [])
+                    if name not in names
+                ]
                 continue
             problems += _schema_problems(sub, sub_rule, where)
     elif isinstance(value, list) and "seq" in rule:

@@ -19,8 +19,7 @@ __all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_
 
 # Model names (radcluster._models implements them); here so that validating a spec imports
 # only pydantic, not scikit-learn.
-MODELS = ("xgboost", "logistic_regression", "random_forest", "svm", "naive_bayes", "decision_tree", "ridge",
-          "kmeans")
+MODELS = ("xgboost", "logistic_regression", "random_forest", "svm", "naive_bayes", "decision_tree", "ridge", "kmeans")
 
 
 class _Section(BaseModel):
@@ -33,13 +32,16 @@ class PreprocessSpec(_Section):
     impute: Literal["median", "mean"] = Field("median", description="fill missing/non-finite values with")
     max_missing_fraction: float = Field(0.5, ge=0, le=1, description="drop features missing in more rows")
     max_mode_fraction: float | None = Field(
-        0.95, gt=0, le=1, description="near-constant: this share of rows equal to the median; null: off")
+        0.95, gt=0, le=1, description="near-constant: this share of rows equal to the median; null: off"
+    )
     min_relative_std: float = Field(1e-6, ge=0, description="constant: sd <= this x |mean|")
     max_correlation: float | None = Field(
-        None, gt=0, le=1, description="drop the later feature of each pair with |r| above; null: off")
+        None, gt=0, le=1, description="drop the later feature of each pair with |r| above; null: off"
+    )
     scale: bool = Field(True, description="dask-ml StandardScaler")
     pca: int | float | None = Field(
-        0.95, description="PCA components (int) or explained-variance share (float in (0,1)); null: off")
+        0.95, description="PCA components (int) or explained-variance share (float in (0,1)); null: off"
+    )
     pca_max_components: int = Field(50, ge=1, description="components fitted when pca is a share")
     pca_solver: Literal["auto", "tsqr", "randomized"] = Field("auto", description="dask-ml PCA solver")
     combat: str | None = Field(None, description="ComBat-harmonise by this batch column (e.g. site)")
@@ -81,15 +83,20 @@ class TrainSpec(_Section):
 
     target: str | None = Field(None, description="target column (store or clinical table); kmeans: optional")
     task: Literal["auto", "binary", "multiclass", "regression", "survival", "clustering"] = Field(
-        "auto", description="auto: survival when 'event' is set, else from the target's values")
+        "auto", description="auto: survival when 'event' is set, else from the target's values"
+    )
     event: str | None = Field(None, description="survival: event column (1 event, 0 censored)")
     clinical: str | None = Field(None, description="CSV/Parquet keyed by case_id with target columns")
     labels: Literal["rows", "pivot"] = Field(
-        "rows", description="multi-label stores: one row per (case, label), or pivot to one per case")
-    model: str = Field("xgboost", description="xgboost, logistic_regression, random_forest, svm, "
-                                              "naive_bayes, decision_tree, ridge, kmeans")
-    params: dict[str, dict[str, Any]] = Field(default_factory=dict,
-                                              description="per-model parameters, keyed by model name")
+        "rows", description="multi-label stores: one row per (case, label), or pivot to one per case"
+    )
+    model: str = Field(
+        "xgboost",
+        description="xgboost, logistic_regression, random_forest, svm, naive_bayes, decision_tree, ridge, kmeans",
+    )
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-model parameters, keyed by model name"
+    )
     preprocess: PreprocessSpec = PreprocessSpec()
     cv: CVSpec = CVSpec()
     metrics: MetricsSpec = MetricsSpec()
@@ -105,8 +112,9 @@ class TrainSpec(_Section):
             import difflib
 
             close = difflib.get_close_matches(v, MODELS, n=1)
-            raise ValueError("unknown model" + (f"; did you mean {close[0]!r}?" if close
-                                                else f"; one of {', '.join(MODELS)}"))
+            raise ValueError(
+                "unknown model" + (f"; did you mean {close[0]!r}?" if close else f"; one of {', '.join(MODELS)}")
+            )
         return v
 
     @field_validator("params")
@@ -123,8 +131,11 @@ class TrainSpec(_Section):
             raise ValueError("'target' is required (only model 'kmeans' trains without one)")
         if self.task == "survival" and self.event is None:
             raise ValueError("task 'survival' needs 'event' (and 'target' as the time column)")
-        if self.model == "kmeans" and self.task not in ("auto", "clustering") or (
-                self.task == "clustering" and self.model != "kmeans"):
+        if (
+            self.model == "kmeans"
+            and self.task not in ("auto", "clustering")
+            or (self.task == "clustering" and self.model != "kmeans")
+        ):
             raise ValueError("task 'clustering' goes with model 'kmeans' and only with it")
         return self
 
@@ -164,6 +175,5 @@ def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "
             elif not loc:  # a rule across keys
                 lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
             else:
-                lines.append(f"key {source}.{loc!s}: {e['msg'].removeprefix('Value error, ')} "
-                             f"(got {e.get('input')!r})")
+                lines.append(f"key {source}.{loc!s}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
         raise SpecError("invalid training config:\n" + "\n".join(f"  - {x}" for x in lines)) from None

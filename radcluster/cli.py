@@ -23,11 +23,13 @@ from .errors import RadclusterError
 
 logger = logging.getLogger("radcluster")
 
+
 def _progress(iterator, total: int):
     from tqdm import tqdm
 
-    return tqdm(iterator, total=total, unit="scan", file=sys.stderr, dynamic_ncols=True,
-                disable=None)  # disable=None: a bar on a terminal, nothing in CI logs
+    return tqdm(
+        iterator, total=total, unit="scan", file=sys.stderr, dynamic_ncols=True, disable=None
+    )  # disable=None: a bar on a terminal, nothing in CI logs
 
 
 def _run_extraction(job) -> int:
@@ -42,12 +44,15 @@ def _run_extraction(job) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from .spec import build_job
 
-    overrides = {"kind": "extract", "manifest": str(Path(args.manifest).absolute())
-                 if "://" not in args.manifest else args.manifest,
-                 "store": args.out, "extraction.params": args.params,
-                 "extraction.label_table": args.label_table,
-                 "extraction.fast": False if args.plain else None,
-                 "extraction.ibsi": args.ibsi}
+    overrides = {
+        "kind": "extract",
+        "manifest": str(Path(args.manifest).absolute()) if "://" not in args.manifest else args.manifest,
+        "store": args.out,
+        "extraction.params": args.params,
+        "extraction.label_table": args.label_table,
+        "extraction.fast": False if args.plain else None,
+        "extraction.ibsi": args.ibsi,
+    }
     overrides.update(_cluster_overrides(args))
     job = build_job({}, overrides=overrides, source="command line")
     return _run_extraction(job)
@@ -139,8 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).absolute()
     manifest = prepare_demo(out, n_cases=args.cases, seed=args.seed)
     print(f"demo cohort: {manifest}")
-    overrides = {"kind": "extract", "manifest": str(manifest), "store": str(out / "store"),
-                 **_cluster_overrides(args)}
+    overrides = {"kind": "extract", "manifest": str(manifest), "store": str(out / "store"), **_cluster_overrides(args)}
     job = build_job({}, overrides=overrides, source="demo")
     prestart_local_workers(job)
     # one cluster for the whole pipeline: extraction, then training on the same workers
@@ -153,8 +157,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"cross-validated ROC AUC (xgboost on the synthetic outcome): {auc:.3f}")
     if report is not None:
         print(f"report:   {report}")
-    print("open the store: python -c \"import radcluster; print(radcluster.open_store("
-          f"'{out / 'store'}').features().head())\"")
+    print(
+        'open the store: python -c "import radcluster; print(radcluster.open_store('
+        f"'{out / 'store'}').features().head())\""
+    )
     return EXIT_OK if summary.ok else EXIT_FAILURES
 
 
@@ -202,11 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="pyradiomics params YAML (default: the packaged Params.yaml settings)")
     p.add_argument("--out", "-o", required=True, help="store folder or URL")
     p.add_argument("--label-table", help="CSV/TSV of label value -> region name (atlas masks)")
-    p.add_argument("--plain", action="store_true",
-                   help="call pyradiomics' execute() per label instead of the fast path")
-    p.add_argument("--ibsi", nargs="?", const=True, choices=[True, "A", "B", "C", "D", "E"], type=_ibsi_arg,
-                   help="IBSI mode (IBSI binning, resampling grid, resegmentation); optionally an IBSI 1 "
-                        "configuration A-E instead of the params file's settings")
+    p.add_argument(
+        "--plain", action="store_true", help="call pyradiomics' execute() per label instead of the fast path"
+    )
+    p.add_argument(
+        "--ibsi",
+        nargs="?",
+        const=True,
+        choices=[True, "A", "B", "C", "D", "E"],
+        type=_ibsi_arg,
+        help="IBSI mode (IBSI binning, resampling grid, resegmentation); optionally an IBSI 1 "
+        "configuration A-E instead of the params file's settings",
+    )
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_extract)
 
@@ -227,8 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_flags(p)
     p.set_defaults(func=cmd_demo)
 
-    cohort = sub.add_parser("cohort", help="build or check a manifest").add_subparsers(dest="cohort_cmd",
-                                                                                      required=True)
+    cohort = sub.add_parser("cohort", help="build or check a manifest").add_subparsers(dest="cohort_cmd", required=True)
     p = cohort.add_parser("scan", help="build a manifest from a folder of images and masks")
     p.add_argument("folder")
     p.add_argument("-o", "--output", required=True)
@@ -236,8 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = cohort.add_parser("check", help="check every case of a manifest before running it")
     p.add_argument("manifest")
     p.add_argument("--tolerance", type=float, default=1e-6, help="geometry tolerance (ITK's rule)")
-    p.add_argument("--headers-only", action="store_true",
-                   help="read only file headers: skip the voxel checks (labels, NaN/inf, truncation)")
+    p.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read only file headers: skip the voxel checks (labels, NaN/inf, truncation)",
+    )
     p.set_defaults(func=cmd_cohort_check)
 
     p = sub.add_parser("failures", help="list the failed scans of a store")
@@ -247,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a store's current features as CSV or Parquet")
     p.add_argument("store")
     p.add_argument("-o", "--output", required=True, help="file.csv or file.parquet")
-    p.add_argument("--names", choices=["pyradiomics", "ibsi"], default="pyradiomics",
-                   help="column names: pyradiomics' or IBSI feature tags (kurtosis as excess kurtosis)")
+    p.add_argument(
+        "--names",
+        choices=["pyradiomics", "ibsi"],
+        default="pyradiomics",
+        help="column names: pyradiomics' or IBSI feature tags (kurtosis as excess kurtosis)",
+    )
     p.add_argument("--keep-unmapped", action="store_true", help="with --names ibsi: keep features IBSI lacks")
     p.set_defaults(func=cmd_export)
 
@@ -277,10 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # about settings it will use anyway; both are for -v. Dask reads DASK_LOGGING__* at
     # import in this process and in every worker process it starts (they inherit the
     # environment), so this quiets the workers too.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED",
-                          logging.getLevelName(level if args.verbose >= 2 else logging.WARNING).lower())
-    os.environ.setdefault("DASK_LOGGING__RADIOMICS",
-                          logging.getLevelName(level if args.verbose else logging.ERROR).lower())
+    os.environ.setdefault(
+        "DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level if args.verbose >= 2 else logging.WARNING).lower()
+    )
+    os.environ.setdefault(
+        "DASK_LOGGING__RADIOMICS", logging.getLevelName(level if args.verbose else logging.ERROR).lower()
+    )
     from .errors import ClusterError, ManifestError, SpecError, StoreError
 
     try:
@@ -292,8 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
-        print("interrupted: finished scans are in the store; run the same command again to go on",
-              file=sys.stderr)
+        print("interrupted: finished scans are in the store; run the same command again to go on", file=sys.stderr)
         return 130
 
 

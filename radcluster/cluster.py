@@ -34,8 +34,9 @@ def _local_cluster(spec: LocalClusterSpec):
     from distributed.worker_memory import parse_memory_limit
 
     workers = spec.workers or max(1, (os.cpu_count() or 1) // spec.threads_per_worker)
-    limit = parse_memory_limit(spec.memory_limit, spec.threads_per_worker,
-                               total_cores=workers * spec.threads_per_worker, logger=logger)
+    limit = parse_memory_limit(
+        spec.memory_limit, spec.threads_per_worker, total_cores=workers * spec.threads_per_worker, logger=logger
+    )
     tls = {"protocol": "tls", "security": spec.tls.security()} if spec.tls else {}
     # Each nanny hands its worker the Dask config current when the cluster is made (also to
     # a worker it restarts). The profiler's sampling thread took ~8% of each busy worker's
@@ -53,8 +54,9 @@ def _local_cluster(spec: LocalClusterSpec):
             dashboard_address=spec.dashboard_address,
             # Loopback unless the user binds the dashboard elsewhere: a laptop's scheduler
             # should not listen on the network (thread workers talk in-process, no host).
-            host="127.0.0.1" if spec.processes and spec.dashboard_address.startswith(
-                ("127.", "localhost", ":")) else None,
+            host="127.0.0.1"
+            if spec.processes and spec.dashboard_address.startswith(("127.", "localhost", ":"))
+            else None,
         )
 
 
@@ -68,8 +70,13 @@ def _jobqueue_kwargs(spec: SlurmClusterSpec | PBSClusterSpec) -> dict[str, Any]:
         "job_script_prologue": list(spec.job_script_prologue),
         "scheduler_options": {"dashboard_address": spec.dashboard_address},
     }
-    optional = {"queue": spec.queue, "account": spec.account, "interface": spec.interface,
-                "local_directory": spec.local_directory, "python": spec.python}
+    optional = {
+        "queue": spec.queue,
+        "account": spec.account,
+        "interface": spec.interface,
+        "local_directory": spec.local_directory,
+        "python": spec.python,
+    }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     return kwargs
 
@@ -125,7 +132,8 @@ def connect(spec, *, timeout: float = 60) -> Iterator[Any]:
                 if not address:
                     raise ClusterError(
                         f"cluster kind 'kubernetes' reads the scheduler address from ${spec.address_env}, "
-                        "which is not set: run inside a DaskJob runner pod, or use kind 'address'")
+                        "which is not set: run inside a DaskJob runner pod, or use kind 'address'"
+                    )
             else:
                 address = spec.address
             tls = getattr(spec, "tls", None)

@@ -48,11 +48,27 @@ ALL_LABELS: Literal["all"] = "all"
 
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
 # Columns radcluster writes itself: a manifest column of the same name would be overwritten.
-RESERVED_COLUMNS = frozenset({
-    "label", "label_name", "patient_id", "image_hash", "mask_hash", "params_hash", "row_key",
-    "run_id", "extracted_at", "scan_seconds", "radcluster_version", "pyradiomics_version",
-    "simpleitk_version", "image_path", "mask_path", "image_stat", "mask_stat",
-})
+RESERVED_COLUMNS = frozenset(
+    {
+        "label",
+        "label_name",
+        "patient_id",
+        "image_hash",
+        "mask_hash",
+        "params_hash",
+        "row_key",
+        "run_id",
+        "extracted_at",
+        "scan_seconds",
+        "radcluster_version",
+        "pyradiomics_version",
+        "simpleitk_version",
+        "image_path",
+        "mask_path",
+        "image_stat",
+        "mask_stat",
+    }
+)
 
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")
 
@@ -147,9 +163,7 @@ def read_manifest(path: str | os.PathLike) -> Cohort:
     problems: list[str] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        problems.append(
-            f"missing required column(s) {', '.join(missing)}; found {', '.join(frame.columns) or 'none'}"
-        )
+        problems.append(f"missing required column(s) {', '.join(missing)}; found {', '.join(frame.columns) or 'none'}")
         raise ManifestError(source, problems)
 
     carried = [c for c in frame.columns if c not in (*REQUIRED_COLUMNS, "label", "patient_id")]
@@ -278,8 +292,11 @@ def scan_directory(root: str | os.PathLike) -> pd.DataFrame:
                 continue
             case = m.group(1)
             for word in _MASK_WORDS:
-                cand = [n for n in files if n.lower() == f"{case}_{word}{suffix}".lower()
-                        or n.lower() == f"{case}-{word}{suffix}".lower()]
+                cand = [
+                    n
+                    for n in files
+                    if n.lower() == f"{case}_{word}{suffix}".lower() or n.lower() == f"{case}-{word}{suffix}".lower()
+                ]
                 if cand:
                     rows.append((case, name, cand[0]))
                     break
@@ -293,10 +310,13 @@ def scan_directory(root: str | os.PathLike) -> pd.DataFrame:
                 rows.append((case_dir.name, str(images[0].relative_to(base)), str(masks[0].relative_to(base))))
 
     if not rows:
-        raise ManifestError(str(base), [
-            "no cases found: expected nnU-Net imagesTr/labelsTr, <id>_image.*/<id>_label.* pairs, "
-            "or one folder per case with one image and one mask"
-        ])
+        raise ManifestError(
+            str(base),
+            [
+                "no cases found: expected nnU-Net imagesTr/labelsTr, <id>_image.*/<id>_label.* pairs, "
+                "or one folder per case with one image and one mask"
+            ],
+        )
     return pd.DataFrame(rows, columns=["case_id", "image", "mask"]).sort_values("case_id", ignore_index=True)
 
 
@@ -351,8 +371,10 @@ def read_image(case_id: str, path: str, role: str, *, header_only: bool = False)
         try:
             image = reader.Execute()
         except RuntimeError as err:
-            raise unusable(f"{role} is not a readable image: its header reads but its voxel data does not "
-                           f"(truncated or corrupt file; {itk_error_reason(err)})") from err
+            raise unusable(
+                f"{role} is not a readable image: its header reads but its voxel data does not "
+                f"(truncated or corrupt file; {itk_error_reason(err)})"
+            ) from err
         short = _cut_short(local)
         if short:
             raise unusable(f"{role} file is truncated or corrupt: {short}")
@@ -411,7 +433,7 @@ def _nifti_bytes(head: bytes) -> int | None:
         return None
     if not 1 <= dims[0] <= 7 or bitpix <= 0:
         return None
-    return offset + math.prod(max(int(d), 1) for d in dims[1:dims[0] + 1]) * bitpix // 8
+    return offset + math.prod(max(int(d), 1) for d in dims[1 : dims[0] + 1]) * bitpix // 8
 
 
 def _components(image) -> int:
@@ -449,8 +471,11 @@ def check_scan(scan: Scan, image, mask, *, tolerance: float = 1e-6, geometry: bo
     if isinstance(image, sitk.Image):
         arr = sitk.GetArrayViewFromImage(image)
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-            counts = [f"{n} {kind}" for n, kind in ((int(np.isnan(arr).sum()), "NaN"),
-                                                     (int(np.isinf(arr).sum()), "infinite")) if n]
+            counts = [
+                f"{n} {kind}"
+                for n, kind in ((int(np.isnan(arr).sum()), "NaN"), (int(np.isinf(arr).sum()), "infinite"))
+                if n
+            ]
             raise bad("image", f"image has {' and '.join(counts)} voxel(s); features would be NaN or wrong")
     if isinstance(mask, sitk.Image) and _components(mask) == 1:
         marr = sitk.GetArrayViewFromImage(mask)
@@ -458,8 +483,9 @@ def check_scan(scan: Scan, image, mask, *, tolerance: float = 1e-6, geometry: bo
             raise bad("mask", f"mask voxels are not integers (pixel type {marr.dtype})")
 
 
-def check_cohort(cohort: Cohort, *, tolerance: float = 1e-6, default_label: int = 1,
-                 check_labels: bool = True) -> list[str]:
+def check_cohort(
+    cohort: Cohort, *, tolerance: float = 1e-6, default_label: int = 1, check_labels: bool = True
+) -> list[str]:
     """Every problem of every scan, one line per problem, without extracting anything.
 
     Runs the checks the extraction task runs (:func:`read_image`, :func:`check_scan`), so a
@@ -495,16 +521,23 @@ def _check_labels(scan: Scan, arr: np.ndarray, default_label: int) -> None:
     present = dict(zip(values[keep].astype(np.int64).tolist(), counts[keep].tolist(), strict=True))
     if not present:
         raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
-    wanted = ((default_label,) if scan.labels is None
-              else tuple(present) if scan.labels == ALL_LABELS else scan.labels)
+    wanted = (default_label,) if scan.labels is None else tuple(present) if scan.labels == ALL_LABELS else scan.labels
     missing = [v for v in wanted if v not in present]
     if missing:
-        raise ScanError(scan.case_id, "check", f"label(s) {missing} not present in mask; present: "
-                        f"{list(present)[:20]}", file=scan.mask)
+        raise ScanError(
+            scan.case_id,
+            "check",
+            f"label(s) {missing} not present in mask; present: {list(present)[:20]}",
+            file=scan.mask,
+        )
     single = [v for v in wanted if present[v] == 1]
     if single:
-        raise ScanError(scan.case_id, "check", f"label(s) {single}: mask only contains 1 segmented voxel; "
-                        "features cannot be extracted for a single voxel", file=scan.mask)
+        raise ScanError(
+            scan.case_id,
+            "check",
+            f"label(s) {single}: mask only contains 1 segmented voxel; features cannot be extracted for a single voxel",
+            file=scan.mask,
+        )
 
 
 def itk_error_reason(err: BaseException) -> str:

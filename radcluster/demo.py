@@ -33,12 +33,14 @@ def prepare_demo(out: Path, *, n_cases: int = 24, seed: int = 0) -> Path:
         frame[col] = [str((synth_manifest.parent / p).resolve()) for p in frame[col]]
     samples = sample_cases_dir()
     if samples is not None:
-        real = pd.DataFrame({
-            "case_id": list(_SAMPLES),
-            "image": [str(samples / f"{c}_image.nrrd") for c in _SAMPLES],
-            "mask": [str(samples / f"{c}_label.nrrd") for c in _SAMPLES],
-            "patient_id": list(_SAMPLES),
-        })
+        real = pd.DataFrame(
+            {
+                "case_id": list(_SAMPLES),
+                "image": [str(samples / f"{c}_image.nrrd") for c in _SAMPLES],
+                "mask": [str(samples / f"{c}_label.nrrd") for c in _SAMPLES],
+                "patient_id": list(_SAMPLES),
+            }
+        )
         frame = pd.concat([frame, real], ignore_index=True)
     manifest = out / "manifest.csv"
     frame.to_csv(manifest, index=False)

@@ -52,8 +52,7 @@ class ScanError(RadclusterError):
     becomes a NaN feature.
     """
 
-    def __init__(self, case_id: str, stage: str, reason: str, *, file: str | None = None,
-                 label: int | None = None):
+    def __init__(self, case_id: str, stage: str, reason: str, *, file: str | None = None, label: int | None = None):
         self.case_id = case_id
         self.stage = stage
         self.reason = reason

@@ -39,9 +39,19 @@ FAILURE_COLUMNS = ("case_id", "label", "stage", "error_type", "message", "file")
 _ITK_DEFAULT_TOLERANCE = 1e-6
 # Image types whose output at a voxel does not depend on the label being extracted, so one
 # filtered image serves every label of a scan (LBP3D reads the mask, so it is per label).
-_LABEL_FREE_TYPES = frozenset({
-    "Original", "LoG", "Wavelet", "Square", "SquareRoot", "Logarithm", "Exponential", "Gradient", "LBP2D",
-})
+_LABEL_FREE_TYPES = frozenset(
+    {
+        "Original",
+        "LoG",
+        "Wavelet",
+        "Square",
+        "SquareRoot",
+        "Logarithm",
+        "Exponential",
+        "Gradient",
+        "LBP2D",
+    }
+)
 # Extra voxels kept around a label before B-spline resampling: ITK computes B-spline
 # coefficients with a recursive (IIR) prefilter whose influence decays as 0.268**d, so 24
 # voxels bound the difference from resampling the whole image by ~1e-14 of the intensity range.
@@ -92,8 +102,7 @@ def _content_hash(image) -> str:
 
     h = xxhash.xxh3_128()
     arr = sitk.GetArrayViewFromImage(image)
-    h.update(f"{arr.dtype.str}|{arr.shape}|{image.GetSpacing()}|{image.GetOrigin()}|"
-             f"{image.GetDirection()}".encode())
+    h.update(f"{arr.dtype.str}|{arr.shape}|{image.GetSpacing()}|{image.GetOrigin()}|{image.GetDirection()}".encode())
     h.update(np.ascontiguousarray(arr).data)
     return h.hexdigest()
 
@@ -131,12 +140,16 @@ def _params_mismatch(image, extractor) -> str | None:
     dim = image.GetDimension()
     spacing = extractor.settings.get("resampledPixelSpacing")
     if spacing is not None and len(spacing) != dim:
-        return (f"image is {dim}D but the params' resampledPixelSpacing {list(spacing)} has {len(spacing)} "
-                "values; extract it with params for its dimension")
+        return (
+            f"image is {dim}D but the params' resampledPixelSpacing {list(spacing)} has {len(spacing)} "
+            "values; extract it with params for its dimension"
+        )
     if dim == 2 and "shape" in extractor.enabledFeatures:
-        return ("image is 2D but the params are for 3D images: featureClass 'shape' is 3D-only and "
-                "pyradiomics would skip it, leaving this row without its features; extract 2D scans "
-                "with their own params (shape2D instead of shape)")
+        return (
+            "image is 2D but the params are for 3D images: featureClass 'shape' is 3D-only and "
+            "pyradiomics would skip it, leaving this row without its features; extract 2D scans "
+            "with their own params (shape2D instead of shape)"
+        )
     return None
 
 
@@ -148,11 +161,16 @@ def _labels_of(scan: Scan, present: list[int], default_label: int, part: tuple[i
         labels = [default_label]
     else:
         labels = list(scan.labels)
-    return labels[part[0]::part[1]] if part else labels
+    return labels[part[0] :: part[1]] if part else labels
 
 
-def extract_scan(scan: Scan, settings: ExtractionSettings, *,
-                 unchanged_if: tuple[str, str] | None = None, part: tuple[int, int] | None = None) -> ScanResult:
+def extract_scan(
+    scan: Scan,
+    settings: ExtractionSettings,
+    *,
+    unchanged_if: tuple[str, str] | None = None,
+    part: tuple[int, int] | None = None,
+) -> ScanResult:
     """Extract every requested label of one scan.
 
     Parameters
@@ -197,8 +215,7 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
         mask = _read(scan.case_id, scan.mask, "mask")
         image_hash, mask_hash = _content_hash(image), _content_hash(mask)
         if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
-            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash,
-                              unchanged=True)
+            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
         _check_inputs(scan, image, mask, extractor, tolerance)
         per_label = _extract_labels(scan, image, mask, extractor, settings, part)
     except ScanError as err:
@@ -227,8 +244,9 @@ def extract_scan(scan: Scan, settings: ExtractionSettings, *,
     return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
 
 
-def _ibsi(scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_label: int,
-          part: tuple[int, int] | None) -> dict[int, Any]:
+def _ibsi(
+    scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_label: int, part: tuple[int, int] | None
+) -> dict[int, Any]:
     """IBSI mode: radcluster.ibsi's preprocessing around pyradiomics' feature classes."""
     import SimpleITK as sitk
     import yaml
@@ -247,8 +265,9 @@ def _ibsi(scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_l
     return out
 
 
-def _extract_labels(scan: Scan, image, mask, extractor, settings: ExtractionSettings,
-                    part: tuple[int, int] | None) -> dict[int, Any]:
+def _extract_labels(
+    scan: Scan, image, mask, extractor, settings: ExtractionSettings, part: tuple[int, int] | None
+) -> dict[int, Any]:
     """features or a ScanError, per label."""
     import SimpleITK as sitk
 
@@ -298,11 +317,16 @@ def _find_labels(scan: Scan, mask) -> list[tuple[slice, ...] | None]:
         box.append(slice(int(hit[0]), int(hit[-1]) + 1))
     block = arr[tuple(box)]
     if block.dtype.kind == "i" and block.min() < 0:
-        raise ScanError(scan.case_id, "check", f"mask has negative values (minimum {block.min()}); labels must be "
-                        "non-negative integers", file=scan.mask)
-    return [None if sl is None else tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(sl, box,
-                                                                                                   strict=True))
-            for sl in ndimage.find_objects(block)]
+        raise ScanError(
+            scan.case_id,
+            "check",
+            f"mask has negative values (minimum {block.min()}); labels must be non-negative integers",
+            file=scan.mask,
+        )
+    return [
+        None if sl is None else tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(sl, box, strict=True))
+        for sl in ndimage.find_objects(block)
+    ]
 
 
 def _plain(scan: Scan, image, mask, extractor, label: int):
@@ -354,8 +378,13 @@ def _fast(scan: Scan, image, mask, extractor, labels: list[int], objects, presen
     for label in labels:
         kw = dict(base, label=label)
         if label not in present:
-            out[label] = ScanError(scan.case_id, "check", f"label {label} not present in mask; present: "
-                                   f"{present[:20]}", file=scan.mask, label=label)
+            out[label] = ScanError(
+                scan.case_id,
+                "check",
+                f"label {label} not present in mask; present: {present[:20]}",
+                file=scan.mask,
+                label=label,
+            )
             continue
         lower, upper = _bounds(objects[label - 1])
         try:
@@ -401,9 +430,11 @@ def _fast(scan: Scan, image, mask, extractor, labels: list[int], objects, presen
                 for label, (lower, upper, bbox, feature_mask) in list(state.items()):
                     try:
                         img_c, msk_c = imageoperations.cropToTumorMask(
-                            _crop(filtered, lower, upper, 1), feature_mask, bbox)
-                        out[label].update(extractor.computeFeatures(img_c, msk_c, type_name,
-                                                                    **dict(type_kw, label=label)))
+                            _crop(filtered, lower, upper, 1), feature_mask, bbox
+                        )
+                        out[label].update(
+                            extractor.computeFeatures(img_c, msk_c, type_name, **dict(type_kw, label=label))
+                        )
                     except Exception as err:
                         out[label] = _label_error(scan, label, err)
                         del state[label]
@@ -411,7 +442,6 @@ def _fast(scan: Scan, image, mask, extractor, labels: list[int], objects, presen
 
 
 def _label_error(scan: Scan, label: int, err: Exception) -> ScanError:
-    wrapped = ScanError(scan.case_id, "extract", str(err).strip() or type(err).__name__,
-                        file=scan.mask, label=label)
+    wrapped = ScanError(scan.case_id, "extract", str(err).strip() or type(err).__name__, file=scan.mask, label=label)
     wrapped.__cause__ = err
     return wrapped

@@ -78,16 +78,19 @@ def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str
     """
     params = params or {}
     if not isinstance(params, dict):
-        raise SpecError(f"IBSI mode: params must be a mapping (a parsed pyradiomics params file); "
-                        f"got {type(params).__name__}")
+        raise SpecError(
+            f"IBSI mode: params must be a mapping (a parsed pyradiomics params file); got {type(params).__name__}"
+        )
     unknown = [k for k in params if k not in _PARAMS_KEYS]
     if unknown:
         raise SpecError(f"IBSI mode: params key(s) {unknown} not supported; expected {list(_PARAMS_KEYS)}")
     image_types = params.get("imageType") or {"Original": {}}
     others = [t for t in image_types if t != "Original"]
     if others:
-        raise SpecError(f"IBSI mode computes features of the original image only; params enable imageType "
-                        f"{others}: remove them, or extract them without IBSI mode")
+        raise SpecError(
+            f"IBSI mode computes features of the original image only; params enable imageType "
+            f"{others}: remove them, or extract them without IBSI mode"
+        )
     requested = params.get("featureClass")
     if requested is None:
         requested = {c: None for c in _CLASSES}
@@ -102,8 +105,13 @@ def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str
     return classes, settings
 
 
-def extract_ibsi(image: SimpleITK.Image, mask: SimpleITK.Image, label: int = 1, params: dict[str, Any] | None = None,
-                 config: IBSIConfig | str | dict | None = None) -> dict[str, float]:
+def extract_ibsi(
+    image: SimpleITK.Image,
+    mask: SimpleITK.Image,
+    label: int = 1,
+    params: dict[str, Any] | None = None,
+    config: IBSIConfig | str | dict | None = None,
+) -> dict[str, float]:
     """Features of one ROI in IBSI mode, under pyradiomics names.
 
     Parameters
@@ -165,11 +173,19 @@ def write_compliance_report(reference_dir: str | Path, out: str | Path, *, ct: b
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``radcluster ibsi``."""
-    parser.add_argument("--reference", required=True, metavar="DIR",
-                        help="IBSI reference folder: reference_values/, digital_phantom/ and optionally "
-                             "ct_phantom/ (the CT part runs when present)")
-    parser.add_argument("--out", default="docs/ibsi-compliance.md", metavar="PATH",
-                        help="Markdown report to write (default: %(default)s)")
+    parser.add_argument(
+        "--reference",
+        required=True,
+        metavar="DIR",
+        help="IBSI reference folder: reference_values/, digital_phantom/ and optionally "
+        "ct_phantom/ (the CT part runs when present)",
+    )
+    parser.add_argument(
+        "--out",
+        default="docs/ibsi-compliance.md",
+        metavar="PATH",
+        help="Markdown report to write (default: %(default)s)",
+    )
     parser.add_argument("--no-ct", action="store_true", help="skip the CT phantom even when present")
 
 
@@ -194,17 +210,21 @@ def run(args: argparse.Namespace) -> int:
         print(": ".join([line[0], ", ".join(line[1:])]))
     unexplained = result.unexplained()
     for name, mode, c in unexplained:
-        print(f"unexplained mismatch: {name}, {mode}: {c.tag} = {c.value:.6g}, reference {c.reference:g} "
-              f"+/- {c.tolerance:g}", file=sys.stderr)
+        print(
+            f"unexplained mismatch: {name}, {mode}: {c.tag} = {c.value:.6g}, reference {c.reference:g} "
+            f"+/- {c.tolerance:g}",
+            file=sys.stderr,
+        )
     print(f"wrote {args.out}")
     return 1 if unexplained else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``radcluster ibsi --reference DIR --out docs/ibsi-compliance.md``."""
-    parser = argparse.ArgumentParser(prog="radcluster ibsi",
-                                     description="Check radcluster's features against IBSI reference values "
-                                                 "and write the compliance report.")
+    parser = argparse.ArgumentParser(
+        prog="radcluster ibsi",
+        description="Check radcluster's features against IBSI reference values and write the compliance report.",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

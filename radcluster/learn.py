@@ -29,8 +29,21 @@ from .errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Preprocessor", "ComBat", "Target", "make_splits", "cross_validate", "fit_final", "evaluate",
-           "MODELS", "TASKS", "check_model", "make_model", "save_model", "load_model"]
+__all__ = [
+    "Preprocessor",
+    "ComBat",
+    "Target",
+    "make_splits",
+    "cross_validate",
+    "fit_final",
+    "evaluate",
+    "MODELS",
+    "TASKS",
+    "check_model",
+    "make_model",
+    "save_model",
+    "load_model",
+]
 
 
 def _single_column_block(X):
@@ -105,11 +118,20 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         How many features each step removed.
     """
 
-    def __init__(self, *, impute: str = "median", max_missing_fraction: float = 0.5,
-                 max_mode_fraction: float | None = 0.95, min_relative_std: float = 1e-6,
-                 max_correlation: float | None = None, scale: bool = True,
-                 pca: int | float | None = None, pca_max_components: int = 50, pca_solver: str = "auto",
-                 random_state: int = 0):
+    def __init__(
+        self,
+        *,
+        impute: str = "median",
+        max_missing_fraction: float = 0.5,
+        max_mode_fraction: float | None = 0.95,
+        min_relative_std: float = 1e-6,
+        max_correlation: float | None = None,
+        scale: bool = True,
+        pca: int | float | None = None,
+        pca_max_components: int = 50,
+        pca_solver: str = "auto",
+        random_state: int = 0,
+    ):
         self.impute = impute
         self.max_missing_fraction = max_missing_fraction
         self.max_mode_fraction = max_mode_fraction
@@ -128,8 +150,10 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             raise ModelError(f"Preprocessor: 'pca_solver' must be auto, tsqr or randomized; got {self.pca_solver!r}")
         pca = self.pca
         if pca is not None and not (isinstance(pca, int) and pca >= 1 or isinstance(pca, float) and 0 < pca < 1):
-            raise ModelError(f"Preprocessor: 'pca' must be a number of components (int >= 1) or a "
-                             f"variance share in (0, 1); got {pca!r}")
+            raise ModelError(
+                f"Preprocessor: 'pca' must be a number of components (int >= 1) or a "
+                f"variance share in (0, 1); got {pca!r}"
+            )
 
     def fit(self, X, y=None, *, batch: np.ndarray | None = None):
         import dask
@@ -227,16 +251,14 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         wanted = self.pca if isinstance(self.pca, int) else self.pca_max_components
         k = int(min(wanted, n - 1, p))
         if isinstance(self.pca, int) and k < self.pca:
-            logger.warning("PCA: %d components asked, only %d possible with %d rows and %d features",
-                           self.pca, k, n, p)
+            logger.warning("PCA: %d components asked, only %d possible with %d rows and %d features", self.pca, k, n, p)
         solver = self.pca_solver
         if solver == "auto":
             solver = "randomized" if n * p > 5_000_000 and k < 0.2 * min(n, p) else "tsqr"
         Xs = Xs.rechunk({1: -1})
         if solver == "tsqr" and Xs.chunks[0][0] < p:  # tsqr wants tall blocks
             Xs = Xs.rechunk({0: max(p, min(n, 4096))})
-        pca = PCA(n_components=k, svd_solver=solver, iterated_power=4, random_state=self.random_state,
-                  whiten=False)
+        pca = PCA(n_components=k, svd_solver=solver, iterated_power=4, random_state=self.random_state, whiten=False)
         pca.fit(Xs)
         self.pca_components_ = np.asarray(pca.components_, dtype=float)
         self.pca_mean_ = np.asarray(pca.mean_, dtype=float)
@@ -246,8 +268,12 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             cum = np.cumsum(ratio)
             reached = np.flatnonzero(cum >= self.pca - 1e-12)
             if reached.size == 0:
-                logger.warning("PCA: %d components explain %.3f of the variance, below %.3f; raise "
-                               "pca_max_components to reach it", k, cum[-1], self.pca)
+                logger.warning(
+                    "PCA: %d components explain %.3f of the variance, below %.3f; raise pca_max_components to reach it",
+                    k,
+                    cum[-1],
+                    self.pca,
+                )
                 self.n_components_ = k
             else:
                 self.n_components_ = int(reached[0]) + 1
@@ -292,8 +318,16 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         return out / total if total > 0 else out
 
     # -- safe serialisation: arrays and JSON, never pickles --------------------------------
-    _ARRAYS = ("columns_", "impute_values_", "support_", "scale_mean_", "scale_scale_", "pca_components_",
-               "pca_mean_", "explained_variance_ratio_")
+    _ARRAYS = (
+        "columns_",
+        "impute_values_",
+        "support_",
+        "scale_mean_",
+        "scale_scale_",
+        "pca_components_",
+        "pca_mean_",
+        "explained_variance_ratio_",
+    )
     _COMBAT = ("batches_", "alpha_", "sd_", "gamma_", "delta_")
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -301,9 +335,13 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k) is not None}
         if self.combat_ is not None:
             arrays.update({f"combat_{k}": getattr(self.combat_, k) for k in self._COMBAT})
-        meta = {"params": self.get_params(), "n_features_in": self.n_features_in_,
-                "n_components": self.n_components_, "dropped": self.dropped_,
-                "combat": self.combat_ is not None}
+        meta = {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "n_components": self.n_components_,
+            "dropped": self.dropped_,
+            "combat": self.combat_ is not None,
+        }
         return arrays, meta
 
     @classmethod
@@ -344,15 +382,17 @@ class Target:
         def take(a):
             return None if a is None else a[idx]
 
-        return Target(self.task, take(self.y), self.classes, take(self.time), take(self.event),
-                      take(self.strata), take(self.raw))
+        return Target(
+            self.task, take(self.y), self.classes, take(self.time), take(self.event), take(self.strata), take(self.raw)
+        )
 
 
 _SGKF_MAX_GROUPS = 2000
 
 
-def make_splits(n_splits: int, strata: np.ndarray | None, groups: np.ndarray, *, seed: int = 0,
-                what: str = "cross-validation") -> list[tuple[np.ndarray, np.ndarray]]:
+def make_splits(
+    n_splits: int, strata: np.ndarray | None, groups: np.ndarray, *, seed: int = 0, what: str = "cross-validation"
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Grouped (and, given ``strata``, stratified) k-fold splits: no group on both sides.
 
     Stratified splits use scikit-learn's ``StratifiedGroupKFold``, except when every group
@@ -376,8 +416,12 @@ def make_splits(n_splits: int, strata: np.ndarray | None, groups: np.ndarray, *,
     np.add.at(table, (codes, s_codes), 1)
     per_class = (table > 0).sum(axis=0)
     if per_class.min() < n_splits:
-        logger.warning("%s: the smallest class spans %d group(s), fewer than %d folds; some folds "
-                       "lack it", what, int(per_class.min()), n_splits)
+        logger.warning(
+            "%s: the smallest class spans %d group(s), fewer than %d folds; some folds lack it",
+            what,
+            int(per_class.min()),
+            n_splits,
+        )
     if (table > 0).sum(axis=1).max() == 1 or n_groups > _SGKF_MAX_GROUPS:
         group_stratum = table.argmax(axis=1)
         if np.bincount(group_stratum).min() >= n_splits:
@@ -407,21 +451,34 @@ class CVResult:
     fold_metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _fit_once(X, target: Target, groups: np.ndarray, *, make_pre: Callable[[], Preprocessor],
-              make_mdl: Callable[[], Any], batch: np.ndarray | None, validation_fraction: float,
-              seed: int) -> FoldFit:
+def _fit_once(
+    X,
+    target: Target,
+    groups: np.ndarray,
+    *,
+    make_pre: Callable[[], Preprocessor],
+    make_mdl: Callable[[], Any],
+    batch: np.ndarray | None,
+    validation_fraction: float,
+    seed: int,
+) -> FoldFit:
     pre = make_pre().fit(X, batch=batch)
     Z = pre.transform(X, batch=batch).persist()
     model = make_mdl()
-    if target.y is None or not hasattr(model, "early_stopping_rounds") or not model.early_stopping_rounds \
-            or validation_fraction <= 0:
+    if (
+        target.y is None
+        or not hasattr(model, "early_stopping_rounds")
+        or not model.early_stopping_rounds
+        or validation_fraction <= 0
+    ):
         model.fit(Z, target.y)
         return FoldFit(pre, model, Z)
     # Early stopping watches a validation split carved from the training rows only.
     n_val = max(2, round(1 / validation_fraction))
     try:
-        fit_idx, val_idx = make_splits(n_val, target.strata, groups, seed=seed + 1,
-                                       what="early-stopping validation split")[0]
+        fit_idx, val_idx = make_splits(
+            n_val, target.strata, groups, seed=seed + 1, what="early-stopping validation split"
+        )[0]
     except ModelError:
         model.fit(Z, target.y)
         return FoldFit(pre, model, Z)
@@ -429,22 +486,39 @@ def _fit_once(X, target: Target, groups: np.ndarray, *, make_pre: Callable[[], P
     return FoldFit(pre, model, Z)
 
 
-def cross_validate(X, target: Target, groups: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], *,
-                   make_pre: Callable[[], Preprocessor], make_mdl: Callable[[], Any],
-                   batch: np.ndarray | None = None, validation_fraction: float = 0.2, seed: int = 0,
-                   on_fold: Callable[[int, dict[str, Any]], None] | None = None,
-                   metric_options: dict[str, Any] | None = None) -> CVResult:
+def cross_validate(
+    X,
+    target: Target,
+    groups: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    make_pre: Callable[[], Preprocessor],
+    make_mdl: Callable[[], Any],
+    batch: np.ndarray | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    on_fold: Callable[[int, dict[str, Any]], None] | None = None,
+    metric_options: dict[str, Any] | None = None,
+) -> CVResult:
     """Out-of-fold model outputs: every fold refits preprocessing and model on its training rows."""
     n = X.shape[0]
     scores: np.ndarray | None = None
     fold_of = np.full(n, -1)
     per_fold = []
     for k, (tr, te) in enumerate(splits):
-        fitted = _fit_once(X[tr], target.subset(tr), groups[tr], make_pre=make_pre, make_mdl=make_mdl,
-                           batch=None if batch is None else batch[tr],
-                           validation_fraction=validation_fraction, seed=seed + k)
+        fitted = _fit_once(
+            X[tr],
+            target.subset(tr),
+            groups[tr],
+            make_pre=make_pre,
+            make_mdl=make_mdl,
+            batch=None if batch is None else batch[tr],
+            validation_fraction=validation_fraction,
+            seed=seed + k,
+        )
         out = fitted.model.predict_scores(
-            fitted.pre.transform(X[te], batch=None if batch is None else batch[te])).compute()
+            fitted.pre.transform(X[te], batch=None if batch is None else batch[te])
+        ).compute()
         if scores is None:
             scores = np.full((n, *out.shape[1:]), np.nan)
         scores[te] = out
@@ -459,28 +533,53 @@ def cross_validate(X, target: Target, groups: np.ndarray, splits: list[tuple[np.
     return CVResult(scores, fold_of, per_fold)
 
 
-def fit_final(X, target: Target, groups: np.ndarray, *, make_pre: Callable[[], Preprocessor],
-              make_mdl: Callable[[], Any], batch: np.ndarray | None = None,
-              validation_fraction: float = 0.2, seed: int = 0) -> FoldFit:
+def fit_final(
+    X,
+    target: Target,
+    groups: np.ndarray,
+    *,
+    make_pre: Callable[[], Preprocessor],
+    make_mdl: Callable[[], Any],
+    batch: np.ndarray | None = None,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> FoldFit:
     """Preprocessing and model fitted on all the given (development) rows."""
-    return _fit_once(X, target, groups, make_pre=make_pre, make_mdl=make_mdl, batch=batch,
-                     validation_fraction=validation_fraction, seed=seed)
+    return _fit_once(
+        X,
+        target,
+        groups,
+        make_pre=make_pre,
+        make_mdl=make_mdl,
+        batch=batch,
+        validation_fraction=validation_fraction,
+        seed=seed,
+    )
 
 
-def evaluate(target: Target, scores: np.ndarray, groups: np.ndarray | None = None, *, n_boot: int = 1000,
-             level: float = 0.95, bins: int = 10, seed: int = 0, clustering_inputs: np.ndarray | None = None
-             ) -> dict[str, Any]:
+def evaluate(
+    target: Target,
+    scores: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    bins: int = 10,
+    seed: int = 0,
+    clustering_inputs: np.ndarray | None = None,
+) -> dict[str, Any]:
     """The task's metrics of ``scores`` (a model's :meth:`predict_scores` output)."""
     task = target.task
     if task in ("binary", "multiclass"):
-        return _metrics.classification_metrics(target.y, scores, target.classes, groups=groups,
-                                               n_boot=n_boot, level=level, bins=bins, seed=seed)
+        return _metrics.classification_metrics(
+            target.y, scores, target.classes, groups=groups, n_boot=n_boot, level=level, bins=bins, seed=seed
+        )
     if task == "regression":
-        return _metrics.regression_metrics(target.y, scores, groups=groups, n_boot=n_boot, level=level,
-                                           seed=seed)
+        return _metrics.regression_metrics(target.y, scores, groups=groups, n_boot=n_boot, level=level, seed=seed)
     if task == "survival":
-        return _metrics.survival_metrics(target.time, target.event, scores, groups=groups, n_boot=n_boot,
-                                         level=level, seed=seed)
+        return _metrics.survival_metrics(
+            target.time, target.event, scores, groups=groups, n_boot=n_boot, level=level, seed=seed
+        )
     if task == "clustering":
         inputs = clustering_inputs if clustering_inputs is not None else scores[:, None]
         return _metrics.clustering_metrics(inputs, scores.astype(int), target=target.raw, seed=seed)
@@ -489,6 +588,10 @@ def evaluate(target: Target, scores: np.ndarray, groups: np.ndarray | None = Non
 
 def main_metric(task: str) -> str:
     """The headline metric of a task (shown by ``radcluster models list``)."""
-    return {"binary": "roc_auc", "multiclass": "roc_auc", "regression": "r2", "survival": "c_index",
-            "clustering": "silhouette"}[task]
-
+    return {
+        "binary": "roc_auc",
+        "multiclass": "roc_auc",
+        "regression": "r2",
+        "survival": "c_index",
+        "clustering": "silhouette",
+    }[task]

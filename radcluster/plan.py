@@ -69,9 +69,9 @@ def part_key(case_id: str, part: tuple[int, int]) -> str:
 @dataclass
 class Plan:
     tasks: list[Task]
-    skipped: list[str]       # unchanged: same params, same files
-    new: list[str]           # never extracted (or only failed) before
-    changed: list[str]       # files or params differ from the stored rows
+    skipped: list[str]  # unchanged: same params, same files
+    new: list[str]  # never extracted (or only failed) before
+    changed: list[str]  # files or params differ from the stored rows
     too_large: list[tuple[Scan, int]]
 
 
@@ -104,8 +104,7 @@ def _header_voxels(path: str) -> tuple[int, int] | None:
     except RuntimeError:
         return None  # the task will read it and record why it cannot
     voxels = math.prod(reader.GetSize())
-    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(),
-                                                     reader.GetPixelID())).itemsize
+    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(), reader.GetPixelID())).itemsize
     return voxels, itemsize * reader.GetNumberOfComponents()
 
 
@@ -125,8 +124,15 @@ def estimate_bytes(scan: Scan, image_types: Iterable[str], file_size: int) -> in
     return int(voxels * (itemsize + 4 + 8 * copies))
 
 
-def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_types: Iterable[str], *,
-              worker_memory: int | None = None, slots: int = 1) -> Plan:
+def make_plan(
+    cohort: Cohort,
+    stored: pd.DataFrame,
+    params_hash: str,
+    image_types: Iterable[str],
+    *,
+    worker_memory: int | None = None,
+    slots: int = 1,
+) -> Plan:
     """Decide, for every scan, whether and how it is extracted.
 
     Parameters
@@ -153,8 +159,9 @@ def make_plan(cohort: Cohort, stored: pd.DataFrame, params_hash: str, image_type
         known: dict[str, tuple[str, str]] = {}
         if rows is not None and _labels_covered(scan, rows):
             latest = rows.sort_values("extracted_at").iloc[-1]
-            same_files = (latest.get("image_stat") == file_stat(scan.image)
-                          and latest.get("mask_stat") == file_stat(scan.mask))
+            same_files = latest.get("image_stat") == file_stat(scan.image) and latest.get("mask_stat") == file_stat(
+                scan.mask
+            )
             if same_files:
                 skipped.append(scan.case_id)
                 continue

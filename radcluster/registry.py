@@ -54,8 +54,17 @@ import numpy as np
 from . import _io
 from .errors import RegistryError
 
-__all__ = ["VersionWriter", "ModelVersion", "new_version", "open_version", "fetched", "read_meta", "verify",
-           "list_versions", "FORMAT"]
+__all__ = [
+    "VersionWriter",
+    "ModelVersion",
+    "new_version",
+    "open_version",
+    "fetched",
+    "read_meta",
+    "verify",
+    "list_versions",
+    "FORMAT",
+]
 
 FORMAT = 1
 _UNHASHED = {"version.json", "report.html"}
@@ -153,8 +162,11 @@ def new_version(registry: str | os.PathLike, model: str) -> Iterator[VersionWrit
         staging.mkdir()
     else:
         staging = Path(tempfile.mkdtemp(prefix="radcluster-version-"))
-    writer = VersionWriter(staging, name, {"format": FORMAT, "version": name,
-                                           "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    writer = VersionWriter(
+        staging,
+        name,
+        {"format": FORMAT, "version": name, "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
+    )
     try:
         yield writer
         files = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name not in _UNHASHED)
@@ -250,8 +262,10 @@ def verify(path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
             except FileNotFoundError:
                 raise RegistryError(f"model version {name!r} is incomplete: {file} is missing") from None
             if actual != digest:
-                raise RegistryError(f"model version {name!r}: {file} was modified after training "
-                                    "(hash mismatch); versions are immutable, retrain instead")
+                raise RegistryError(
+                    f"model version {name!r}: {file} was modified after training "
+                    "(hash mismatch); versions are immutable, retrain instead"
+                )
 
 
 @contextlib.contextmanager

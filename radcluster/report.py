@@ -61,8 +61,10 @@ def _figure(plot_id: str, caption: str, draw) -> str:
         ax.clear()
         ax.text(0.5, 0.5, f"not available:\n{err}", ha="center", va="center", wrap=True)
         ax.set_axis_off()
-    return (f'<figure id="{plot_id}"><img alt="{html.escape(caption)}" '
-            f'src="data:image/png;base64,{_png(fig)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    return (
+        f'<figure id="{plot_id}"><img alt="{html.escape(caption)}" '
+        f'src="data:image/png;base64,{_png(fig)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -77,8 +79,23 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-_SCALARS = ("n", "events", "roc_auc", "roc_auc_ci", "balanced_accuracy", "f1", "brier", "r2", "r2_ci", "mae",
-            "rmse", "c_index", "c_index_ci", "silhouette", "adjusted_rand")
+_SCALARS = (
+    "n",
+    "events",
+    "roc_auc",
+    "roc_auc_ci",
+    "balanced_accuracy",
+    "f1",
+    "brier",
+    "r2",
+    "r2_ci",
+    "mae",
+    "rmse",
+    "c_index",
+    "c_index_ci",
+    "silhouette",
+    "adjusted_rand",
+)
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
@@ -91,12 +108,17 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     rows = []
     for k in keys:
         label = k.replace("_ci", " 95% CI").replace("_", " ")
-        rows.append(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{_fmt(metrics[p].get(k))}</td>"
-                                                                    for p in parts) + "</tr>")
+        rows.append(
+            f"<tr><th>{html.escape(label)}</th>"
+            + "".join(f"<td>{_fmt(metrics[p].get(k))}</td>" for p in parts)
+            + "</tr>"
+        )
     cal = (metrics.get("cv") or metrics.get("test") or {}).get("calibration")
     if cal:
-        rows.append(f"<tr><th>calibration slope / intercept</th><td colspan='{len(parts)}'>"
-                    f"{_fmt(cal.get('slope'))} / {_fmt(cal.get('intercept'))}</td></tr>")
+        rows.append(
+            f"<tr><th>calibration slope / intercept</th><td colspan='{len(parts)}'>"
+            f"{_fmt(cal.get('slope'))} / {_fmt(cal.get('intercept'))}</td></tr>"
+        )
     folds = metrics.get("folds") or []
     main = metrics.get("main_metric")
     fold_txt = ""
@@ -155,12 +177,18 @@ def _calibration(ax, preds: pd.DataFrame, bins: int) -> None:
     for split, color in (("cv", "k"), ("test", "tab:red")):
         part = preds[preds["split"] == split]
         if len(part) and part["y"].nunique() == 2:
-            frac, mean = calibration_curve(part["y"], part["p"], n_bins=max(2, min(bins, len(part) // 5 or 2)),
-                                           strategy="quantile")
+            frac, mean = calibration_curve(
+                part["y"], part["p"], n_bins=max(2, min(bins, len(part) // 5 or 2)), strategy="quantile"
+            )
             ax.plot(mean, frac, marker="o", color=color, label="out of fold" if split == "cv" else "test")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlabel="mean predicted probability", ylabel="observed fraction positive", title="Calibration",
-           xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed fraction positive",
+        title="Calibration",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(fontsize=8)
 
 
@@ -169,8 +197,7 @@ def _confusion(ax, matrix: list[list[int]], classes: list[str]) -> None:
     ax.imshow(m, cmap="Blues")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black")
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (out of fold)")
@@ -242,8 +269,7 @@ def _kaplan_meier(ax, preds: pd.DataFrame) -> None:
             s *= 1 - ((t == ti) & (e == 1)).sum() / at_risk
             surv.append(s)
         ax.step(np.concatenate([[0], times]), surv, where="post", color=color, label=f"{name} (n={sel.sum()})")
-    ax.set(xlabel="time", ylabel="survival", title="Kaplan-Meier by out-of-fold risk (median split)",
-           ylim=(0, 1.02))
+    ax.set(xlabel="time", ylabel="survival", title="Kaplan-Meier by out-of-fold risk (median split)", ylim=(0, 1.02))
     ax.legend(fontsize=8)
 
 
@@ -259,10 +285,12 @@ def _load(folder: Path) -> dict[str, Any]:
     for name in ("metrics", "config", "importance", "features", "preprocess", "version"):
         path = folder / f"{name}.json"
         out[name] = json.loads(path.read_text()) if path.exists() else {}
-    out["predictions"] = (pd.read_parquet(folder / "predictions.parquet")
-                          if (folder / "predictions.parquet").exists() else pd.DataFrame())
-    out["pca_scores"] = (pd.read_parquet(folder / "pca_scores.parquet")
-                         if (folder / "pca_scores.parquet").exists() else None)
+    out["predictions"] = (
+        pd.read_parquet(folder / "predictions.parquet") if (folder / "predictions.parquet").exists() else pd.DataFrame()
+    )
+    out["pca_scores"] = (
+        pd.read_parquet(folder / "pca_scores.parquet") if (folder / "pca_scores.parquet").exists() else None
+    )
     out["ratio"] = None
     if (folder / "preprocess.npz").exists():
         with np.load(folder / "preprocess.npz", allow_pickle=False) as data:
@@ -294,48 +322,80 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
 
     if task == "binary" and scored("probability"):
         bp = _binary_preds(preds, classes)
-        figs.append(_figure("roc", "ROC curve of each cross-validation fold, their mean (±1 sd) and the "
-                            "held-out test set", lambda ax: _roc(ax, bp)))
+        figs.append(
+            _figure(
+                "roc",
+                "ROC curve of each cross-validation fold, their mean (±1 sd) and the held-out test set",
+                lambda ax: _roc(ax, bp),
+            )
+        )
         figs.append(_figure("pr", "Precision-recall (dashed: prevalence)", lambda ax: _pr(ax, bp)))
         figs.append(_figure("calibration", "Calibration (quantile bins)", lambda ax: _calibration(ax, bp, bins)))
     block = metrics.get("cv") or metrics.get("test") or {}
     if task in ("binary", "multiclass") and "confusion_matrix" in block:
-        figs.append(_figure("confusion", "Confusion matrix at the 0.5 threshold / argmax",
-                            lambda ax: _confusion(ax, block["confusion_matrix"], classes)))
+        figs.append(
+            _figure(
+                "confusion",
+                "Confusion matrix at the 0.5 threshold / argmax",
+                lambda ax: _confusion(ax, block["confusion_matrix"], classes),
+            )
+        )
     if task == "regression" and scored("predicted"):
         figs.append(_figure("observed", "Predicted vs observed", lambda ax: _observed(ax, preds)))
     if task == "survival" and scored("risk"):
-        figs.append(_figure("km", "Kaplan-Meier curves of the low- and high-risk halves",
-                            lambda ax: _kaplan_meier(ax, preds)))
+        figs.append(
+            _figure("km", "Kaplan-Meier curves of the low- and high-risk halves", lambda ax: _kaplan_meier(ax, preds))
+        )
     if task == "clustering" and scored("cluster"):
         figs.append(_figure("clusters", "Cluster sizes", lambda ax: _clusters(ax, preds)))
     pca_cfg = (config.get("preprocess") or {}).get("pca")
     if d["ratio"] is not None:
         used = (d["preprocess"] or {}).get("n_components")
-        figs.append(_figure("scree", "Explained variance of the fitted PCA components",
-                            lambda ax: _scree(ax, d["ratio"], used, pca_cfg)))
+        figs.append(
+            _figure(
+                "scree",
+                "Explained variance of the fitted PCA components",
+                lambda ax: _scree(ax, d["ratio"], used, pca_cfg),
+            )
+        )
     if d["pca_scores"] is not None:
-        figs.append(_figure("pca_scores", "First two PCA scores, coloured by target",
-                            lambda ax: _pca_scores(ax, d["pca_scores"])))
+        figs.append(
+            _figure(
+                "pca_scores", "First two PCA scores, coloured by target", lambda ax: _pca_scores(ax, d["pca_scores"])
+            )
+        )
     imp = d["importance"] or {}
     if imp.get("features"):
         how = "importance-weighted |PCA loadings|" if imp.get("via_pca") else "model importance"
-        figs.append(_figure("importance", f"Top input features ({how})",
-                            lambda ax: _importance(ax, imp["features"], "Top features")))
+        figs.append(
+            _figure(
+                "importance", f"Top input features ({how})", lambda ax: _importance(ax, imp["features"], "Top features")
+            )
+        )
     if imp.get("via_pca") and imp.get("model_inputs"):
-        figs.append(_figure("importance_inputs", "Importance of the model's inputs (PCA components)",
-                            lambda ax: _importance(ax, imp["model_inputs"], "Model inputs")))
+        figs.append(
+            _figure(
+                "importance_inputs",
+                "Importance of the model's inputs (PCA components)",
+                lambda ax: _importance(ax, imp["model_inputs"], "Model inputs"),
+            )
+        )
 
     name = html.escape(meta.get("version", folder.name))
     pre = meta.get("preprocessing") or {}
     facts = [
-        ("model", meta.get("model")), ("task", task), ("target", meta.get("target")),
-        ("store", meta.get("store")), ("rows / cases", f"{meta.get('n_rows')} / {meta.get('n_cases')}"),
+        ("model", meta.get("model")),
+        ("task", task),
+        ("target", meta.get("target")),
+        ("store", meta.get("store")),
+        ("rows / cases", f"{meta.get('n_rows')} / {meta.get('n_cases')}"),
         ("left out (missing target)", metrics.get("left_out")),
-        ("input features", meta.get("n_input_features")), ("model inputs", meta.get("n_model_inputs")),
+        ("input features", meta.get("n_input_features")),
+        ("model inputs", meta.get("n_model_inputs")),
         ("ComBat harmonisation", f"by {pre['combat']!r}" if pre.get("combat") else "not applied"),
         ("features dropped", ", ".join(f"{k}: {v}" for k, v in (pre.get("dropped") or {}).items())),
-        ("config hash", meta.get("config_hash")), ("created", meta.get("created_at")),
+        ("config hash", meta.get("config_hash")),
+        ("created", meta.get("created_at")),
     ]
     fact_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     versions = ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
@@ -347,7 +407,7 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
 <h2>Metrics</h2>
 {_metrics_table(metrics)}
 <h2>Plots</h2>
-<div class="grid">{''.join(figs)}</div>
+<div class="grid">{"".join(figs)}</div>
 <h2>Configuration</h2>
 <pre>{html.escape(json.dumps(config, indent=2), quote=False)}</pre>
 <p class="muted">{html.escape(versions)}</p>
@@ -355,8 +415,9 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
 """
 
 
-def write_report(version_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                 meta: dict[str, Any] | None = None) -> Path | str:
+def write_report(
+    version_dir: str | os.PathLike, out: str | os.PathLike | None = None, *, meta: dict[str, Any] | None = None
+) -> Path | str:
     """Render the report of ``version_dir`` to ``out`` (default ``<version_dir>/report.html``).
 
     Either may be a URL: a remote version is read from a temporary download, and the report

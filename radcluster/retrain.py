@@ -64,8 +64,10 @@ class RetrainDecision:
 
     def text(self) -> str:
         champ = "none" if self.champion is None else f"{self.champion} {self.metric} {self.champion_score:.3f}"
-        return (f"challenger {self.challenger} {self.metric} {self.challenger_score:.3f} on hold-out {self.holdout}; "
-                f"champion {champ}; {'PROMOTED' if self.promoted else 'kept the champion'}: {self.reason}")
+        return (
+            f"challenger {self.challenger} {self.metric} {self.challenger_score:.3f} on hold-out {self.holdout}; "
+            f"champion {champ}; {'PROMOTED' if self.promoted else 'kept the champion'}: {self.reason}"
+        )
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
@@ -135,7 +137,8 @@ def registry_lock(registry: str | os.PathLike) -> Iterator[Path | str]:
         raise RegistryError(
             f"registry {url!r} is locked by another retrain (pid {holder.get('pid')} on "
             f"{holder.get('host')} since {holder.get('since')}); {lock} is removed when it ends "
-            "(delete it by hand only if that retrain is gone)")
+            "(delete it by hand only if that retrain is gone)"
+        )
     else:  # pragma: no cover - the second attempt either succeeds or raises above
         raise RegistryError(f"cannot lock registry {url!r}")
     try:
@@ -150,8 +153,9 @@ def read_champion(registry: str | os.PathLike) -> dict[str, Any] | None:
     return _read_json(_io.join(os.fspath(registry), "champion.json"))
 
 
-def _holdout(registry: str, frame: pd.DataFrame, target: str, group: str, task: str, fraction: float,
-             seed: int) -> tuple[set[str], str]:
+def _holdout(
+    registry: str, frame: pd.DataFrame, target: str, group: str, task: str, fraction: float, seed: int
+) -> tuple[set[str], str]:
     """The registry's hold-out case ids (drawn on first use, then fixed) and their version."""
     path = _io.join(registry, "holdout.json")
     data = _read_json(path)
@@ -168,8 +172,16 @@ def _holdout(registry: str, frame: pd.DataFrame, target: str, group: str, task: 
             chosen.extend(part.iloc[i]["cases"])
     ids = sorted(set(map(str, chosen)))
     version = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
-    _write_json(path, {"version": version, "case_ids": ids, "fraction": fraction, "seed": seed,
-                       "created_at": dt.datetime.now(dt.UTC).isoformat()})
+    _write_json(
+        path,
+        {
+            "version": version,
+            "case_ids": ids,
+            "fraction": fraction,
+            "seed": seed,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    )
     return set(ids), version
 
 
@@ -186,8 +198,9 @@ def _score(version: str, store_url: str, frame: pd.DataFrame, task: str, target:
         positive = np.asarray(sorted(pd.unique(frame[target])))[-1]
         return float(roc_auc((y == positive).astype(int), merged["probability"].to_numpy()))
     if task == "survival":
-        return float(concordance_index(y.astype(float), merged[event].to_numpy().astype(int),
-                                       merged["risk"].to_numpy()))
+        return float(
+            concordance_index(y.astype(float), merged[event].to_numpy().astype(int), merged["risk"].to_numpy())
+        )
     from sklearn.metrics import r2_score
 
     return float(r2_score(y.astype(float), merged["predicted"].to_numpy()))
@@ -225,14 +238,17 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
         if clinical:
             clin = read_clinical(clinical)
             frame = frame.drop(columns=[c for c in clin.columns if c != "case_id" and c in frame]).merge(
-                clin, on="case_id", how="left")
+                clin, on="case_id", how="left"
+            )
         return frame.dropna(subset=[t for t in targets if t in frame])
 
     def check_task(frame: pd.DataFrame) -> str:
         task = spec.resolved_task() or (infer_task(frame[spec.target]) if spec.target in frame else "binary")
         if task not in _METRICS:
-            raise SpecError(f"retrain compares models on {', '.join(sorted(_METRICS))} tasks; "
-                            f"target {spec.target!r} makes this a {task!r} task")
+            raise SpecError(
+                f"retrain compares models on {', '.join(sorted(_METRICS))} tasks; "
+                f"target {spec.target!r} makes this a {task!r} task"
+            )
         return task
 
     check_task(targets_frame())  # before a lock or a cluster is taken
@@ -250,12 +266,14 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
         task = check_task(frame)
         metric = _METRICS[task][0]
         group = "patient_id" if "patient_id" in frame and frame["patient_id"].notna().all() else "case_id"
-        holdout, holdout_version = _holdout(registry, frame, spec.target, group, task, settings.holdout_fraction,
-                                            settings.seed)
+        holdout, holdout_version = _holdout(
+            registry, frame, spec.target, group, task, settings.holdout_fraction, settings.seed
+        )
         held = frame[frame["case_id"].isin(holdout)]
         if held.empty:
-            raise RegistryError(f"none of the hold-out cases of {_io.join(registry, 'holdout.json')} are in store "
-                                f"{store_url!r}")
+            raise RegistryError(
+                f"none of the hold-out cases of {_io.join(registry, 'holdout.json')} are in store {store_url!r}"
+            )
 
         # The challenger learns from every case with a target except the hold-out: their target
         # is blanked in a clinical table (rows without a target are left out of training).
@@ -277,16 +295,34 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
         else:
             champion_score = _score(champion["version"], store_url, held, task, spec.target, spec.event)
             promoted = challenger_score >= champion_score - settings.margin
-            reason = (f"{challenger_score:.3f} {'>=' if promoted else '<'} {champion_score:.3f} - margin "
-                      f"{settings.margin}")
-        decision = RetrainDecision(promoted, metric, _io.basename(challenger), challenger_score,
-                                   _io.basename(champion["version"]) if champion else None, champion_score,
-                                   settings.margin, holdout_version, reason)
+            reason = (
+                f"{challenger_score:.3f} {'>=' if promoted else '<'} {champion_score:.3f} - margin {settings.margin}"
+            )
+        decision = RetrainDecision(
+            promoted,
+            metric,
+            _io.basename(challenger),
+            challenger_score,
+            _io.basename(champion["version"]) if champion else None,
+            champion_score,
+            settings.margin,
+            holdout_version,
+            reason,
+        )
         now = dt.datetime.now(dt.UTC)
         if promoted:
-            _write_json(_io.join(registry, "champion.json"), {
-                "version": challenger, "metric": metric, "score": challenger_score, "holdout": holdout_version,
-                "promoted_at": now.isoformat()})
-        _write_json(_io.join(registry, f"decisions/{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"),
-                    {**decision.__dict__, "decided_at": now.isoformat(), "n_holdout_rows": len(held)})
+            _write_json(
+                _io.join(registry, "champion.json"),
+                {
+                    "version": challenger,
+                    "metric": metric,
+                    "score": challenger_score,
+                    "holdout": holdout_version,
+                    "promoted_at": now.isoformat(),
+                },
+            )
+        _write_json(
+            _io.join(registry, f"decisions/{now.strftime('%Y%m%dT%H%M%S%fZ')}.json"),
+            {**decision.__dict__, "decided_at": now.isoformat(), "n_holdout_rows": len(held)},
+        )
         return decision

@@ -76,10 +76,16 @@ def _merged(results: list[ScanResult]) -> ScanResult:
     first = results[0]
     failures = [f for f in first.failures if f["label"] is None]
     failures += [f for r in results for f in r.failures if f["label"] is not None]
-    return ScanResult(first.case_id, sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
-                      failures, max(r.seconds for r in results), first.image_hash, first.mask_hash,
-                      list(dict.fromkeys(n for r in results for n in r.feature_names)),
-                      unchanged=all(r.unchanged for r in results))
+    return ScanResult(
+        first.case_id,
+        sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
+        failures,
+        max(r.seconds for r in results),
+        first.image_hash,
+        first.mask_hash,
+        list(dict.fromkeys(n for r in results for n in r.feature_names)),
+        unchanged=all(r.unchanged for r in results),
+    )
 
 
 def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
@@ -87,16 +93,24 @@ def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
     # repeatedly (KilledWorker) or radcluster itself has a bug; either way it is recorded.
     stage = "worker" if type(err).__name__ == "KilledWorker" else "task"
     return {
-        "case_id": scan.case_id, "label": None, "stage": stage, "error_type": type(err).__name__,
-        "message": f"case {scan.case_id!r}: {stage} failed ({scan.image}): {err}", "file": scan.image,
+        "case_id": scan.case_id,
+        "label": None,
+        "stage": stage,
+        "error_type": type(err).__name__,
+        "message": f"case {scan.case_id!r}: {stage} failed ({scan.image}): {err}",
+        "file": scan.image,
     }
 
 
 FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
 
 
-def run_task(scans: tuple[Scan, ...], settings: ExtractionSettings,
-             known: dict[str, tuple[str, str]], part: tuple[int, int] | None = None) -> list[ScanResult]:
+def run_task(
+    scans: tuple[Scan, ...],
+    settings: ExtractionSettings,
+    known: dict[str, tuple[str, str]],
+    part: tuple[int, int] | None = None,
+) -> list[ScanResult]:
     """The Dask task: extract each scan of a group (or a part of one scan's labels), recording
     the files' stats with the rows."""
     fault = os.environ.get(FAULT_ENV)
@@ -117,8 +131,7 @@ def run_task(scans: tuple[Scan, ...], settings: ExtractionSettings,
 class _Writer:
     """Buffers rows and failures and writes them as part files when a batch is full or old."""
 
-    def __init__(self, store: Store, run_id: str, metadata: dict[str, Any], flush_rows: int,
-                 flush_seconds: float):
+    def __init__(self, store: Store, run_id: str, metadata: dict[str, Any], flush_rows: int, flush_seconds: float):
         self.store, self.run_id, self.metadata = store, run_id, metadata
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.rows: list[dict[str, Any]] = []
@@ -136,8 +149,9 @@ class _Writer:
         from .ibsi import to_ibsi_names
 
         names = list(self.features)
-        renamed = to_ibsi_names(pd.DataFrame(columns=names), aggregation=self.metadata.get("ibsi_aggregation"),
-                                unmapped="keep").columns
+        renamed = to_ibsi_names(
+            pd.DataFrame(columns=names), aggregation=self.metadata.get("ibsi_aggregation"), unmapped="keep"
+        ).columns
         return {a: b for a, b in zip(names, renamed, strict=True) if a != b}
 
     def add(self, result: ScanResult | None, failures: list[dict[str, Any]]) -> None:
@@ -146,8 +160,10 @@ class _Writer:
             self.features.update(dict.fromkeys(result.feature_names))
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
         self.failures.extend({**f, "run_id": self.run_id, "failed_at": now} for f in failures)
-        if (len(self.rows) + len(self.failures) >= self.flush_rows
-                or time.monotonic() - self.last_flush >= self.flush_seconds):
+        if (
+            len(self.rows) + len(self.failures) >= self.flush_rows
+            or time.monotonic() - self.last_flush >= self.flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -183,10 +199,17 @@ def _worker_memory(client) -> tuple[int | None, bool, int]:
     return (int(largest) if largest else None), claim, threads
 
 
-def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, client, *,
-                progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
-                flush_rows: int = 256, flush_seconds: float = 30.0,
-                cluster_info: dict[str, Any] | None = None) -> RunSummary:
+def run_extract(
+    cohort: Cohort,
+    settings: ExtractionSettings,
+    store_url: str,
+    client,
+    *,
+    progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
+    flush_rows: int = 256,
+    flush_seconds: float = 30.0,
+    cluster_info: dict[str, Any] | None = None,
+) -> RunSummary:
     """Extract what the store does not hold yet of ``cohort`` into the store at ``store_url``.
 
     Scans already extracted with the same params from unchanged files are skipped (see
@@ -205,35 +228,66 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
     from .ibsi import aggregation_from_settings
 
     parsed = yaml.safe_load(settings.params_text) or {}
-    meta = {"params_hash": settings.params_hash, "run_id": run_id, **versions(),
-            "ibsi_aggregation": aggregation_from_settings(parsed.get("setting") or {})}
+    meta = {
+        "params_hash": settings.params_hash,
+        "run_id": run_id,
+        **versions(),
+        "ibsi_aggregation": aggregation_from_settings(parsed.get("setting") or {}),
+    }
     writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
 
     memory, use_resources, threads = _worker_memory(client)
-    plan: Plan = make_plan(cohort, store.row_keys(), settings.params_hash,
-                           get_extractor(settings.params_text).enabledImagetypes, worker_memory=memory,
-                           slots=threads)
-    logger.info("run %s: %d new, %d changed, %d unchanged (skipped), %d in %d task(s)", run_id,
-                len(plan.new), len(plan.changed), len(plan.skipped),
-                len(plan.new) + len(plan.changed) - len(plan.too_large), len(plan.tasks))
+    plan: Plan = make_plan(
+        cohort,
+        store.row_keys(),
+        settings.params_hash,
+        get_extractor(settings.params_text).enabledImagetypes,
+        worker_memory=memory,
+        slots=threads,
+    )
+    logger.info(
+        "run %s: %d new, %d changed, %d unchanged (skipped), %d in %d task(s)",
+        run_id,
+        len(plan.new),
+        len(plan.changed),
+        len(plan.skipped),
+        len(plan.new) + len(plan.changed) - len(plan.too_large),
+        len(plan.tasks),
+    )
     summary.new, summary.changed, summary.skipped = len(plan.new), len(plan.changed), len(plan.skipped)
     for scan, need in plan.too_large:
-        writer.add(None, [{
-            "case_id": scan.case_id, "label": None, "stage": "plan", "error_type": "ScanTooLarge",
-            "file": scan.image,
-            "message": f"case {scan.case_id!r}: plan failed ({scan.image}): needs about {need / 2**30:.1f} GiB "
-                       f"to extract, the largest worker has {memory / 2**30:.1f} GiB; use workers with more "
-                       "memory (--memory-limit, or fewer threads per worker)"}])
+        writer.add(
+            None,
+            [
+                {
+                    "case_id": scan.case_id,
+                    "label": None,
+                    "stage": "plan",
+                    "error_type": "ScanTooLarge",
+                    "file": scan.image,
+                    "message": f"case {scan.case_id!r}: plan failed ({scan.image}): needs about {need / 2**30:.1f} GiB "
+                    f"to extract, the largest worker has {memory / 2**30:.1f} GiB; use workers with more "
+                    "memory (--memory-limit, or fewer threads per worker)",
+                }
+            ],
+        )
         failed[scan.case_id] = None
 
     futures = {}
     parts: dict[str, list[ScanResult]] = {}  # split scans: the results of the parts so far
     for task in plan.tasks:
-        fut = client.submit(run_task, task.scans, settings, task.known, task.part, pure=False,
-                            key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
-                            resources={"MEMORY": task.memory} if use_resources else None)
+        fut = client.submit(
+            run_task,
+            task.scans,
+            settings,
+            task.known,
+            task.part,
+            pure=False,
+            key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
+            resources={"MEMORY": task.memory} if use_resources else None,
+        )
         futures[fut] = task
     iterator: Iterator[Any] = as_completed(futures)
     if progress is not None:
@@ -282,20 +336,36 @@ def run_extract(cohort: Cohort, settings: ExtractionSettings, store_url: str, cl
     summary.matrix_rows = store.build_matrix() if writer.rows_written or not store.has_matrix() else store.matrix_rows()
     summary.seconds = time.perf_counter() - started
     summary.dashboard = (cluster_info or {}).get("dashboard")
-    store.write_run(run_id, {
-        "run_id": run_id, "kind": "extract", "started_at": started_at,
-        "finished_at": _dt.datetime.now(_dt.UTC).isoformat(), "seconds": summary.seconds,
-        "manifest": cohort.source, "scans": len(cohort), "rows": summary.rows,
-        "new": summary.new, "changed": summary.changed, "skipped": summary.skipped,
-        "tasks": len(plan.tasks), "failures": summary.failures, "failed_cases": summary.failed_cases,
-        "params_hash": settings.params_hash, "params": settings.params_text,
-        "fast_path": settings.fast, "versions": versions(), "cluster": cluster_info or {},
-    })
+    store.write_run(
+        run_id,
+        {
+            "run_id": run_id,
+            "kind": "extract",
+            "started_at": started_at,
+            "finished_at": _dt.datetime.now(_dt.UTC).isoformat(),
+            "seconds": summary.seconds,
+            "manifest": cohort.source,
+            "scans": len(cohort),
+            "rows": summary.rows,
+            "new": summary.new,
+            "changed": summary.changed,
+            "skipped": summary.skipped,
+            "tasks": len(plan.tasks),
+            "failures": summary.failures,
+            "failed_cases": summary.failed_cases,
+            "params_hash": settings.params_hash,
+            "params": settings.params_text,
+            "fast_path": settings.fast,
+            "versions": versions(),
+            "cluster": cluster_info or {},
+        },
+    )
     return summary
 
 
-def extract_job(job: JobSpec, *, progress=None, on_dashboard: Callable[[str | None], None] | None = None,
-                client=None) -> RunSummary:
+def extract_job(
+    job: JobSpec, *, progress=None, on_dashboard: Callable[[str | None], None] | None = None, client=None
+) -> RunSummary:
     """Validate everything a job needs, then start (or use) a cluster and run the extraction.
 
     The manifest, params file and label table are checked before any cluster resource is
@@ -315,8 +385,9 @@ def extract_job(job: JobSpec, *, progress=None, on_dashboard: Callable[[str | No
         check_ibsi_params(yaml.safe_load(params_text))  # before any cluster starts
         # IBSI mode changes every value: its rows must not pass for stock-mode rows
         params_hash = f"{params_hash}-ibsi-{job.extraction.ibsi}"
-    settings = ExtractionSettings(params_text, params_hash, labels, job.extraction.fast,
-                                  job.extraction.sitk_threads, job.extraction.ibsi)
+    settings = ExtractionSettings(
+        params_text, params_hash, labels, job.extraction.fast, job.extraction.sitk_threads, job.extraction.ibsi
+    )
     store_url = job.resolve(job.store)
     with contextlib.ExitStack() as stack:
         if client is None:
@@ -324,8 +395,14 @@ def extract_job(job: JobSpec, *, progress=None, on_dashboard: Callable[[str | No
         link = dashboard_link(client)
         if on_dashboard is not None:
             on_dashboard(link)
-        info = {"kind": job.cluster.kind, "dashboard": link,
-                "workers": len(client.scheduler_info().get("workers", {}))}
-        return run_extract(cohort, settings, store_url, client, progress=progress,
-                           flush_rows=job.extraction.flush_rows,
-                           flush_seconds=job.extraction.flush_seconds, cluster_info=info)
+        info = {"kind": job.cluster.kind, "dashboard": link, "workers": len(client.scheduler_info().get("workers", {}))}
+        return run_extract(
+            cohort,
+            settings,
+            store_url,
+            client,
+            progress=progress,
+            flush_rows=job.extraction.flush_rows,
+            flush_seconds=job.extraction.flush_seconds,
+            cluster_info=info,
+        )

@@ -54,9 +54,15 @@ class TLSSpec(_Section):
         from distributed import Security
 
         return Security(
-            tls_ca_file=self.ca_file, tls_client_cert=self.cert_file, tls_client_key=self.key_file,
-            tls_scheduler_cert=self.cert_file, tls_scheduler_key=self.key_file,
-            tls_worker_cert=self.cert_file, tls_worker_key=self.key_file, require_encryption=True)
+            tls_ca_file=self.ca_file,
+            tls_client_cert=self.cert_file,
+            tls_client_key=self.key_file,
+            tls_scheduler_cert=self.cert_file,
+            tls_scheduler_key=self.key_file,
+            tls_worker_cert=self.cert_file,
+            tls_worker_key=self.key_file,
+            require_encryption=True,
+        )
 
 
 class LocalClusterSpec(_Section):
@@ -69,8 +75,11 @@ class LocalClusterSpec(_Section):
     processes: bool = Field(True, description="worker processes (True) or threads in this process")
     dashboard_address: str = Field("127.0.0.1:8787", description="dashboard bind; ':0' picks a port")
     tls: TLSSpec | None = Field(None, description="encrypt scheduler/worker/client traffic (certificates)")
-    profile: bool = Field(False, description="Dask's statistical profiler in each worker (the dashboard's "
-                          "Profile page); it samples every 10 ms and costs ~8% of a busy worker")
+    profile: bool = Field(
+        False,
+        description="Dask's statistical profiler in each worker (the dashboard's "
+        "Profile page); it samples every 10 ms and costs ~8% of a busy worker",
+    )
 
 
 class AddressClusterSpec(_Section):
@@ -130,7 +139,8 @@ class ExtractionSpec(_Section):
     label_table: str | None = Field(None, description="CSV/TSV of label value -> region name")
     fast: bool = Field(True, description="read/hash/crop once per scan; False: plain pyradiomics calls")
     ibsi: bool | Literal["A", "B", "C", "D", "E"] = Field(
-        False, description="IBSI mode: true (settings from the params file) or an IBSI 1 configuration name")
+        False, description="IBSI mode: true (settings from the params file) or an IBSI 1 configuration name"
+    )
     sitk_threads: int = Field(1, ge=1, description="SimpleITK threads inside one scan task")
     flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")
@@ -181,8 +191,14 @@ class JobSpec(_Section):
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
     """The section model of a field annotated ``Section`` or ``Section | None``."""
-    return next((a for a in (annotation, *getattr(annotation, "__args__", ()))
-                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return next(
+        (
+            a
+            for a in (annotation, *getattr(annotation, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ),
+        None,
+    )
 
 
 def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -244,8 +260,13 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def build_job(data: dict[str, Any] | None, *, overrides: dict[str, Any] | None = None,
-              source: str = "<arguments>", base_dir: str | None = None) -> JobSpec:
+def build_job(
+    data: dict[str, Any] | None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    source: str = "<arguments>",
+    base_dir: str | None = None,
+) -> JobSpec:
     """Validate a job from a mapping, with dotted-key overrides taking precedence.
 
     Parameters
@@ -331,8 +352,10 @@ def defaults_yaml() -> str:
 
     Generated from the models above, so the documentation cannot drift from the code.
     """
-    lines = ["# radcluster job spec: every key, its default and its meaning.",
-             "# `cluster` takes one of the kinds below; the first (local) is the default."]
+    lines = [
+        "# radcluster job spec: every key, its default and its meaning.",
+        "# `cluster` takes one of the kinds below; the first (local) is the default.",
+    ]
 
     def emit(model: type[BaseModel], indent: int) -> None:
         pad = " " * indent
@@ -355,8 +378,12 @@ def defaults_yaml() -> str:
                 lines.append(f"{pad}{name}:   # required: {f.description}")
                 continue
             default = f.get_default(call_default_factory=True)
-            value = yaml.safe_dump(list(default) if isinstance(default, tuple) else default,
-                                   default_flow_style=True).strip().removesuffix("...").strip()
+            value = (
+                yaml.safe_dump(list(default) if isinstance(default, tuple) else default, default_flow_style=True)
+                .strip()
+                .removesuffix("...")
+                .strip()
+            )
             comment = f"  # {f.description}" if f.description else ""
             lines.append(f"{pad}{name}: {value}{comment}")
 

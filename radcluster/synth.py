@@ -340,9 +340,7 @@ def make_atlas(
     _write(labels, spacing_zyx, mask_path)
     width = max(3, len(str(n_labels)))
     names = [f"region_{i:0{width}d}" for i in range(1, n_labels + 1)]
-    pd.DataFrame({"label": np.arange(1, n_labels + 1), "name": names}).to_csv(
-        table_path, sep="\t", index=False
-    )
+    pd.DataFrame({"label": np.arange(1, n_labels + 1), "name": names}).to_csv(table_path, sep="\t", index=False)
     return image_path, mask_path, table_path
 
 
@@ -378,10 +376,7 @@ def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
     """Validate an ``(x, y, z)`` voxel size in mm and return it in ``(z, y, x)`` order."""
     values = _as_tuple(spacing)
     if len(values) != 3 or not all(
-        isinstance(v, int | float | np.integer | np.floating)
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-        and v > 0
+        isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v) and v > 0
         for v in values
     ):
         raise SpecError(f"'spacing' must be 3 positive numbers in mm (x, y, z); got {spacing!r}")
@@ -544,9 +539,7 @@ def _upsampled_noise(rng: np.random.Generator, shape: tuple[int, int, int], cell
     return fine[: shape[0], : shape[1], : shape[2]]
 
 
-def _voronoi_labels(
-    rng: np.random.Generator, brain: np.ndarray, spacing: np.ndarray, n_labels: int
-) -> np.ndarray:
+def _voronoi_labels(rng: np.random.Generator, brain: np.ndarray, spacing: np.ndarray, n_labels: int) -> np.ndarray:
     points = np.argwhere(brain) * spacing
     seeds = points[rng.choice(len(points), n_labels, replace=False)]
     # Lloyd's iterations on a sample: random seeds give cells of very uneven size, centroidal

@@ -36,8 +36,20 @@ from .errors import ModelError, SpecError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_spec", "TrainingData",
-           "load_training_data", "TrainResult", "train_store", "train_job", "predict_store", "demo_train"]
+__all__ = [
+    "TrainSpec",
+    "PreprocessSpec",
+    "CVSpec",
+    "MetricsSpec",
+    "parse_train_spec",
+    "TrainingData",
+    "load_training_data",
+    "TrainResult",
+    "train_store",
+    "train_job",
+    "predict_store",
+    "demo_train",
+]
 
 
 # --- training --------------------------------------------------------------------------------
@@ -63,8 +75,11 @@ class TrainResult:
             block = m.get(part)
             if block:
                 ci = block.get(f"{main}_ci") or [None, None]
-                ci_txt = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if None not in ci and not any(
-                    isinstance(c, float) and math.isnan(c) for c in ci) else ""
+                ci_txt = (
+                    f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+                    if None not in ci and not any(isinstance(c, float) and math.isnan(c) for c in ci)
+                    else ""
+                )
                 value = block.get(main)
                 shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else str(value)
                 lines.append(f"{part}: {main} {shown}{ci_txt} on {block.get('n')} row(s)")
@@ -98,8 +113,15 @@ def _score_columns(task: str, scores: np.ndarray, classes: np.ndarray | None) ->
     return {"predicted": scores}
 
 
-def train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, registry: str | os.PathLike, *,
-                clinical: str | None = None, on_fold=None) -> TrainResult:
+def train_store(
+    store_url: str,
+    spec: TrainSpec | dict[str, Any],
+    client,
+    registry: str | os.PathLike,
+    *,
+    clinical: str | None = None,
+    on_fold=None,
+) -> TrainResult:
     """Train on the store at ``store_url`` and write a new version into ``registry``.
 
     Parameters
@@ -124,8 +146,15 @@ def train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regist
         return _train_store(store_url, spec, client, registry, clinical=clinical, on_fold=on_fold)
 
 
-def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, registry: str | os.PathLike, *,
-                 clinical: str | None, on_fold) -> TrainResult:
+def _train_store(
+    store_url: str,
+    spec: TrainSpec | dict[str, Any],
+    client,
+    registry: str | os.PathLike,
+    *,
+    clinical: str | None,
+    on_fold,
+) -> TrainResult:
     from .registry import new_version
 
     spec = parse_train_spec(spec)
@@ -139,16 +168,28 @@ def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regis
     seed = spec.cv.seed
 
     def make_pre() -> learn.Preprocessor:
-        return learn.Preprocessor(impute=p.impute, max_missing_fraction=p.max_missing_fraction,
-                                  max_mode_fraction=p.max_mode_fraction, min_relative_std=p.min_relative_std,
-                                  max_correlation=p.max_correlation, scale=p.scale, pca=p.pca,
-                                  pca_max_components=p.pca_max_components, pca_solver=p.pca_solver,
-                                  random_state=seed)
+        return learn.Preprocessor(
+            impute=p.impute,
+            max_missing_fraction=p.max_missing_fraction,
+            max_mode_fraction=p.max_mode_fraction,
+            min_relative_std=p.min_relative_std,
+            max_correlation=p.max_correlation,
+            scale=p.scale,
+            pca=p.pca,
+            pca_max_components=p.pca_max_components,
+            pca_solver=p.pca_solver,
+            random_state=seed,
+        )
 
     def make_mdl():
-        return learn.make_model(spec.model, task, spec.params.get(spec.model, {}),
-                                early_stopping_rounds=spec.cv.early_stopping_rounds,
-                                max_gather_mb=spec.max_gather_mb, random_state=seed)
+        return learn.make_model(
+            spec.model,
+            task,
+            spec.params.get(spec.model, {}),
+            early_stopping_rounds=spec.cv.early_stopping_rounds,
+            max_gather_mb=spec.max_gather_mb,
+            random_state=seed,
+        )
 
     n = X.shape[0]
     dev = np.arange(n)
@@ -158,8 +199,13 @@ def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regis
         dev, test = learn.make_splits(k, target.strata, groups, seed=seed + 1000, what="held-out test split")[0]
         logger.info("held out %d row(s) for test, %d for development", len(test), len(dev))
     mopts = {"level": spec.metrics.level, "bins": spec.metrics.calibration_bins, "seed": seed}
-    metrics: dict[str, Any] = {"task": task, "main_metric": learn.main_metric(task), "cv": None, "test": None,
-                               "folds": []}
+    metrics: dict[str, Any] = {
+        "task": task,
+        "main_metric": learn.main_metric(task),
+        "cv": None,
+        "test": None,
+        "folds": [],
+    }
     split_col = np.full(n, "", dtype=object)
     fold_col = np.full(n, -1)
     scores_all: np.ndarray | None = None
@@ -168,9 +214,19 @@ def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regis
     Xdev = X[dev] if len(test) else X
     if spec.cv.folds and task != "clustering":
         splits = learn.make_splits(spec.cv.folds, d_target.strata, d_groups, seed=seed)
-        cv = learn.cross_validate(Xdev, d_target, d_groups, splits, make_pre=make_pre, make_mdl=make_mdl,
-                                  batch=d_batch, validation_fraction=spec.cv.validation_fraction, seed=seed,
-                                  on_fold=on_fold, metric_options=mopts)
+        cv = learn.cross_validate(
+            Xdev,
+            d_target,
+            d_groups,
+            splits,
+            make_pre=make_pre,
+            make_mdl=make_mdl,
+            batch=d_batch,
+            validation_fraction=spec.cv.validation_fraction,
+            seed=seed,
+            on_fold=on_fold,
+            metric_options=mopts,
+        )
         metrics["cv"] = learn.evaluate(d_target, cv.scores, d_groups, n_boot=spec.metrics.bootstrap, **mopts)
         metrics["folds"] = cv.fold_metrics
         main = metrics["main_metric"]
@@ -181,22 +237,31 @@ def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regis
         scores_all[dev] = cv.scores
         split_col[dev] = "cv"
         fold_col[dev] = cv.fold
-    final = learn.fit_final(Xdev, d_target, d_groups, make_pre=make_pre, make_mdl=make_mdl, batch=d_batch,
-                            validation_fraction=spec.cv.validation_fraction, seed=seed)
+    final = learn.fit_final(
+        Xdev,
+        d_target,
+        d_groups,
+        make_pre=make_pre,
+        make_mdl=make_mdl,
+        batch=d_batch,
+        validation_fraction=spec.cv.validation_fraction,
+        seed=seed,
+    )
     pca_scores = None
     if final.pre.pca_components_ is not None:
         pca_scores = final.scores_train[:, : min(2, final.pre.n_components_)].compute()
     if task == "clustering":
         assigned = final.model.predict_scores(final.scores_train).compute()
-        metrics["train"] = learn.evaluate(target, assigned, groups, n_boot=0,
-                                          clustering_inputs=final.scores_train.compute(), **mopts)
+        metrics["train"] = learn.evaluate(
+            target, assigned, groups, n_boot=0, clustering_inputs=final.scores_train.compute(), **mopts
+        )
         scores_all = assigned
         split_col[:] = "train"
     if len(test):
-        out = final.model.predict_scores(final.pre.transform(X[test], batch=None if batch is None
-                                                             else batch[test])).compute()
-        metrics["test"] = learn.evaluate(target.subset(test), out, groups[test], n_boot=spec.metrics.bootstrap,
-                                         **mopts)
+        out = final.model.predict_scores(
+            final.pre.transform(X[test], batch=None if batch is None else batch[test])
+        ).compute()
+        metrics["test"] = learn.evaluate(target.subset(test), out, groups[test], n_boot=spec.metrics.bootstrap, **mopts)
         if scores_all is None:
             scores_all = np.full((n, *out.shape[1:]), np.nan)
         scores_all[test] = out
@@ -207,8 +272,7 @@ def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regis
     metrics["seconds"] = time.perf_counter() - started
 
     with new_version(registry, spec.model) as v:
-        _write_version(v, spec, data, final, metrics, scores_all, split_col, fold_col, pca_scores, store_url,
-                       dev, test)
+        _write_version(v, spec, data, final, metrics, scores_all, split_col, fold_col, pca_scores, store_url, dev, test)
         report_path = None
         if spec.report:
             from .report import write_report
@@ -222,29 +286,52 @@ def _train_store(store_url: str, spec: TrainSpec | dict[str, Any], client, regis
     return result
 
 
-def _write_version(v, spec: TrainSpec, data: TrainingData, final, metrics, scores_all, split_col, fold_col,
-                   pca_scores, store_url, dev, test) -> None:
+def _write_version(
+    v,
+    spec: TrainSpec,
+    data: TrainingData,
+    final,
+    metrics,
+    scores_all,
+    split_col,
+    fold_col,
+    pca_scores,
+    store_url,
+    dev,
+    test,
+) -> None:
     target = data.target
     arrays, pre_meta = final.pre.to_arrays()
     np.savez(v.path / "preprocess.npz", **arrays)
     v.write_json("preprocess.json", pre_meta)
     learn.save_model(final.model, v.path, name=spec.model, task=target.task)
     model_inputs = final.pre.feature_names_out(data.feature_names)
-    v.write_json("features.json", {"input": data.feature_names, "model_inputs": model_inputs,
-                                   "pivot_labels": data.pivot_labels,
-                                   "combat": spec.preprocess.combat})
+    v.write_json(
+        "features.json",
+        {
+            "input": data.feature_names,
+            "model_inputs": model_inputs,
+            "pivot_labels": data.pivot_labels,
+            "combat": spec.preprocess.combat,
+        },
+    )
     v.write_json("config.json", spec.model_dump(mode="json"))
     v.write_json("metrics.json", metrics)
     imp = final.model.importances_
     feat_imp = final.pre.input_importance(imp)
     order = np.argsort(-feat_imp)[:50]
-    v.write_json("importance.json", {
-        "model_inputs": sorted(zip(model_inputs, imp.tolist(), strict=True), key=lambda t: -t[1]),
-        "features": [[data.feature_names[i], float(feat_imp[i])] for i in order if feat_imp[i] > 0],
-        "via_pca": final.pre.pca_components_ is not None})
+    v.write_json(
+        "importance.json",
+        {
+            "model_inputs": sorted(zip(model_inputs, imp.tolist(), strict=True), key=lambda t: -t[1]),
+            "features": [[data.feature_names[i], float(feat_imp[i])] for i in order if feat_imp[i] > 0],
+            "via_pca": final.pre.pca_components_ is not None,
+        },
+    )
     rows = data.rows
-    frame = pd.DataFrame({"case_id": rows["case_id"].to_numpy(), "label": rows["label"].to_numpy(),
-                          "split": split_col, "fold": fold_col})
+    frame = pd.DataFrame(
+        {"case_id": rows["case_id"].to_numpy(), "label": rows["label"].to_numpy(), "split": split_col, "fold": fold_col}
+    )
     if target.raw is not None:
         frame["target"] = target.raw
     if target.task == "survival":
@@ -259,25 +346,50 @@ def _write_version(v, spec: TrainSpec, data: TrainingData, final, metrics, score
         if target.raw is not None:
             pcs["target"] = target.raw[dev]
         pcs.to_parquet(v.path / "pca_scores.parquet", index=False)
-    v.write_json("cases.json", {
-        "development": rows["case_id"].to_numpy()[dev].tolist(),
-        "test": rows["case_id"].to_numpy()[test].tolist(),
-        "left_out": data.left_out.to_dict("records")})
+    v.write_json(
+        "cases.json",
+        {
+            "development": rows["case_id"].to_numpy()[dev].tolist(),
+            "test": rows["case_id"].to_numpy()[test].tolist(),
+            "left_out": data.left_out.to_dict("records"),
+        },
+    )
     main = metrics["main_metric"]
-    summary = {part: {main: (metrics.get(part) or {}).get(main), f"{main}_ci": (metrics.get(part) or {}).get(
-        f"{main}_ci"), "n": (metrics.get(part) or {}).get("n")} for part in ("cv", "test", "train")
-        if metrics.get(part)}
-    v.meta.update({
-        "model": spec.model, "task": target.task, "target": spec.target, "event": spec.event,
-        "classes": None if target.classes is None else [str(c) for c in target.classes],
-        "store": str(store_url), "store_params_hashes": data.params_hashes,
-        "clinical": spec.clinical, "n_rows": int(len(rows)), "n_cases": int(rows["case_id"].nunique()),
-        "n_input_features": len(data.feature_names), "n_model_inputs": len(model_inputs),
-        "config_hash": spec.digest(), "main_metric": main, "metrics": summary,
-        "preprocessing": {"combat": spec.preprocess.combat, "dropped": final.pre.dropped_,
-                          "pca_components": final.pre.n_components_, "scaled": spec.preprocess.scale},
-        "versions": _versions(),
-    })
+    summary = {
+        part: {
+            main: (metrics.get(part) or {}).get(main),
+            f"{main}_ci": (metrics.get(part) or {}).get(f"{main}_ci"),
+            "n": (metrics.get(part) or {}).get("n"),
+        }
+        for part in ("cv", "test", "train")
+        if metrics.get(part)
+    }
+    v.meta.update(
+        {
+            "model": spec.model,
+            "task": target.task,
+            "target": spec.target,
+            "event": spec.event,
+            "classes": None if target.classes is None else [str(c) for c in target.classes],
+            "store": str(store_url),
+            "store_params_hashes": data.params_hashes,
+            "clinical": spec.clinical,
+            "n_rows": int(len(rows)),
+            "n_cases": int(rows["case_id"].nunique()),
+            "n_input_features": len(data.feature_names),
+            "n_model_inputs": len(model_inputs),
+            "config_hash": spec.digest(),
+            "main_metric": main,
+            "metrics": summary,
+            "preprocessing": {
+                "combat": spec.preprocess.combat,
+                "dropped": final.pre.dropped_,
+                "pca_components": final.pre.n_components_,
+                "scaled": spec.preprocess.scale,
+            },
+            "versions": _versions(),
+        }
+    )
 
 
 # --- the job ---------------------------------------------------------------------------------
@@ -302,8 +414,14 @@ def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResu
 
 
 # --- prediction ------------------------------------------------------------------------------
-def predict_store(version_path: str | os.PathLike, store_url: str, *, out: str | os.PathLike | None = None,
-                  clinical: str | None = None, trust: tuple[str, ...] = ()) -> pd.DataFrame:
+def predict_store(
+    version_path: str | os.PathLike,
+    store_url: str,
+    *,
+    out: str | os.PathLike | None = None,
+    clinical: str | None = None,
+    trust: tuple[str, ...] = (),
+) -> pd.DataFrame:
     """Apply a registry version (a folder or a URL) to every row of a store; optionally write
     the Parquet ``out``.
 
@@ -330,7 +448,8 @@ def predict_store(version_path: str | os.PathLike, store_url: str, *, out: str |
         if clinical:
             clin = read_clinical(clinical)
             rows = rows.drop(columns=[c for c in clin.columns if c != "case_id" and c in rows]).merge(
-                clin, on="case_id", how="left")
+                clin, on="case_id", how="left"
+            )
     if feats.get("pivot_labels"):
         X, rows, names, _ = pivot_by_label(X, rows, names, feats["pivot_labels"])
     wanted = feats["input"]
@@ -338,22 +457,30 @@ def predict_store(version_path: str | os.PathLike, store_url: str, *, out: str |
     missing = [f for f in wanted if f not in position]
     if missing:
         shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise ModelError(f"store {store_url!r} lacks {len(missing)} feature(s) model {version.name!r} was "
-                         f"trained on: {shown}; extract with the same params "
-                         f"(training params hash {version.meta.get('store_params_hashes')})")
+        raise ModelError(
+            f"store {store_url!r} lacks {len(missing)} feature(s) model {version.name!r} was "
+            f"trained on: {shown}; extract with the same params "
+            f"(training params hash {version.meta.get('store_params_hashes')})"
+        )
     idx = np.array([position[f] for f in wanted])
     if not np.array_equal(idx, np.arange(len(names))):
         X = X[:, idx]
     hashes = set(matrix_params_hashes(store))
     trained = set(version.meta.get("store_params_hashes") or [])
     if hashes and trained and not hashes <= trained:
-        logger.warning("store %s was extracted with params %s, the model with %s: features may differ",
-                       store_url, sorted(hashes), sorted(trained))
+        logger.warning(
+            "store %s was extracted with params %s, the model with %s: features may differ",
+            store_url,
+            sorted(hashes),
+            sorted(trained),
+        )
     batch = None
     if combat:
         if combat not in rows or rows[combat].isna().any():
-            raise ModelError(f"model {version.name!r} harmonises by {combat!r} (ComBat): every row of "
-                             f"store {store_url!r} needs it (carried column or --clinical table)")
+            raise ModelError(
+                f"model {version.name!r} harmonises by {combat!r} (ComBat): every row of "
+                f"store {store_url!r} needs it (carried column or --clinical table)"
+            )
         batch = rows[combat].astype(str).to_numpy()
     scores = version.model.predict_scores(version.preprocessor.transform(X, batch=batch)).compute()
     frame = rows[["case_id", "label"]].reset_index(drop=True).copy()
@@ -382,8 +509,9 @@ DEMO_SPEC = {
 }
 
 
-def demo_train(store_url: str, registry_url: str | os.PathLike,
-               client) -> tuple[Path | str, float | None, Path | str | None]:
+def demo_train(
+    store_url: str, registry_url: str | os.PathLike, client
+) -> tuple[Path | str, float | None, Path | str | None]:
     """Train xgboost on the demo store's ``outcome`` (cases without one are left out).
 
     Returns ``(version_path, cv_auc, report_path)``.

@@ -16,9 +16,15 @@ import pandas as pd
 from radcluster.store import open_store
 
 
-def matrix_store(path: Path, X: np.ndarray, columns: dict[str, list] | pd.DataFrame, *,
-                 names: list[str] | None = None, labels: np.ndarray | None = None,
-                 case_ids: list[str] | None = None) -> Path:
+def matrix_store(
+    path: Path,
+    X: np.ndarray,
+    columns: dict[str, list] | pd.DataFrame,
+    *,
+    names: list[str] | None = None,
+    labels: np.ndarray | None = None,
+    case_ids: list[str] | None = None,
+) -> Path:
     """A store whose features are ``X`` and whose carried columns are ``columns``."""
     n, p = X.shape
     names = names or [f"original_firstorder_F{j:03d}" for j in range(p)]
@@ -28,8 +34,13 @@ def matrix_store(path: Path, X: np.ndarray, columns: dict[str, list] | pd.DataFr
     now = dt.datetime.now(dt.UTC).isoformat()
     rows = []
     for i in range(n):
-        row = {"case_id": case_ids[i], "label": int(labels[i]), "params_hash": "test", "extracted_at": now,
-               **{k: (None if pd.isna(v) else v) for k, v in extra.iloc[i].items()}}
+        row = {
+            "case_id": case_ids[i],
+            "label": int(labels[i]),
+            "params_hash": "test",
+            "extracted_at": now,
+            **{k: (None if pd.isna(v) else v) for k, v in extra.iloc[i].items()},
+        }
         row.update(zip(names, X[i].tolist(), strict=True))
         rows.append(row)
     store = open_store(path, must_exist=False)
@@ -57,12 +68,16 @@ def planted(n: int, p: int, *, seed: int = 0, signal: float = 1.5, scans_per_pat
     score = base[:, 5] + base[:, 6]
     grade = np.digitize(score, np.quantile(score, [1 / 3, 2 / 3]))  # 3 classes, signal in F005+F006
     volume = 10 + 3 * base[:, 7] + 0.3 * rng.normal(size=n_pat)  # regression target, signal in F007
-    columns = {"outcome": y_pat[pat], "grade": np.array(["low", "mid", "high"])[grade[pat]],
-               "volume": volume[pat], "patient_id": [f"p{q:04d}" for q in pat],
-               "site": np.where(pat % 2 == 0, "A", "B"),
-               # hazard grows with F000 + F001; a fifth of the rows censored
-               "survival_time": rng.exponential(24 * np.exp(-(base[pat, 0] + base[pat, 1]))) + 0.1,
-               "event": (rng.random(n) < 0.8).astype(int)}
+    columns = {
+        "outcome": y_pat[pat],
+        "grade": np.array(["low", "mid", "high"])[grade[pat]],
+        "volume": volume[pat],
+        "patient_id": [f"p{q:04d}" for q in pat],
+        "site": np.where(pat % 2 == 0, "A", "B"),
+        # hazard grows with F000 + F001; a fifth of the rows censored
+        "survival_time": rng.exponential(24 * np.exp(-(base[pat, 0] + base[pat, 1]))) + 0.1,
+        "event": (rng.random(n) < 0.8).astype(int),
+    }
     return X, columns
 
 
@@ -94,8 +109,9 @@ def extracted_store(tmp_path_factory, client) -> Path:
     return once("extracted", build)
 
 
-def trained(tmp_path_factory, client, key: str, spec: dict, *, rows: int = 90, features: int = 12,
-            scans_per_patient: int = 1):
+def trained(
+    tmp_path_factory, client, key: str, spec: dict, *, rows: int = 90, features: int = 12, scans_per_patient: int = 1
+):
     """A store from :func:`planted` and a version trained on it with ``spec`` (once per key)."""
     from radcluster.train import train_store
 
@@ -112,16 +128,50 @@ def trained(tmp_path_factory, client, key: str, spec: dict, *, rows: int = 90, f
 FAST = {"metrics": {"bootstrap": 100}, "report": False}
 # Trainings shared by test_learn, test_registry and test_report (each runs once per session).
 SPECS: dict[str, tuple[dict, int]] = {
-    "binary": ({"target": "outcome", "model": "xgboost", "params": {"xgboost": {"n_estimators": 80}},
-                "preprocess": {"pca": 0.9}, "cv": {"folds": 3, "test_fraction": 0.25},
-                "metrics": {"bootstrap": 100}}, 120),
-    "forest": ({"target": "outcome", "model": "random_forest", "params": {"random_forest": {"n_estimators": 30}},
-                "cv": {"folds": 0, "test_fraction": 0.25}, "report": False, "metrics": {"bootstrap": 0}}, 90),
-    "multiclass": ({"target": "grade", "model": "random_forest", "params": {"random_forest": {"n_estimators": 50}},
-                    "cv": {"folds": 3}, **FAST}, 90),
+    "binary": (
+        {
+            "target": "outcome",
+            "model": "xgboost",
+            "params": {"xgboost": {"n_estimators": 80}},
+            "preprocess": {"pca": 0.9},
+            "cv": {"folds": 3, "test_fraction": 0.25},
+            "metrics": {"bootstrap": 100},
+        },
+        120,
+    ),
+    "forest": (
+        {
+            "target": "outcome",
+            "model": "random_forest",
+            "params": {"random_forest": {"n_estimators": 30}},
+            "cv": {"folds": 0, "test_fraction": 0.25},
+            "report": False,
+            "metrics": {"bootstrap": 0},
+        },
+        90,
+    ),
+    "multiclass": (
+        {
+            "target": "grade",
+            "model": "random_forest",
+            "params": {"random_forest": {"n_estimators": 50}},
+            "cv": {"folds": 3},
+            **FAST,
+        },
+        90,
+    ),
     "regression": ({"target": "volume", "model": "ridge", "cv": {"folds": 3}, **FAST}, 90),
-    "survival": ({"target": "survival_time", "event": "event", "model": "xgboost",
-                  "params": {"xgboost": {"n_estimators": 60}}, "cv": {"folds": 3}, **FAST}, 90),
+    "survival": (
+        {
+            "target": "survival_time",
+            "event": "event",
+            "model": "xgboost",
+            "params": {"xgboost": {"n_estimators": 60}},
+            "cv": {"folds": 3},
+            **FAST,
+        },
+        90,
+    ),
     "clustering": ({"model": "kmeans", "target": "outcome", "preprocess": {"pca": 3}, **FAST}, 90),
 }
 

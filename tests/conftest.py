@@ -34,8 +34,10 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def sample_manifest(tmp_path: Path) -> Path:
-    rows = [{"case_id": c, "image": str(case_paths(c)[0]), "mask": str(case_paths(c)[1]),
-             "outcome": i % 2, "site": "A"} for i, c in enumerate(SMALL_CASES)]
+    rows = [
+        {"case_id": c, "image": str(case_paths(c)[0]), "mask": str(case_paths(c)[1]), "outcome": i % 2, "site": "A"}
+        for i, c in enumerate(SMALL_CASES)
+    ]
     return write_manifest(tmp_path / "cohort.csv", rows)
 
 
@@ -43,6 +45,10 @@ def sample_manifest(tmp_path: Path) -> Path:
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      host="127.0.0.1") as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c

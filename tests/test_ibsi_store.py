@@ -28,8 +28,9 @@ def test_ibsi_mode_in_extract_scan_equals_extract_ibsi(tmp_path):
     scan = Scan("phantom", str(PHANTOM / "image.nii.gz"), str(PHANTOM / "mask.nii.gz"))
     result = extract_scan(scan, ExtractionSettings(text, digest, ibsi="A"))
     assert result.failures == []
-    expected = extract_ibsi(sitk.ReadImage(str(PHANTOM / "image.nii.gz")), sitk.ReadImage(str(PHANTOM / "mask.nii.gz")),
-                            1, params, "A")
+    expected = extract_ibsi(
+        sitk.ReadImage(str(PHANTOM / "image.nii.gz")), sitk.ReadImage(str(PHANTOM / "mask.nii.gz")), 1, params, "A"
+    )
     row = result.rows[0]
     assert {k: row[k] for k in expected} == pytest.approx(expected)
     stock = extract_scan(scan, ExtractionSettings(text, digest))
@@ -37,16 +38,35 @@ def test_ibsi_mode_in_extract_scan_equals_extract_ibsi(tmp_path):
 
 
 def test_cli_ibsi_mode_and_export_with_ibsi_names(tmp_path):
-    manifest = write_manifest(tmp_path / "m.csv", [
-        {"case_id": "phantom", "image": str(PHANTOM / "image.nii.gz"), "mask": str(PHANTOM / "mask.nii.gz")}])
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [{"case_id": "phantom", "image": str(PHANTOM / "image.nii.gz"), "mask": str(PHANTOM / "mask.nii.gz")}],
+    )
     store = tmp_path / "store"
     base = [sys.executable, "-m", "radcluster.cli"]
-    run = subprocess.run([*base, "extract", str(manifest), "--out", str(store), "--params", str(PARAMS / "Params.yaml"),
-                          "--workers", "1", "--dashboard-address", ":0"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            *base,
+            "extract",
+            str(manifest),
+            "--out",
+            str(store),
+            "--params",
+            str(PARAMS / "Params.yaml"),
+            "--workers",
+            "1",
+            "--dashboard-address",
+            ":0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     out = tmp_path / "ibsi.csv"
-    exp = subprocess.run([*base, "export", str(store), "-o", str(out), "--names", "ibsi"],
-                         capture_output=True, text=True, timeout=120)
+    exp = subprocess.run(
+        [*base, "export", str(store), "-o", str(out), "--names", "ibsi"], capture_output=True, text=True, timeout=120
+    )
     assert exp.returncode == 0, exp.stderr
     frame = pd.read_csv(out)
     stock = open_store(store).features()
@@ -60,9 +80,25 @@ def test_cli_ibsi_mode_and_export_with_ibsi_names(tmp_path):
     assert mapping["original_glcm_SumSquares"].startswith("cm_joint_var")
 
     ibsi_store = tmp_path / "ibsi-store"
-    run = subprocess.run([*base, "extract", str(manifest), "--out", str(ibsi_store), "--params",
-                          str(PARAMS / "Params.yaml"), "--ibsi", "--workers", "1", "--dashboard-address", ":0"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            *base,
+            "extract",
+            str(manifest),
+            "--out",
+            str(ibsi_store),
+            "--params",
+            str(PARAMS / "Params.yaml"),
+            "--ibsi",
+            "--workers",
+            "1",
+            "--dashboard-address",
+            ":0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     rows = open_store(ibsi_store).features()
     assert rows.loc[0, "params_hash"].endswith("-ibsi-True")

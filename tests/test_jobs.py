@@ -34,21 +34,45 @@ def test_predict_job_applies_the_champion(client, tmp_path):
 
     X, columns = planted(80, 8, seed=2)
     store = matrix_store(tmp_path / "store", X, columns)
-    retrain_job(build_job({"kind": "retrain", "store": str(store), "registry": str(tmp_path / "models"),
-                           "train": {"target": "outcome", "model": "logistic_regression", "cv": {"folds": 0},
-                                     "report": False, "metrics": {"bootstrap": 0}}}), client=client)
+    retrain_job(
+        build_job(
+            {
+                "kind": "retrain",
+                "store": str(store),
+                "registry": str(tmp_path / "models"),
+                "train": {
+                    "target": "outcome",
+                    "model": "logistic_regression",
+                    "cv": {"folds": 0},
+                    "report": False,
+                    "metrics": {"bootstrap": 0},
+                },
+            }
+        ),
+        client=client,
+    )
     job = tmp_path / "predict.yaml"
-    job.write_text(yaml.safe_dump({"kind": "predict", "store": "store", "registry": "models",
-                                   "predict": {"version": "champion", "output": "out/predictions.parquet"},
-                                   "cluster": {"kind": "local", "workers": 1, "dashboard_address": ":0"}}))
-    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True,
-                          text=True, timeout=600)
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "predict",
+                "store": "store",
+                "registry": "models",
+                "predict": {"version": "champion", "output": "out/predictions.parquet"},
+                "cluster": {"kind": "local", "workers": 1, "dashboard_address": ":0"},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     pred = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
     champion = yaml.safe_load((tmp_path / "models" / "champion.json").read_text())
     assert len(pred) == 80 and set(pred["model_version"]) == {Path(champion["version"]).name}
 
     job.write_text(yaml.safe_dump({"kind": "predict", "store": "store", "registry": "empty-registry"}))
-    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "needs a 'registry' with a champion" in proc.stderr

@@ -230,12 +230,19 @@ def test_grouped_cv_does_not_leak_between_scans_of_a_patient(client, tmp_path):
     # independent scores far above chance: that is the leak grouping prevents.
     X, columns = planted(300, 10, scans_per_patient=3, signal=0.0)
     matrix_store(tmp_path / "store", X, columns)
-    spec = {"target": "outcome", "model": "random_forest", "shuffle_target": True,
-            "params": {"random_forest": {"n_estimators": 50}}, "preprocess": {"pca": None},
-            "cv": {"folds": 3}, **FAST}
+    spec = {
+        "target": "outcome",
+        "model": "random_forest",
+        "shuffle_target": True,
+        "params": {"random_forest": {"n_estimators": 50}},
+        "preprocess": {"pca": None},
+        "cv": {"folds": 3},
+        **FAST,
+    }
     grouped = train_store(str(tmp_path / "store"), spec, client, tmp_path / "models")
-    leaky = train_store(str(tmp_path / "store"), {**spec, "cv": {"folds": 3, "group": "none"}}, client,
-                        tmp_path / "models")
+    leaky = train_store(
+        str(tmp_path / "store"), {**spec, "cv": {"folds": 3, "group": "none"}}, client, tmp_path / "models"
+    )
     assert abs(grouped.metrics["cv"]["roc_auc"] - 0.5) < 0.12, grouped.metrics["cv"]["roc_auc"]
     assert leaky.metrics["cv"]["roc_auc"] > 0.8, leaky.metrics["cv"]["roc_auc"]
 
@@ -252,8 +259,9 @@ def test_xgboost_on_extracted_synthetic_cohort(client, tmp_path_factory, tmp_pat
     assert len(real.metrics["folds"]) == 5 and real.metrics["n_development"] == 60
 
 
-@pytest.mark.parametrize("key, metric, low", [("multiclass", "roc_auc", 0.7), ("regression", "r2", 0.5),
-                                              ("survival", "c_index", 0.65)])
+@pytest.mark.parametrize(
+    "key, metric, low", [("multiclass", "roc_auc", 0.7), ("regression", "r2", 0.5), ("survival", "c_index", 0.65)]
+)
 def test_other_tasks(client, tmp_path_factory, key, metric, low):
     _, result = trained_as(tmp_path_factory, client, key)
     cv = result.metrics["cv"]
@@ -276,8 +284,12 @@ def test_missing_targets_are_left_out_and_counted(client, tmp_path, caplog):
     columns["outcome"][[3, 7, 11]] = np.nan
     matrix_store(tmp_path / "store", X, columns)
     with caplog.at_level(logging.WARNING, logger="radcluster.train"):
-        result = train_store(str(tmp_path / "store"), {"target": "outcome", "model": "logistic_regression",
-                                                       "cv": {"folds": 3}, **FAST}, client, tmp_path / "m")
+        result = train_store(
+            str(tmp_path / "store"),
+            {"target": "outcome", "model": "logistic_regression", "cv": {"folds": 3}, **FAST},
+            client,
+            tmp_path / "m",
+        )
     assert "left out 3 of 40 row(s) with a missing 'outcome'" in caplog.text
     assert result.metrics["left_out"] == 3 and result.metrics["cv"]["n"] == 37
 
@@ -291,8 +303,14 @@ def test_clinical_table_and_pivoted_labels(client, tmp_path):
     matrix_store(tmp_path / "store", X2, {"site": ["A"] * 60}, labels=labels, case_ids=case_ids)
     clinical = pd.DataFrame({"case_id": case_ids[:30], "outcome": columns["outcome"]})
     clinical.to_csv(tmp_path / "clinical.csv", index=False)
-    spec = {"target": "outcome", "clinical": str(tmp_path / "clinical.csv"), "labels": "pivot",
-            "model": "logistic_regression", "cv": {"folds": 3}, **FAST}
+    spec = {
+        "target": "outcome",
+        "clinical": str(tmp_path / "clinical.csv"),
+        "labels": "pivot",
+        "model": "logistic_regression",
+        "cv": {"folds": 3},
+        **FAST,
+    }
     result = train_store(str(tmp_path / "store"), spec, client, tmp_path / "m")
     features = pd.read_json(result.version / "features.json", typ="series")
     assert len(features["input"]) == 20 and features["input"][0].endswith("@1")
@@ -304,15 +322,25 @@ def test_combat_end_to_end_is_recorded(client, tmp_path):
     X, columns = planted(60, 8)
     X[columns["site"] == "B"] += 3.0
     matrix_store(tmp_path / "store", X, columns)
-    result = train_store(str(tmp_path / "store"), {"target": "outcome", "model": "logistic_regression",
-                                                   "preprocess": {"combat": "site"}, "cv": {"folds": 3},
-                                                   **FAST}, client, tmp_path / "m")
+    result = train_store(
+        str(tmp_path / "store"),
+        {
+            "target": "outcome",
+            "model": "logistic_regression",
+            "preprocess": {"combat": "site"},
+            "cv": {"folds": 3},
+            **FAST,
+        },
+        client,
+        tmp_path / "m",
+    )
     meta = pd.read_json(result.version / "version.json", typ="series")
     assert meta["preprocessing"]["combat"] == "site"
     assert result.metrics["cv"]["roc_auc"] > 0.8
     with pytest.raises(ModelError, match="column 'scanner' is not in"):
-        train_store(str(tmp_path / "store"), {"target": "outcome", "preprocess": {"combat": "scanner"}},
-                    client, tmp_path / "m")
+        train_store(
+            str(tmp_path / "store"), {"target": "outcome", "preprocess": {"combat": "scanner"}}, client, tmp_path / "m"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -321,8 +349,9 @@ def planted_store(tmp_path_factory):
     return matrix_store(tmp_path_factory.mktemp("every-model") / "store", X, columns)
 
 
-@pytest.mark.parametrize("model", ["logistic_regression", "svm", "naive_bayes", "decision_tree", "random_forest",
-                                   "xgboost"])
+@pytest.mark.parametrize(
+    "model", ["logistic_regression", "svm", "naive_bayes", "decision_tree", "random_forest", "xgboost"]
+)
 def test_every_classifier_trains_registers_and_predicts(client, planted_store, tmp_path, model):
     """Each model name of the pipeline, end to end: CV on planted signal, a version, predict."""
     from radcluster.train import predict_store

@@ -114,8 +114,9 @@ def test_tasks_claim_memory_only_where_a_worker_runs_several(client):
     memory, claim, threads = _worker_memory(client)  # 2 workers x 1 thread, no MEMORY resource
     assert (claim, threads) == (False, 2) and memory > 0
     for n_threads, expected in ((1, False), (2, True)):
-        spec = LocalClusterSpec(workers=1, threads_per_worker=n_threads, processes=False, dashboard_address=":0",
-                                memory_limit="2GiB")
+        spec = LocalClusterSpec(
+            workers=1, threads_per_worker=n_threads, processes=False, dashboard_address=":0", memory_limit="2GiB"
+        )
         with connect(spec) as local:
             memory, claim, threads = _worker_memory(local)
         assert (memory, claim, threads) == (2 * 2**30, expected, n_threads)

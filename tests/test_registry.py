@@ -42,8 +42,19 @@ def test_a_version_holds_safe_files_and_their_hashes(binary):
     root, result = binary
     folder = result.version
     meta = json.loads((folder / "version.json").read_text())
-    expected = {"cases.json", "config.json", "features.json", "importance.json", "metrics.json", "model.json",
-                "model.ubj", "pca_scores.parquet", "predictions.parquet", "preprocess.json", "preprocess.npz"}
+    expected = {
+        "cases.json",
+        "config.json",
+        "features.json",
+        "importance.json",
+        "metrics.json",
+        "model.json",
+        "model.ubj",
+        "pca_scores.parquet",
+        "predictions.parquet",
+        "preprocess.json",
+        "preprocess.npz",
+    }
     assert set(meta["files"]) == expected
     assert (folder / "report.html").exists() and "report.html" not in meta["files"]
     assert meta["config_hash"] and meta["versions"]["xgboost"] and meta["model"] == "xgboost"
@@ -75,8 +86,12 @@ def test_predict_reorders_features_and_names_missing_ones(binary, tmp_path):
     X, columns = planted(120, 12)
     names = [f"original_firstorder_F{j:03d}" for j in range(12)]
     order = np.r_[11:-1:-1]  # reversed columns, and one extra feature
-    matrix_store(tmp_path / "shuffled", np.column_stack([X[:, order], np.ones(120)]), columns,
-                 names=[names[j] for j in order] + ["original_extra"])
+    matrix_store(
+        tmp_path / "shuffled",
+        np.column_stack([X[:, order], np.ones(120)]),
+        columns,
+        names=[names[j] for j in order] + ["original_extra"],
+    )
     same = predict_store(result.version, str(tmp_path / "shuffled"))
     reference = predict_store(result.version, str(root / "store"))
     assert np.allclose(same["probability"], reference["probability"])
@@ -142,8 +157,7 @@ def test_sklearn_models_load_through_skops_with_a_trusted_list(forest, tmp_path)
     sio.dump(FunctionTransformer(func=operator.add), copy / "model.skops")  # a function as payload
     from radcluster.learn import load_model
 
-    with pytest.raises(RegistryError, match="refusing to load types not on radcluster's trusted list: "
-                                            "_operator.add"):
+    with pytest.raises(RegistryError, match="refusing to load types not on radcluster's trusted list: _operator.add"):
         load_model(copy)
     assert load_model(copy, trust=("_operator.add",)).estimator_.estimator.func is operator.add
 
@@ -151,8 +165,17 @@ def test_sklearn_models_load_through_skops_with_a_trusted_list(forest, tmp_path)
 def test_cli_predict_and_models_list(binary, forest, tmp_path, capsys, client):
     root, result = binary
     out = tmp_path / "p.parquet"
-    code = _cli(["predict", str(result.version), str(root / "store"), "-o", str(out),
-                 "--scheduler-address", client.scheduler.address])
+    code = _cli(
+        [
+            "predict",
+            str(result.version),
+            str(root / "store"),
+            "-o",
+            str(out),
+            "--scheduler-address",
+            client.scheduler.address,
+        ]
+    )
     assert code == 0 and len(pd.read_parquet(out)) == 120
     assert f"wrote {out}: 120 prediction(s)" in capsys.readouterr().out
     assert _cli(["models", "list", str(result.version.parent)]) == 0
@@ -165,9 +188,23 @@ def test_cli_predict_and_models_list(binary, forest, tmp_path, capsys, client):
 def test_cli_train_from_the_example_job(tmp_path, client, capsys):
     X, columns = planted(60, 8)
     matrix_store(tmp_path / "store", X, columns)
-    code = _cli(["train", str(tmp_path / "store"), "--config", str(JOBS / "train.yaml"), "--registry",
-                 str(tmp_path / "models"), "--model", "logistic_regression", "--folds", "3", "--no-report",
-                 "--scheduler-address", client.scheduler.address])
+    code = _cli(
+        [
+            "train",
+            str(tmp_path / "store"),
+            "--config",
+            str(JOBS / "train.yaml"),
+            "--registry",
+            str(tmp_path / "models"),
+            "--model",
+            "logistic_regression",
+            "--folds",
+            "3",
+            "--no-report",
+            "--scheduler-address",
+            client.scheduler.address,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "fold 3:" in out and "cv: roc_auc" in out
@@ -175,8 +212,21 @@ def test_cli_train_from_the_example_job(tmp_path, client, capsys):
     assert meta["model"] == "logistic_regression" and meta["target"] == "outcome"
     config = json.loads((tmp_path / "models" / meta["version"] / "config.json").read_text())
     assert config["preprocess"]["pca_max_components"] == 20  # from jobs/train.yaml
-    assert _cli(["train", str(tmp_path / "store"), "--target", "nothing", "--scheduler-address",
-                 client.scheduler.address, "--registry", str(tmp_path / "models")]) == 2
+    assert (
+        _cli(
+            [
+                "train",
+                str(tmp_path / "store"),
+                "--target",
+                "nothing",
+                "--scheduler-address",
+                client.scheduler.address,
+                "--registry",
+                str(tmp_path / "models"),
+            ]
+        )
+        == 2
+    )
     assert "column 'nothing' is not in" in capsys.readouterr().err
 
 
@@ -194,9 +244,19 @@ def test_training_computes_on_the_client_it_is_given(tmp_path, client):
     other = Client(client.scheduler.address, set_as_default=False)
     try:
         with client.as_current():
-            train_store(str(tmp_path / "store"), {"target": "outcome", "model": "logistic_regression",
-                                                  "cv": {"folds": 3}, "report": False, "metrics": {"bootstrap": 0}},
-                        other, tmp_path / "models", on_fold=lambda k, m: seen.append(Client.current()))
+            train_store(
+                str(tmp_path / "store"),
+                {
+                    "target": "outcome",
+                    "model": "logistic_regression",
+                    "cv": {"folds": 3},
+                    "report": False,
+                    "metrics": {"bootstrap": 0},
+                },
+                other,
+                tmp_path / "models",
+                on_fold=lambda k, m: seen.append(Client.current()),
+            )
     finally:
         other.close()
     assert len(seen) == 3 and all(c is other for c in seen)

@@ -66,7 +66,7 @@ def check_html(text: str) -> _Checker:
 
 def _png_ok(src: str) -> bool:
     prefix = "data:image/png;base64,"
-    return src.startswith(prefix) and base64.b64decode(src[len(prefix):])[:8] == b"\x89PNG\r\n\x1a\n"
+    return src.startswith(prefix) and base64.b64decode(src[len(prefix) :])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -80,8 +80,17 @@ def test_binary_report_is_valid_html_with_every_plot(binary):
     checker = check_html(text)
     assert set(PLOTS) <= set(checker.figures), checker.figures
     assert len(checker.images) == len(checker.figures) and all(_png_ok(src) for src in checker.images)
-    for needle in ("roc auc 95% CI", "held-out test", "balanced accuracy", "brier", "calibration slope",
-                   "ComBat harmonisation", "not applied", '"pca": 0.9', "config hash"):
+    for needle in (
+        "roc auc 95% CI",
+        "held-out test",
+        "balanced accuracy",
+        "brier",
+        "calibration slope",
+        "ComBat harmonisation",
+        "not applied",
+        '"pca": 0.9',
+        "config hash",
+    ):
         assert needle in text, needle
     assert re.search(r"roc_auc per fold: ([01]\.\d{3}, ){2}[01]\.\d{3}", text)
 
@@ -100,8 +109,10 @@ def test_report_command_rewrites_without_touching_the_version(binary, tmp_path, 
     open_version(copy)  # every hashed file is as trained
 
 
-@pytest.mark.parametrize("key, figure", [("regression", "observed"), ("survival", "km"),
-                                         ("clustering", "clusters"), ("multiclass", "confusion")])
+@pytest.mark.parametrize(
+    "key, figure",
+    [("regression", "observed"), ("survival", "km"), ("clustering", "clusters"), ("multiclass", "confusion")],
+)
 def test_reports_of_other_tasks(tmp_path_factory, client, key, figure):
     _, result = trained_as(tmp_path_factory, client, key)  # shared with test_learn
     checker = check_html(render_report(result.version))
@@ -115,10 +126,25 @@ def test_report_renders_in_headless_chromium(binary, tmp_path):
     _, result = binary
     shot = tmp_path / "shot.png"
     done = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1200,3000", (result.version / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,3000",
+            (result.version / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 

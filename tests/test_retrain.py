@@ -15,8 +15,13 @@ from radcluster.errors import RegistryError
 from radcluster.retrain import read_champion, registry_lock, retrain_job
 from radcluster.spec import build_job
 
-TRAIN = {"target": "outcome", "model": "logistic_regression", "cv": {"folds": 0}, "report": False,
-         "metrics": {"bootstrap": 0}}
+TRAIN = {
+    "target": "outcome",
+    "model": "logistic_regression",
+    "cv": {"folds": 0},
+    "report": False,
+    "metrics": {"bootstrap": 0},
+}
 
 
 @pytest.fixture
@@ -26,8 +31,15 @@ def store(tmp_path):
 
 
 def _job(store, registry, **train):
-    return build_job({"kind": "retrain", "store": str(store), "registry": str(registry),
-                      "train": {**TRAIN, **train}, "retrain": {"holdout_fraction": 0.25, "margin": 0.02}})
+    return build_job(
+        {
+            "kind": "retrain",
+            "store": str(store),
+            "registry": str(registry),
+            "train": {**TRAIN, **train},
+            "retrain": {"holdout_fraction": 0.25, "margin": 0.02},
+        }
+    )
 
 
 def test_first_challenger_promoted_worse_one_kept(client, store, tmp_path):
@@ -83,10 +95,20 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 def test_retrain_job_file_runs_from_the_cli(tmp_path, store):
     job = tmp_path / "retrain.yaml"
-    job.write_text(yaml.safe_dump({"kind": "retrain", "store": "store", "registry": "models", "train": TRAIN,
-                                   "cluster": {"kind": "local", "workers": 1, "dashboard_address": ":0"}}))
-    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", "retrain", str(job)], capture_output=True,
-                          text=True, timeout=600)
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "retrain",
+                "store": "store",
+                "registry": "models",
+                "train": TRAIN,
+                "cluster": {"kind": "local", "workers": 1, "dashboard_address": ":0"},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "retrain", str(job)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     assert "PROMOTED: no champion yet" in proc.stdout
     assert read_champion(tmp_path / "models") is not None

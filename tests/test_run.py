@@ -28,20 +28,30 @@ def _settings(params="Params.yaml", **kw):
 
 @pytest.fixture
 def cohort_with_corrupt(tmp_path):
-    rows = [{"case_id": c, "image": str(case_paths(c)[0]), "mask": str(case_paths(c)[1]),
-             "outcome": i % 2, "site": "AB"[i % 2]} for i, c in enumerate(SMALL_CASES)]
+    rows = [
+        {
+            "case_id": c,
+            "image": str(case_paths(c)[0]),
+            "mask": str(case_paths(c)[1]),
+            "outcome": i % 2,
+            "site": "AB"[i % 2],
+        }
+        for i, c in enumerate(SMALL_CASES)
+    ]
     corrupt = tmp_path / "corrupt_image.nrrd"
     corrupt.write_bytes(case_paths("brain2")[0].read_bytes()[:5000])
-    rows.append({"case_id": "broken", "image": str(corrupt), "mask": str(case_paths("brain2")[1]),
-                 "outcome": 1, "site": "A"})
+    rows.append(
+        {"case_id": "broken", "image": str(corrupt), "mask": str(case_paths("brain2")[1]), "outcome": 1, "site": "A"}
+    )
     return write_manifest(tmp_path / "cohort.csv", rows)
 
 
 def test_corrupt_scan_fails_alone_and_store_is_complete(client, cohort_with_corrupt, tmp_path):
     store_dir = tmp_path / "store"
     # flush_rows=1: every result becomes its own part file, as in a long run
-    summary = run_extract(read_manifest(cohort_with_corrupt), _settings(), str(store_dir), client,
-                          flush_rows=1, flush_seconds=3600)
+    summary = run_extract(
+        read_manifest(cohort_with_corrupt), _settings(), str(store_dir), client, flush_rows=1, flush_seconds=3600
+    )
     assert summary.failed_cases == ["broken"] and not summary.ok
     assert summary.rows == 3
 
@@ -77,8 +87,7 @@ def test_matrix_matches_parquet_rows(client, sample_manifest, tmp_path):
     group = zarr.open_group(str(store_dir / "matrix.zarr"), mode="r")
     assert group.attrs["feature_names"] == names
     # dask.array.from_zarr on the array itself, as a user would
-    np.testing.assert_array_equal(da.from_zarr(str(store_dir / "matrix.zarr"), component="X").compute(),
-                                  X.compute())
+    np.testing.assert_array_equal(da.from_zarr(str(store_dir / "matrix.zarr"), component="X").compute(), X.compute())
 
 
 def test_incremental_reruns_extract_only_what_changed(client, tmp_path):
@@ -100,8 +109,9 @@ def test_incremental_reruns_extract_only_what_changed(client, tmp_path):
     assert (again.new, again.changed, again.skipped, again.rows) == (0, 0, 2, 0)
     assert "nothing to extract: the store is up to date" in again.text()
 
-    write_manifest(manifest, rows + [{"case_id": "breast1", "image": "breast1_image.nrrd",
-                                      "mask": "breast1_label.nrrd"}])
+    write_manifest(
+        manifest, rows + [{"case_id": "breast1", "image": "breast1_image.nrrd", "mask": "breast1_label.nrrd"}]
+    )
     grown = run_extract(read_manifest(manifest), _settings(), store_dir, client)
     assert (grown.new, grown.skipped, grown.rows) == (1, 2, 1)
 
@@ -122,8 +132,10 @@ def test_incremental_reruns_extract_only_what_changed(client, tmp_path):
     assert len(store.features(all_versions=True)) == 4  # nothing duplicated, the old breast1 row kept
     current = store.features()
     assert current["case_id"].tolist() == ["brain1", "brain2", "breast1"]
-    assert current.set_index("case_id").loc["breast1", "original_shape_VoxelVolume"] < \
-        store.features(all_versions=True).query("case_id == 'breast1'")["original_shape_VoxelVolume"].max()
+    assert (
+        current.set_index("case_id").loc["breast1", "original_shape_VoxelVolume"]
+        < store.features(all_versions=True).query("case_id == 'breast1'")["original_shape_VoxelVolume"].max()
+    )
 
     other = run_extract(read_manifest(manifest), _settings("exampleCT.yaml"), store_dir, client)
     assert (other.changed, other.rows) == (3, 3)
@@ -145,9 +157,25 @@ def test_cli_extract_real_cluster(tmp_path, cohort_with_corrupt):
     """The command a user types, with its own LocalCluster of worker processes."""
     store_dir = tmp_path / "cli-store"
     proc = subprocess.run(
-        [sys.executable, "-m", "radcluster.cli", "extract", str(cohort_with_corrupt), "--out", str(store_dir),
-         "--params", str(PARAMS / "Params.yaml"), "--workers", "2", "--dashboard-address", ":0"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "radcluster.cli",
+            "extract",
+            str(cohort_with_corrupt),
+            "--out",
+            str(store_dir),
+            "--params",
+            str(PARAMS / "Params.yaml"),
+            "--workers",
+            "2",
+            "--dashboard-address",
+            ":0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stderr  # one scan failed: non-zero, the rest is stored
     assert "Dask dashboard: http://127.0.0.1:" in proc.stdout
     assert "4 scan(s), 3 done, 1 failed" in proc.stdout
@@ -161,8 +189,21 @@ def test_cli_rejects_bad_params_before_starting_a_cluster(tmp_path, sample_manif
     bad = tmp_path / "bad.yaml"
     bad.write_text("setting:\n  binWidth: twentyfive\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "radcluster.cli", "extract", str(sample_manifest), "--out", str(tmp_path / "s"),
-         "--params", str(bad)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "radcluster.cli",
+            "extract",
+            str(sample_manifest),
+            "--out",
+            str(tmp_path / "s"),
+            "--params",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "bad.yaml" in proc.stderr and "binWidth" in proc.stderr
     assert "Dask dashboard" not in proc.stdout

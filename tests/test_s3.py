@@ -30,10 +30,17 @@ def s3_env():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -72,9 +79,21 @@ def test_extract_from_and_into_s3(s3_env, tmp_path):
         lines.append(f"{case},scans/{image.name},scans/{mask.name},{i % 2}")  # relative to the manifest
     fs.pipe("cohort/cohort.csv", ("\n".join(lines) + "\n").encode())
 
-    cmd = [sys.executable, "-m", "radcluster.cli", "extract", "s3://cohort/cohort.csv", "--out",
-           "s3://results/store", "--params", str(PARAMS / "Params.yaml"), "--workers", "2",
-           "--dashboard-address", ":0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "radcluster.cli",
+        "extract",
+        "s3://cohort/cohort.csv",
+        "--out",
+        "s3://results/store",
+        "--params",
+        str(PARAMS / "Params.yaml"),
+        "--workers",
+        "2",
+        "--dashboard-address",
+        ":0",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **s3_env})
     assert first.returncode == 0, first.stderr
     assert "3 new, 0 changed, 0 unchanged" in first.stdout
@@ -115,8 +134,9 @@ def s3_cluster(s3_env):
     environment (they read the store's matrix), as workers on a cloud would."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      host="127.0.0.1", env=s3_env) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1", env=s3_env
+    ) as cluster:
         yield cluster.scheduler_address
 
 
@@ -127,8 +147,13 @@ def _s3():
 
 
 def _run(args: list[str], s3_env) -> str:
-    proc = subprocess.run([sys.executable, "-m", "radcluster.cli", *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **s3_env})
+    proc = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **s3_env},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -156,16 +181,19 @@ def s3_version(s3_env, s3_cluster, tmp_path_factory):
     store, registry = "s3://radiomics/store", "s3://radiomics/models"
     X, columns = planted(120, 10, seed=1)
     matrix_store(store, X, columns)
-    job = _job(tmp_path_factory.mktemp("jobs"), "train",
-               {"kind": "train", "store": store, "registry": registry, "train": TRAIN}, s3_cluster)
+    job = _job(
+        tmp_path_factory.mktemp("jobs"),
+        "train",
+        {"kind": "train", "store": store, "registry": registry, "train": TRAIN},
+        s3_cluster,
+    )
     out = _run(["run", str(job)], s3_env)
     version = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("model version: "))
     assert version.startswith(f"{registry}/")
     return store, registry, version
 
 
-def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3_cluster, s3_version, tmp_path,
-                                                                       capsys):
+def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3_cluster, s3_version, tmp_path, capsys):
     from radcluster.registry import list_versions, open_version
     from radcluster.retrain import read_champion, retrain_job
     from radcluster.spec import load_job
@@ -192,10 +220,18 @@ def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3
     assert open_version(version).meta == meta
 
     # a retrain on the S3 registry: hold-out drawn and stored there, the challenger promoted
-    retrain = _job(tmp_path, "retrain", {
-        "kind": "retrain", "store": store, "registry": registry,
-        "train": {**TRAIN, "cv": {"folds": 0}, "report": False},
-        "retrain": {"holdout_fraction": 0.25, "margin": 0.02}}, s3_cluster)
+    retrain = _job(
+        tmp_path,
+        "retrain",
+        {
+            "kind": "retrain",
+            "store": store,
+            "registry": registry,
+            "train": {**TRAIN, "cv": {"folds": 0}, "report": False},
+            "retrain": {"holdout_fraction": 0.25, "margin": 0.02},
+        },
+        s3_cluster,
+    )
     assert "PROMOTED: no champion yet" in _run(["retrain", str(retrain)], s3_env)
     champion = json.loads(fs.cat(f"{registry}/champion.json"))
     holdout = fs.cat(f"{registry}/holdout.json")
@@ -205,9 +241,17 @@ def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3
     assert not fs.exists(f"{registry}/.retrain.lock")
 
     # predict with the champion named by champion.json on S3
-    predict = _job(tmp_path, "predict", {"kind": "predict", "store": store, "registry": registry,
-                                         "predict": {"version": "champion", "output": str(tmp_path / "p.parquet")}},
-                   s3_cluster)
+    predict = _job(
+        tmp_path,
+        "predict",
+        {
+            "kind": "predict",
+            "store": store,
+            "registry": registry,
+            "predict": {"version": "champion", "output": str(tmp_path / "p.parquet")},
+        },
+        s3_cluster,
+    )
     assert "120 prediction(s)" in _run(["run", str(predict)], s3_env)
     pred = pd.read_parquet(tmp_path / "p.parquet")
     assert len(pred) == 120 and pred["case_id"].is_unique and pred["probability"].between(0, 1).all()
@@ -221,8 +265,10 @@ def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3
     assert second.champion == champion["version"].rsplit("/", 1)[1] and second.champion_score > 0.8
     assert fs.cat(f"{registry}/holdout.json") == holdout
     decisions = [json.loads(fs.cat(d)) for d in sorted(fs.ls(f"{registry}/decisions"))]
-    assert [(d["promoted"], d["holdout"]) for d in decisions] == [(True, champion["holdout"]),
-                                                                 (second.promoted, champion["holdout"])]
+    assert [(d["promoted"], d["holdout"]) for d in decisions] == [
+        (True, champion["holdout"]),
+        (second.promoted, champion["holdout"]),
+    ]
     now = read_champion(registry)["version"]
     assert now.endswith(second.challenger) if second.promoted else now == champion["version"]
     assert {m["version"] for m in list_versions(registry)} >= {name, second.challenger}
@@ -273,8 +319,10 @@ def test_retrain_lock_on_s3_is_exclusive(s3_env):
     with registry_lock(registry) as lock:
         assert lock == f"{registry}/.retrain.lock"
         assert json.loads(fs.cat(lock))["pid"] == os.getpid()
-        with pytest.raises(RegistryError, match=f"locked by another retrain \\(pid {os.getpid()}"), \
-                registry_lock(registry):
+        with (
+            pytest.raises(RegistryError, match=f"locked by another retrain \\(pid {os.getpid()}"),
+            registry_lock(registry),
+        ):
             pass
     assert not fs.exists(f"{registry}/.retrain.lock")
     # a lock of a dead process on this host is taken over; one from another host is not

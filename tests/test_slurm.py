@@ -83,8 +83,9 @@ def test_jobqueue_template_renders_a_job_script():
 
     config = yaml.safe_load((SLURM_DIR / "jobqueue.yaml").read_text())
     with dask.config.set(config):
-        with SLURMCluster(queue=PARTITION, scheduler_options={"dashboard_address": "127.0.0.1:0"},
-                          interface="lo") as cluster:
+        with SLURMCluster(
+            queue=PARTITION, scheduler_options={"dashboard_address": "127.0.0.1:0"}, interface="lo"
+        ) as cluster:
             script = cluster.job_script()
     assert f"#SBATCH -p {PARTITION}" in script
     assert "#SBATCH --cpus-per-task=1" in script and "--nthreads 1" in script
@@ -199,9 +200,16 @@ def test_slurmcluster_runs_two_worker_jobs(slurm, tmp_path):
     from radcluster.spec import load_job
 
     c = load_job(TEMPLATE).cluster
-    with SLURMCluster(cores=c.cores, memory=c.memory, processes=c.processes, queue=slurm["partition"],
-                      interface=c.interface, walltime="00:10:00", log_directory=str(tmp_path),
-                      scheduler_options={"dashboard_address": "127.0.0.1:0"}) as cluster:
+    with SLURMCluster(
+        cores=c.cores,
+        memory=c.memory,
+        processes=c.processes,
+        queue=slurm["partition"],
+        interface=c.interface,
+        walltime="00:10:00",
+        log_directory=str(tmp_path),
+        scheduler_options={"dashboard_address": "127.0.0.1:0"},
+    ) as cluster:
         assert f"#SBATCH -p {slurm['partition']}" in cluster.job_script()
         cluster.scale(jobs=2)
         with Client(cluster) as client:
@@ -258,13 +266,33 @@ def test_run_driver_sbatch_runs_the_driver_as_a_job(slurm, tmp_path):
         pytest.skip(f"{venv} is not a venv with bin/activate, which run-driver.sbatch sources")
     manifest = _write_cohort(tmp_path / "cohort")
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"kind": "extract", "manifest": str(manifest), "store": "store",
-                                   "cluster": {"kind": "local", "workers": 1,
-                                               "dashboard_address": "127.0.0.1:0"}}))
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "extract",
+                "manifest": str(manifest),
+                "store": "store",
+                "cluster": {"kind": "local", "workers": 1, "dashboard_address": "127.0.0.1:0"},
+            }
+        )
+    )
     out = tmp_path / "driver.out"
-    proc = _run(["sbatch", "--wait", f"--partition={slurm['partition']}", "--mem=2G", "--time=00:10:00",
-                 f"--output={out}", f"--export=ALL,VENV={venv}", "--parsable",
-                 SLURM_DIR / "run-driver.sbatch", job], cwd=tmp_path, timeout=570)
+    proc = _run(
+        [
+            "sbatch",
+            "--wait",
+            f"--partition={slurm['partition']}",
+            "--mem=2G",
+            "--time=00:10:00",
+            f"--output={out}",
+            f"--export=ALL,VENV={venv}",
+            "--parsable",
+            SLURM_DIR / "run-driver.sbatch",
+            job,
+        ],
+        cwd=tmp_path,
+        timeout=570,
+    )
     log = out.read_text() if out.exists() else "(no output file)"
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{log}"
     assert "radcluster driver: job" in log and "ssh -N -L 8787:localhost:8787" in log
@@ -277,9 +305,20 @@ def test_run_driver_sbatch_runs_the_driver_as_a_job(slurm, tmp_path):
 @pytest.mark.timeout(120)
 def test_run_driver_sbatch_refuses_a_missing_job_spec(slurm, tmp_path):
     out = tmp_path / "driver.out"
-    proc = _run(["sbatch", "--wait", f"--partition={slurm['partition']}", "--mem=100M", f"--output={out}",
-                 f"--export=ALL,VENV={sys.prefix}", SLURM_DIR / "run-driver.sbatch", tmp_path / "nope.yaml"],
-                cwd=tmp_path, timeout=100)
+    proc = _run(
+        [
+            "sbatch",
+            "--wait",
+            f"--partition={slurm['partition']}",
+            "--mem=100M",
+            f"--output={out}",
+            f"--export=ALL,VENV={sys.prefix}",
+            SLURM_DIR / "run-driver.sbatch",
+            tmp_path / "nope.yaml",
+        ],
+        cwd=tmp_path,
+        timeout=100,
+    )
     assert proc.returncode != 0
     assert "not readable" in out.read_text()
 

@@ -36,8 +36,15 @@ def test_wrong_type_names_key_and_value():
 
 def test_overrides_win_and_none_is_ignored(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"manifest": "cohort.csv", "store": "s3://bucket/store",
-                                    "cluster": {"kind": "slurm", "cores": 4, "queue": "gpu"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "manifest": "cohort.csv",
+                "store": "s3://bucket/store",
+                "cluster": {"kind": "slurm", "cores": 4, "queue": "gpu"},
+            }
+        )
+    )
     job = load_job(path, overrides={"cluster.cores": 8, "cluster.queue": None})
     assert isinstance(job.cluster, SlurmClusterSpec)
     assert job.cluster.cores == 8 and job.cluster.queue == "gpu"
@@ -71,7 +78,13 @@ def test_params_validated_by_pyradiomics_schema(tmp_path):
 
 def test_defaults_document_every_key():
     text = defaults_yaml()
-    for key in ("manifest:", "flush_rows: 256", "threads_per_worker: 1", "maximum_jobs: 4", "kind: slurm",
-                "address_env: DASK_SCHEDULER_ADDRESS"):
+    for key in (
+        "manifest:",
+        "flush_rows: 256",
+        "threads_per_worker: 1",
+        "maximum_jobs: 4",
+        "kind: slurm",
+        "address_env: DASK_SCHEDULER_ADDRESS",
+    ):
         assert key in text
     assert yaml.safe_load(text) is not None

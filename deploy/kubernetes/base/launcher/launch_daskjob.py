@@ -58,7 +58,8 @@ def unique_name(prefix: str, now: dt.datetime) -> str:
     if len(name) > MAX_NAME_LEN or not _NAME_RE.match(name):
         raise LaunchError(
             f"DaskJob name {name!r} is not a valid Dask cluster name (lower-case letters, digits and '-', "
-            f"at most {MAX_NAME_LEN} characters): shorten --prefix {prefix!r}")
+            f"at most {MAX_NAME_LEN} characters): shorten --prefix {prefix!r}"
+        )
     return name
 
 
@@ -70,8 +71,7 @@ def _worker_container(job: dict[str, Any]) -> dict[str, Any]:
     for c in containers:
         if c.get("name") == "worker":
             return c
-    raise LaunchError("template has no worker container named 'worker' "
-                      f"(found {[c.get('name') for c in containers]})")
+    raise LaunchError(f"template has no worker container named 'worker' (found {[c.get('name') for c in containers]})")
 
 
 def _all_containers(node: Any) -> list[dict[str, Any]]:
@@ -88,10 +88,17 @@ def _all_containers(node: Any) -> list[dict[str, Any]]:
     return found
 
 
-def render_daskjob(template: Mapping[str, Any], name: str, *, schedule: str,
-                   owner: Mapping[str, str] | None = None, replicas: int | None = None,
-                   cpu: str | None = None, memory: str | None = None,
-                   image: str | None = None) -> dict[str, Any]:
+def render_daskjob(
+    template: Mapping[str, Any],
+    name: str,
+    *,
+    schedule: str,
+    owner: Mapping[str, str] | None = None,
+    replicas: int | None = None,
+    cpu: str | None = None,
+    memory: str | None = None,
+    image: str | None = None,
+) -> dict[str, Any]:
     """The DaskJob to create: ``template`` renamed to ``name``; nothing is sent anywhere.
 
     Parameters
@@ -112,8 +119,9 @@ def render_daskjob(template: Mapping[str, Any], name: str, *, schedule: str,
         Image for every container (runner, scheduler, workers).
     """
     if template.get("kind") != "DaskJob" or template.get("apiVersion") != f"{GROUP}/{VERSION}":
-        raise LaunchError(f"template is a {template.get('apiVersion')}/{template.get('kind')}, "
-                          f"expected {GROUP}/{VERSION}/DaskJob")
+        raise LaunchError(
+            f"template is a {template.get('apiVersion')}/{template.get('kind')}, expected {GROUP}/{VERSION}/DaskJob"
+        )
     job = copy.deepcopy(dict(template))
     meta = job.setdefault("metadata", {})
     meta["name"] = name
@@ -121,8 +129,9 @@ def render_daskjob(template: Mapping[str, Any], name: str, *, schedule: str,
         meta.pop(key, None)
     meta.setdefault("labels", {})[SCHEDULE_LABEL] = schedule
     if owner and owner.get("name") and owner.get("uid"):
-        meta["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": owner["name"],
-                                    "uid": owner["uid"], "controller": False}]
+        meta["ownerReferences"] = [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": owner["name"], "uid": owner["uid"], "controller": False}
+        ]
     job.pop("status", None)
     service = job.get("spec", {}).get("cluster", {}).get("spec", {}).get("scheduler", {}).get("service", {})
     selector = service.get("selector")
@@ -141,8 +150,7 @@ def render_daskjob(template: Mapping[str, Any], name: str, *, schedule: str,
         if value is None:
             continue
         if not _QUANTITY_RE.match(str(value)):
-            raise LaunchError(f"worker {key} {value!r} is not a Kubernetes quantity "
-                              "(e.g. '1', '500m', '4Gi')")
+            raise LaunchError(f"worker {key} {value!r} is not a Kubernetes quantity (e.g. '1', '500m', '4Gi')")
         res = container.setdefault("resources", {})
         res.setdefault("requests", {})[key] = str(value)
         res.setdefault("limits", {})[key] = str(value)
@@ -165,9 +173,11 @@ def _env_int(env: Mapping[str, str], key: str) -> int | None:
 
 
 def _settings(env: Mapping[str, str]) -> dict[str, Any]:
-    return {"replicas": _env_int(env, "RADCLUSTER_WORKER_REPLICAS"),
-            "cpu": env.get("RADCLUSTER_WORKER_CPU", "").strip() or None,
-            "memory": env.get("RADCLUSTER_WORKER_MEMORY", "").strip() or None}
+    return {
+        "replicas": _env_int(env, "RADCLUSTER_WORKER_REPLICAS"),
+        "cpu": env.get("RADCLUSTER_WORKER_CPU", "").strip() or None,
+        "memory": env.get("RADCLUSTER_WORKER_MEMORY", "").strip() or None,
+    }
 
 
 def _namespace(env: Mapping[str, str]) -> str:
@@ -188,8 +198,7 @@ def own_image(core: Any, namespace: str, pod_name: str | None) -> str | None:
     try:
         pod = core.read_namespaced_pod(pod_name, namespace)
     except Exception as err:  # no RBAC for pods/get: keep the template's images, say so
-        print(f"warning: cannot read pod {pod_name} ({err}); the DaskJob keeps the template's images",
-              file=sys.stderr)
+        print(f"warning: cannot read pod {pod_name} ({err}); the DaskJob keeps the template's images", file=sys.stderr)
         return None
     containers = pod.spec.containers if hasattr(pod, "spec") else pod["spec"]["containers"]
     images = [c.image if hasattr(c, "image") else c["image"] for c in containers]
@@ -219,16 +228,25 @@ def _wait(api, core, namespace: str, name: str, timeout: float, poll: float) -> 
             return TERMINAL[state]
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            print(f"DaskJob {name} still {state} after {timeout:.0f} s; it keeps running "
-                  f"(kubectl -n {namespace} get daskjob {name})", file=sys.stderr)
+            print(
+                f"DaskJob {name} still {state} after {timeout:.0f} s; it keeps running "
+                f"(kubectl -n {namespace} get daskjob {name})",
+                file=sys.stderr,
+            )
             return 2
         # wake on the next change, or after `poll` seconds at most (a watch can drop silently)
         w = watch.Watch()
         try:
-            for _ in w.stream(api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                              field_selector=f"metadata.name={name}",
-                              resource_version=obj["metadata"].get("resourceVersion"),
-                              timeout_seconds=int(max(1, min(poll, remaining)))):
+            for _ in w.stream(
+                api.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=obj["metadata"].get("resourceVersion"),
+                timeout_seconds=int(max(1, min(poll, remaining))),
+            ):
                 break
         except Exception:
             time.sleep(min(poll, max(remaining, 0)))
@@ -236,8 +254,9 @@ def _wait(api, core, namespace: str, name: str, timeout: float, poll: float) -> 
             w.stop()
 
 
-def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, *,
-         api: Any = None, core: Any = None) -> int:
+def main(
+    argv: list[str] | None = None, env: Mapping[str, str] | None = None, *, api: Any = None, core: Any = None
+) -> int:
     """Command line entry; ``api``/``core`` replace the in-cluster API clients (tests)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--template", required=True, help="DaskJob manifest to copy")
@@ -264,14 +283,20 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None, *,
             config.load_incluster_config()
             api, core = client.CustomObjectsApi(), client.CoreV1Api()
         image = own_image(core, namespace, env.get("POD_NAME"))
-        job = render_daskjob(template, name, schedule=args.prefix, owner=owner, image=image,
-                             **_settings(env))
-        running = [j["metadata"]["name"] for j in api.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, label_selector=f"{SCHEDULE_LABEL}={args.prefix}")["items"]
-            if is_active(j)]
+        job = render_daskjob(template, name, schedule=args.prefix, owner=owner, image=image, **_settings(env))
+        running = [
+            j["metadata"]["name"]
+            for j in api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, label_selector=f"{SCHEDULE_LABEL}={args.prefix}"
+            )["items"]
+            if is_active(j)
+        ]
         if running:
-            print(f"not starting: DaskJob {', '.join(running)} of schedule {args.prefix!r} is still active "
-                  f"(kubectl -n {namespace} get daskjobs -l {SCHEDULE_LABEL}={args.prefix})", file=sys.stderr)
+            print(
+                f"not starting: DaskJob {', '.join(running)} of schedule {args.prefix!r} is still active "
+                f"(kubectl -n {namespace} get daskjobs -l {SCHEDULE_LABEL}={args.prefix})",
+                file=sys.stderr,
+            )
             return 3
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
         print(f"created DaskJob {namespace}/{name}", flush=True)
