@@ -179,31 +179,36 @@ class Store:
                 return {}
             return {"params_hash": str(keys.sort_values("extracted_at")["params_hash"].iloc[-1])}
 
-    def claim_params(self, params_hash: str, params_text: str = "") -> None:
-        """Make ``params_hash`` the store's params, or refuse if it holds other ones.
+    def check_params(self, params_hash: str) -> None:
+        """Refuse ``params_hash`` if the store holds features of other params.
 
         Raises
         ------
         StoreError
-            The store holds features of other params; names both hashes and what to do.
+            Naming both params hashes and what to do instead.
         """
         held = self.params().get("params_hash")
-        if held is None:
-            record = {"params_hash": params_hash, "params": params_text, "created_at": _now()}
-            try:
-                self.fs.makedirs(self.root, exist_ok=True)
-                _io.create_exclusive(
-                    self.fs.unstrip_protocol(self._path("store.json")), json.dumps(record, indent=2).encode()
-                )
-                return
-            except FileExistsError:  # another run claimed it first: its params are the store's
-                held = self.params().get("params_hash")
-        if held != params_hash:
+        if held is not None and held != params_hash:
             raise StoreError(
                 f"store {self.url!r} holds features extracted with params {held} (see its store.json); "
                 f"these params are {params_hash}. A store holds one params set, so its matrix never mixes "
                 "features of two settings: extract into another store (--out), or use the store's params file"
             )
+
+    def claim_params(self, params_hash: str, params_text: str = "") -> None:
+        """Make ``params_hash`` the store's params (``store.json``), or refuse as
+        :meth:`check_params` does."""
+        self.check_params(params_hash)
+        if self.fs.exists(self._path("store.json")):
+            return
+        record = {"params_hash": params_hash, "params": params_text, "created_at": _now()}
+        self.fs.makedirs(self.root, exist_ok=True)
+        try:
+            _io.create_exclusive(
+                self.fs.unstrip_protocol(self._path("store.json")), json.dumps(record, indent=2).encode()
+            )
+        except FileExistsError:  # another run claimed it first: its params are the store's
+            self.check_params(params_hash)
 
     # -- listing: which part files are live ----------------------------------------------
     def _snapshot(self, table: str) -> _Snapshot:
@@ -517,9 +522,9 @@ class Store:
                 _io.remove(self.fs.unstrip_protocol(f"{snap.folder}/{name}"))
             raise
         # Committed: whoever lists from now on reads the merged files; a reader that listed
-        # before sees the new generation (or a part gone) and reads again.
-        for path in small:
-            _io.remove(self.fs.unstrip_protocol(path))
+        # before sees the new generation (or a part gone) and reads again. The replaced parts
+        # and what killed compactions left behind go now.
+        self._remove_garbage(self._read_consistent(table, lambda s: s))
         return len(snap.parts), len(snap.parts) - len(small) + len(written)
 
     def _remove_garbage(self, snap: _Snapshot) -> None:
