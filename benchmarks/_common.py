@@ -127,7 +127,7 @@ def _versions() -> str:
     import SimpleITK as sitk
 
     import radcluster
-    from radcluster._radiomics import RADIOMICS_DIST
+    from radcluster.extract._radiomics import RADIOMICS_DIST
 
     return (
         f"radcluster {radcluster.__version__}, {RADIOMICS_DIST}, SimpleITK {sitk.Version_VersionString()}, "

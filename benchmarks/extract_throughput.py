@@ -287,6 +287,7 @@ def _instrument(stack, stages: _Stages) -> None:
     from scipy import ndimage
 
     import radcluster.extract as ex
+    import radcluster.extract.fast as fast
 
     def patch(owner, attr: str, name: str, generator: bool = False) -> None:
         fn = getattr(owner, attr)
@@ -297,7 +298,7 @@ def _instrument(stack, stages: _Stages) -> None:
     patch(ex, "_content_hash", "hash (xxh3 of decoded voxels)")
     patch(ex, "_check_inputs", "check inputs")
     patch(ndimage, "find_objects", "find labels")
-    patch(ex, "_crop", "crop")
+    patch(fast, "_crop", "crop")
     patch(imageoperations, "cropToTumorMask", "crop")
     patch(imageoperations, "resampleImage", "resample (B-spline)")
     patch(imageoperations, "checkMask", "checkMask")

@@ -3,7 +3,7 @@
 :func:`radcluster.synth.make_cohort` writes ``--scans`` scans (default 200, default shape).
 For each cluster size, radcluster's own local cluster (:func:`radcluster.cluster.connect`,
 as ``radcluster extract --workers N`` starts it: worker processes, one thread each, memory
-advertised as a resource) runs :func:`radcluster.run.run_extract` on the cohort, timed from
+advertised as a resource) runs :func:`radcluster.jobs.extract.run_extract` on the cohort, timed from
 the call to its return. A warm-up run of a few scans goes first so every worker has imported
 pyradiomics and built its extractor; cluster start-up is not part of the figure (it does not
 grow with the cohort). Target: speed-up N workers / 1 worker >= 0.9 N (1.8x for 2).
@@ -80,7 +80,7 @@ def _measure(cohort, settings, folder: Path, n_workers: int, warmup) -> Run:
 
     from radcluster import open_store
     from radcluster.cluster import connect
-    from radcluster.run import run_extract
+    from radcluster.jobs.extract import run_extract
     from radcluster.spec import LocalClusterSpec
 
     with connect(LocalClusterSpec(workers=n_workers, dashboard_address=":0")) as client:

@@ -5,7 +5,7 @@
    reads, plus ``clinical.parquet`` holding the binary ``outcome`` keyed by ``case_id``. The
    features are ``--factors`` latent factors mixed into every feature plus noise; the outcome
    is a logistic function of the factors, so PCA keeps the signal.
-2. ``radcluster`` training (:func:`radcluster.train.train_store`: mean imputation, constant
+2. ``radcluster`` training (:func:`radcluster.jobs.train.train_store`: mean imputation, constant
    filter, dask-ml StandardScaler, dask-ml PCA, ``xgboost.dask``) on a LocalCluster with
    ``--workers`` single-threaded workers, a held-out test fifth, no cross-validation; it writes
    a registry version with its report like any training.
@@ -141,7 +141,7 @@ class PeakSampler:
 def run_distributed(args) -> dict:
     from distributed import Client, LocalCluster
 
-    from radcluster.train import train_store
+    from radcluster.jobs.train import train_store
 
     root = Path(args.out)
     with (
@@ -187,7 +187,7 @@ def run_single(args) -> dict:
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
-    from radcluster.learn import make_splits
+    from radcluster.learn.cv import make_splits
 
     root = Path(args.out)
     started = time.perf_counter()

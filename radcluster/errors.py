@@ -62,6 +62,15 @@ class ScanError(RadclusterError):
         at = f" ({file})" if file else ""
         super().__init__(f"case {case_id!r}{where}: {stage} failed{at}: {reason}")
 
+    @classmethod
+    def wrap(
+        cls, case_id: str, err: BaseException, *, stage: str = "extract", file: str | None = None, label=None
+    ) -> ScanError:
+        """``err`` (raised by pyradiomics, SimpleITK, ...) as this scan's error, kept as its cause."""
+        wrapped = cls(case_id, stage, str(err).strip() or type(err).__name__, file=file, label=label)
+        wrapped.__cause__ = err
+        return wrapped
+
 
 class StoreError(RadclusterError):
     """The feature store is missing, corrupt, or was written with incompatible settings."""

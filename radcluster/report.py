@@ -425,7 +425,7 @@ def write_report(
     derived from the version's files and is not part of its hashed content, so re-rendering
     it leaves the version intact.
     """
-    from .registry import fetched
+    from .registry.versions import fetched
 
     source = os.fspath(version_dir)
     target = os.fspath(out) if out is not None else _io.join(source, "report.html")

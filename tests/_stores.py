@@ -94,7 +94,7 @@ def once(key: str, build):
 
 def extracted_store(tmp_path_factory, client) -> Path:
     """A 60-case synthetic cohort (planted outcome, survival and site) extracted into a store."""
-    from radcluster.run import extract_job
+    from radcluster.jobs.extract import extract_job
     from radcluster.spec import build_job
     from radcluster.synth import make_cohort
 
@@ -113,7 +113,7 @@ def trained(
     tmp_path_factory, client, key: str, spec: dict, *, rows: int = 90, features: int = 12, scans_per_patient: int = 1
 ):
     """A store from :func:`planted` and a version trained on it with ``spec`` (once per key)."""
-    from radcluster.train import train_store
+    from radcluster.jobs.train import train_store
 
     def build():
         root = tmp_path_factory.mktemp(key)

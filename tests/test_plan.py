@@ -8,8 +8,8 @@ from conftest import PARAMS, case_paths
 from radcluster import open_store
 from radcluster.cohort import ALL_LABELS, Cohort, Scan
 from radcluster.extract import ExtractionSettings, extract_scan
+from radcluster.jobs.extract import run_extract
 from radcluster.plan import make_plan
-from radcluster.run import run_extract
 from radcluster.spec import read_params
 from radcluster.synth import make_atlas
 
@@ -108,7 +108,7 @@ def test_tasks_claim_memory_only_where_a_worker_runs_several(client):
     """One-thread workers never hold two scans, so their tasks stay unrestricted and Dask
     queues them (balancing the end of a run); several threads share a worker's memory."""
     from radcluster.cluster import connect
-    from radcluster.run import _worker_memory
+    from radcluster.jobs.extract import _worker_memory
     from radcluster.spec import LocalClusterSpec
 
     memory, claim, threads = _worker_memory(client)  # 2 workers x 1 thread, no MEMORY resource

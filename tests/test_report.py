@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from _stores import trained_as
 
-from radcluster._cli_models import add_commands
-from radcluster.registry import open_version
+from radcluster.cli.models import add_commands
+from radcluster.registry.versions import open_version
 from radcluster.report import PLOTS, render_report
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -215,7 +215,7 @@ def _job(tmp_path, name: str, spec: dict, address: str):
 
 
 def _cli(argv: list[str]) -> int:
-    from radcluster._cli_models import add_commands
+    from radcluster.cli.models import add_commands
 
     parser = argparse.ArgumentParser(prog="radcluster")
     add_commands(parser.add_subparsers(dest="command", required=True))
@@ -244,8 +244,8 @@ def s3_version(s3_env, s3_cluster, tmp_path_factory):
 
 
 def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3_cluster, s3_version, tmp_path, capsys):
-    from radcluster.registry import list_versions, open_version
-    from radcluster.retrain import read_champion, retrain_job
+    from radcluster.jobs.retrain import read_champion, retrain_job
+    from radcluster.registry.versions import list_versions, open_version
     from radcluster.spec import load_job
 
     store, registry, version = s3_version
@@ -327,7 +327,7 @@ def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3
 
 def test_a_modified_s3_version_is_refused(s3_env, s3_version):
     from radcluster.errors import RegistryError
-    from radcluster.registry import list_versions, open_version
+    from radcluster.registry.versions import list_versions, open_version
 
     _, _, version = s3_version
     fs = _s3()
@@ -355,7 +355,7 @@ def test_a_modified_s3_version_is_refused(s3_env, s3_version):
 def test_retrain_lock_on_s3_is_exclusive(s3_env):
     from radcluster import _io
     from radcluster.errors import RegistryError
-    from radcluster.retrain import registry_lock
+    from radcluster.jobs.retrain import registry_lock
 
     fs = _s3()
     fs.mkdir("locks")

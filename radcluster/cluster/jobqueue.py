@@ -1,0 +1,46 @@
+"""Workers as batch jobs (SLURM, PBS) through dask-jobqueue, and the job script they would be submitted with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..spec import PBSClusterSpec, SlurmClusterSpec
+
+
+def _jobqueue_kwargs(spec: SlurmClusterSpec | PBSClusterSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "cores": spec.cores,
+        "memory": spec.memory,
+        "processes": spec.processes,
+        "walltime": spec.walltime,
+        "job_extra_directives": list(spec.job_extra_directives),
+        "job_script_prologue": list(spec.job_script_prologue),
+        "scheduler_options": {"dashboard_address": spec.dashboard_address},
+    }
+    optional = {
+        "queue": spec.queue,
+        "account": spec.account,
+        "interface": spec.interface,
+        "local_directory": spec.local_directory,
+        "python": spec.python,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    return kwargs
+
+
+def make_jobqueue_cluster(spec: SlurmClusterSpec | PBSClusterSpec):
+    """The dask-jobqueue cluster object for a ``slurm`` or ``pbs`` section (jobs not yet submitted)."""
+    if isinstance(spec, SlurmClusterSpec):
+        from dask_jobqueue import SLURMCluster as cls
+    else:
+        from dask_jobqueue import PBSCluster as cls
+    return cls(**_jobqueue_kwargs(spec))
+
+
+def render_job_script(spec: SlurmClusterSpec | PBSClusterSpec) -> str:
+    """The batch script dask-jobqueue would submit for each worker job (nothing is submitted)."""
+    cluster = make_jobqueue_cluster(spec)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()

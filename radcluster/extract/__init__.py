@@ -1,0 +1,282 @@
+"""Per-scan extraction: a pure function of (scan, settings) that returns rows or failures.
+
+:func:`extract_scan` reads one image and its mask on the machine it runs on, extracts every
+requested label with pyradiomics, and returns a :class:`ScanResult`. It never raises for a
+problem of the scan itself (unreadable file, geometry mismatch, empty mask, absent label,
+pyradiomics error): those become failure records naming the case, the file and the reason.
+It knows nothing of Dask or of the store; the scheduler only calls it.
+
+Two paths give the same features (relative difference <= 1e-6, asserted by the tests):
+
+* the fast path (default, :mod:`.fast`) reads image and mask once, hashes the decoded voxels once, and
+  runs pyradiomics' own pipeline steps (``checkMask``, ``resampleImage``, the image-type
+  filters, ``computeShape``, ``computeFeatures``) on a crop around each label, computing
+  each filtered image once per scan for all labels;
+* the plain path calls ``RadiomicsFeatureExtractor.execute(image, mask, label=l)`` once per
+  label, exactly as a pyradiomics user would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _io
+from ..cohort import ALL_LABELS, Scan
+from ..cohort.check import check_scan
+from ..errors import ScanError
+from .fast import extract_labels, find_labels
+
+__all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
+
+FAILURE_COLUMNS = ("case_id", "label", "stage", "error_type", "message", "file")
+
+# ITK's own default coordinate and direction tolerance, restored when a params file sets none.
+_ITK_DEFAULT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """What every scan task of a run shares (small: it is sent with each task)."""
+
+    params_text: str
+    params_hash: str
+    label_names: Mapping[int, str] = field(default_factory=dict)
+    fast: bool = True
+    sitk_threads: int = 1
+    ibsi: bool | str = False  # IBSI mode (radcluster.ibsi): True, or a configuration name "A".."E"
+
+
+@dataclass
+class ScanResult:
+    """Rows (one per extracted label) and failures (one per failed label or scan)."""
+
+    case_id: str
+    rows: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    seconds: float
+    image_hash: str | None = None
+    mask_hash: str | None = None
+    feature_names: list[str] = field(default_factory=list)
+    unchanged: bool = False
+
+
+def _failure(err: ScanError) -> dict[str, Any]:
+    return {
+        "case_id": err.case_id,
+        "label": err.label,
+        "stage": err.stage,
+        "error_type": type(err.__cause__).__name__ if err.__cause__ is not None else "ScanError",
+        "message": str(err),
+        "file": err.file,
+    }
+
+
+def _content_hash(image) -> str:
+    """Hash of decoded voxels and grid: the same scan hashes the same in any file format."""
+    import SimpleITK as sitk
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    arr = sitk.GetArrayViewFromImage(image)
+    h.update(f"{arr.dtype.str}|{arr.shape}|{image.GetSpacing()}|{image.GetOrigin()}|{image.GetDirection()}".encode())
+    h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
+
+
+def _read(case_id: str, path: str, role: str):
+    from ..cohort.images import read_image
+
+    return read_image(case_id, path, role)
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _check_inputs(scan: Scan, image, mask, extractor, tolerance: float) -> None:
+    """The checks ``radcluster cohort check`` runs, then those that depend on the params."""
+    settings = extractor.settings
+    # correctMask resamples the mask onto the image grid, so only then may the grids differ
+    check_scan(scan, image, mask, tolerance=tolerance, geometry=not settings.get("correctMask"))
+    reason = _params_mismatch(image, extractor)
+    if reason:
+        raise ScanError(scan.case_id, "check", reason, file=scan.image)
+
+
+def _params_mismatch(image, extractor) -> str | None:
+    """Why the params cannot give this image the features they give others, or None.
+
+    pyradiomics skips the 3D-only ``shape`` class for 2D input with only a log warning, so
+    a 2D scan's row would silently lack features its 3D neighbours have; a resampling
+    spacing of the wrong length fails deep inside the resampler.
+    """
+    dim = image.GetDimension()
+    spacing = extractor.settings.get("resampledPixelSpacing")
+    if spacing is not None and len(spacing) != dim:
+        return (
+            f"image is {dim}D but the params' resampledPixelSpacing {list(spacing)} has {len(spacing)} "
+            "values; extract it with params for its dimension"
+        )
+    if dim == 2 and "shape" in extractor.enabledFeatures:
+        return (
+            "image is 2D but the params are for 3D images: featureClass 'shape' is 3D-only and "
+            "pyradiomics would skip it, leaving this row without its features; extract 2D scans "
+            "with their own params (shape2D instead of shape)"
+        )
+    return None
+
+
+def _labels_of(scan: Scan, present: list[int], default_label: int, part: tuple[int, int] | None) -> list[int]:
+    """The labels this task extracts: the manifest's, or every present one, or part i of k of them."""
+    if scan.labels == ALL_LABELS:
+        labels = present
+    elif scan.labels is None:
+        labels = [default_label]
+    else:
+        labels = list(scan.labels)
+    return labels[part[0] :: part[1]] if part else labels
+
+
+def extract_scan(
+    scan: Scan,
+    settings: ExtractionSettings,
+    *,
+    unchanged_if: tuple[str, str] | None = None,
+    part: tuple[int, int] | None = None,
+) -> ScanResult:
+    """Extract every requested label of one scan.
+
+    Parameters
+    ----------
+    scan : Scan
+        Paths are read on the machine this runs on (a Dask worker), never on the client.
+    settings : ExtractionSettings
+        The params text (parsed once per process), label names, fast or plain path.
+    unchanged_if : (image_hash, mask_hash), optional
+        The content hashes of the stored extraction of this case with the same params: when
+        the files still hash the same, nothing is extracted and the result is marked
+        ``unchanged`` (a touched but identical file costs one read, not an extraction).
+    part : (i, k), optional
+        Extract only every k-th of the scan's labels, starting at the i-th (in label order):
+        the plan splits a many-label scan over otherwise idle workers this way.
+
+    Returns
+    -------
+    ScanResult
+        One row per extracted label with all features (pyradiomics names), the label and
+        its name, the scan's carried manifest columns and provenance; one failure record per
+        label that failed, or a single one when the scan as a whole failed.
+    """
+    import SimpleITK as sitk
+
+    from ._radiomics import get_extractor, versions
+
+    start = time.perf_counter()
+    extractor = get_extractor(settings.params_text)
+    # pyradiomics sets SimpleITK's process-wide tolerance from a module singleton, so a
+    # worker shared by tasks with different params would keep the last one: set it per task.
+    tolerance = float(extractor.settings.get("geometryTolerance") or _ITK_DEFAULT_TOLERANCE)
+    sitk.ProcessObject.SetGlobalDefaultCoordinateTolerance(tolerance)
+    sitk.ProcessObject.SetGlobalDefaultDirectionTolerance(tolerance)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.sitk_threads)
+
+    failures: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    image_hash = mask_hash = None
+    try:
+        image = _read(scan.case_id, scan.image, "image")
+        mask = _read(scan.case_id, scan.mask, "mask")
+        image_hash, mask_hash = _content_hash(image), _content_hash(mask)
+        if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
+            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
+        _check_inputs(scan, image, mask, extractor, tolerance)
+        per_label = _extract_labels(scan, image, mask, extractor, settings, part)
+    except ScanError as err:
+        failures.append(_failure(err))
+        per_label = {}
+
+    elapsed = time.perf_counter() - start
+    base = {
+        "case_id": scan.case_id,
+        "patient_id": scan.patient_id,
+        **scan.extra,
+        "image_hash": image_hash,
+        "mask_hash": mask_hash,
+        "params_hash": settings.params_hash,
+        "scan_seconds": elapsed,
+        **versions(),
+    }
+    names: dict[str, None] = {}
+    for label, features in per_label.items():
+        if isinstance(features, ScanError):
+            failures.append(_failure(features))
+            continue
+        values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
+        names.update(dict.fromkeys(values))
+        rows.append({"label": int(label), "label_name": settings.label_names.get(int(label)), **base, **values})
+    return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
+
+
+def _ibsi(
+    scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_label: int, part: tuple[int, int] | None
+) -> dict[int, Any]:
+    """IBSI mode: radcluster.ibsi's preprocessing around pyradiomics' feature classes."""
+    import SimpleITK as sitk
+    import yaml
+
+    from ..ibsi import extract_ibsi
+
+    params = yaml.safe_load(params_text) or {}
+    arr = sitk.GetArrayViewFromImage(mask)
+    present = [int(v) for v in np.unique(arr) if v != 0]
+    out: dict[int, Any] = {}
+    for label in _labels_of(scan, present, default_label, part):
+        try:
+            out[label] = extract_ibsi(image, mask, label, params, None if ibsi is True else ibsi)
+        except ValueError as err:
+            out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
+    return out
+
+
+def _extract_labels(
+    scan: Scan, image, mask, extractor, settings: ExtractionSettings, part: tuple[int, int] | None
+) -> dict[int, Any]:
+    """features or a ScanError, per label."""
+    import SimpleITK as sitk
+
+    default_label = int(extractor.settings.get("label", 1))
+    vector_mask = mask.GetNumberOfComponentsPerPixel() > 1
+    if settings.ibsi:
+        return _ibsi(scan, image, mask, settings.params_text, settings.ibsi, default_label, part)
+    if vector_mask or not settings.fast or extractor.settings.get("correctMask"):
+        # Masks resampled onto the image (correctMask) or picked from a vector image take
+        # pyradiomics' own route; the fast path assumes a shared scalar grid.
+        present = [default_label]
+        if scan.labels == ALL_LABELS and not vector_mask:
+            present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(mask)) if v != 0]
+        labels = _labels_of(scan, present, default_label, part)
+        return {label: _plain(scan, image, mask, extractor, label) for label in labels}
+
+    objects = find_labels(scan, mask)
+    present = [i + 1 for i, sl in enumerate(objects) if sl is not None]
+    if not present:
+        raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
+    labels = _labels_of(scan, present, default_label, part)
+    return extract_labels(scan, image, mask, extractor, labels, objects, present)
+
+
+def _plain(scan: Scan, image, mask, extractor, label: int):
+    try:
+        with _io.local_file(scan.image) as img, _io.local_file(scan.mask) as msk:
+            return extractor.execute(img, msk, label=label)
+    except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
+        return ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)

@@ -1,0 +1,186 @@
+"""The one place radcluster touches pyradiomics' process-wide behaviour.
+
+pyradiomics adds a stderr handler to the ``radiomics`` logger and sets its level at import
+time; a library must leave logging to the application, so both are undone here and the logger
+is left to propagate (the CLI configures logging, a notebook user configures their own).
+
+Extractors are cached per params text in each process: a worker parses a params file once,
+not once per scan.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import re
+from importlib import metadata
+
+import yaml
+
+from ..errors import SpecError
+
+_level_before_import = logging.getLogger("radiomics").level
+
+import radiomics  # noqa: E402  (import order is the point of this module)
+from radiomics import featureextractor  # noqa: E402
+
+radiomics.logger.removeHandler(radiomics.handler)
+radiomics.logger.setLevel(_level_before_import)
+# pyradiomics hands pykwalify the first handler of the radiomics logger when pykwalify has
+# none (and fails with IndexError once that handler is gone); a NullHandler, as the logging
+# docs recommend for libraries, satisfies it and leaves the output to the application.
+logging.getLogger("pykwalify.core").addHandler(logging.NullHandler())
+
+__all__ = ["get_extractor", "validate_params", "versions", "RADIOMICS_DIST"]
+
+
+def _radiomics_distribution() -> str:
+    for dist in ("pyradiomics-bhklab", "pyradiomics"):
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"radiomics {radiomics.__version__}"
+
+
+RADIOMICS_DIST = _radiomics_distribution()
+
+
+def _scipy_has_sph_harm() -> bool:
+    import scipy.special
+
+    return hasattr(scipy.special, "sph_harm")
+
+
+def validate_params(text: str, *, source: str) -> None:
+    """Check a params YAML against pyradiomics' schema, raising :class:`SpecError`.
+
+    Every unknown key (with the closest valid one) and every value of the wrong type is
+    listed at once, from the schema file of the installed pyradiomics; ranges, enums and
+    pyradiomics' own checks follow. A quoted number (``binWidth: "25"``), which pyradiomics'
+    validator lets through and every scan then fails on, is rejected here.
+    """
+    try:
+        parsed = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"params file {source!r} is not valid YAML: {err}") from None
+    if not isinstance(parsed, dict):
+        raise SpecError(f"params file {source!r} must be a mapping, got {type(parsed).__name__}")
+    if parsed.get("voxelSetting"):
+        raise SpecError(f"params file {source!r}: voxel-based extraction (voxelSetting) is not supported")
+    problems = _schema_problems(parsed, _schema(), "")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise SpecError(f"params file {source!r} has {len(problems)} problem(s):\n{lines}")
+    try:
+        extractor = get_extractor(text)  # cached: the run that follows uses the same one
+    except Exception as err:  # pykwalify raises its own SchemaError; pyradiomics raises ValueError
+        reason = getattr(err, "msg", None) or str(err)
+        raise SpecError(f"params file {source!r} rejected by pyradiomics' schema: {reason.strip()}") from None
+    if "LBP3D" in extractor.enabledImagetypes and not _scipy_has_sph_harm():
+        raise SpecError(
+            f"params file {source!r} enables imageType LBP3D, which needs scipy.special.sph_harm "
+            "(removed in SciPy 1.17); install 'scipy<1.17' or remove LBP3D"
+        )
+    if extractor.settings.get("voxelBased"):
+        raise SpecError(f"params file {source!r}: voxel-based extraction (voxelSetting) is not supported")
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    """pyradiomics' own parameter schema, from the installed package (never a copy)."""
+    schema_file, _ = radiomics.getParameterValidationFiles()
+    with open(schema_file) as f:
+        return yaml.safe_load(f)
+
+
+# pykwalify scalar types -> what the parsed YAML value must be. pykwalify itself accepts a
+# quoted number ("25") as a float, which pyradiomics then uses as text and fails on per scan.
+_SCALAR_TYPES = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a text"),
+}
+
+
+def _unknown(kind: str, path: str, name: object, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
+    return f"unknown {kind} {path!r}; {hint}"
+
+
+def _schema_problems(value: object, rule: dict, path: str) -> list[str]:
+    """Unknown keys (with the closest valid one) and wrongly typed values, all at once.
+
+    Walks the part of pykwalify's schema language that pyradiomics' schema uses (mappings
+    with fixed and ``regex;`` keys, sequences, scalar types); ranges, enums and the custom
+    functions are left to pyradiomics' own validation, which runs next.
+    """
+    problems: list[str] = []
+    if isinstance(value, dict) and "mapping" in rule:
+        fixed = {k: r for k, r in rule["mapping"].items() if not k.startswith("regex;")}
+        patterns = [(re.compile(k[len("regex;") :]), r) for k, r in rule["mapping"].items() if k.startswith("regex;")]
+        for key, sub in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            sub_rule = fixed.get(key) or next((r for pat, r in patterns if pat.fullmatch(str(key))), None)
+            if sub_rule is None:
+                problems.append(_unknown("key", where, key, list(fixed)))
+                continue
+            if path == "imageType" and key not in radiomics.getImageTypes():
+                problems.append(_unknown("imageType", where, key, sorted(radiomics.getImageTypes())))
+                continue
+            if path == "featureClass":
+                classes = radiomics.getFeatureClasses()
+                if key not in classes:
+                    problems.append(_unknown("featureClass", where, key, sorted(classes)))
+                    continue
+                names = classes[key].getFeatureNames()
+                problems += [
+                    _unknown("feature", f"{where}.{name}", name, sorted(names))
+                    for name in (sub if isinstance(sub, list) else [])
+                    if name not in names
+                ]
+                continue
+            problems += _schema_problems(sub, sub_rule, where)
+    elif isinstance(value, list) and "seq" in rule:
+        for i, item in enumerate(value):
+            problems += _schema_problems(item, rule["seq"][0], f"{path}[{i}]")
+    elif value is not None and rule.get("type") in _SCALAR_TYPES:
+        types, expected = _SCALAR_TYPES[rule["type"]]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            problems.append(f"key {path!r}: expected {expected} ({rule['type']}), got {value!r}")
+    return problems
+
+
+def _build(text: str) -> featureextractor.RadiomicsFeatureExtractor:
+    pykwalify_log = logging.getLogger("pykwalify")
+    # pykwalify logs every schema error at ERROR level before raising it; the raised error
+    # carries the same text, so keep that log quiet while validating.
+    previous = pykwalify_log.disabled
+    pykwalify_log.disabled = True
+    try:
+        return featureextractor.RadiomicsFeatureExtractor(yaml.safe_load(text) or {})
+    finally:
+        pykwalify_log.disabled = previous
+
+
+@functools.lru_cache(maxsize=8)
+def get_extractor(text: str) -> featureextractor.RadiomicsFeatureExtractor:
+    """The extractor for a params text, built once per process."""
+    return _build(text)
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    """Versions recorded in every row's provenance."""
+    import SimpleITK as sitk
+
+    from .. import __version__
+
+    return {
+        "radcluster_version": __version__,
+        "pyradiomics_version": RADIOMICS_DIST,
+        "simpleitk_version": sitk.Version_VersionString(),
+    }

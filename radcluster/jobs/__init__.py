@@ -1,0 +1,1 @@
+"""One runner per job kind: extract, train, predict, retrain; each takes a validated job spec."""

@@ -1,0 +1,510 @@
+"""Turning a cohort into Dask tasks and streaming their results into the store.
+
+:func:`run_extract` plans the run (:mod:`radcluster.plan`), keeps a bounded window of tasks
+submitted (a few per worker thread, so the client's memory and the scheduler's task count do
+not grow with the cohort), and as each task finishes writes its rows and failures into Parquet
+part files in batches, appending the rows to the store's matrix with each part. The client
+holds at most one batch of rows; voxels never reach it.
+
+Worker loss is Dask's: the tasks of a lost worker are rescheduled, and a task whose workers
+die ``distributed.scheduler.allowed-failures`` times raises ``KilledWorker``. A group of tiny
+scans that does so is split into one task per scan, so only the scan that kills its worker on
+its own is recorded as failed and its neighbours are extracted.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as _dt
+import logging
+import operator
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..cohort import Cohort, Scan, read_label_table, read_manifest
+from ..extract import ExtractionSettings, ScanResult, extract_scan
+from ..plan import Plan, Task, file_stat, make_plan, part_key, read_headers
+from ..spec import JobSpec, read_params
+from ..store import Store, open_store
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunSummary", "run_task", "run_extract", "extract_job"]
+
+# Tasks kept submitted: this many per worker thread, and at least _MIN_WINDOW, so an adaptive
+# cluster that starts with no workers still sees enough queued work to scale up.
+_WINDOW_PER_SLOT = 4
+_MIN_WINDOW = 64
+# A run that leaves more small part files than this compacts the store at its end.
+AUTO_COMPACT_PARTS = 64
+
+
+@dataclass
+class RunSummary:
+    """What a run did; also written to ``runs/<run_id>.json``."""
+
+    run_id: str
+    store: str
+    scans: int
+    rows: int = 0
+    failed_cases: list[str] = field(default_factory=list)
+    failures: int = 0
+    seconds: float = 0.0
+    dashboard: str | None = None
+    matrix_rows: int = 0
+    new: int = 0
+    changed: int = 0
+    skipped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def text(self) -> str:
+        lines = [
+            f"run {self.run_id}: {self.scans} scan(s), {self.scans - len(self.failed_cases)} done, "
+            f"{len(self.failed_cases)} failed, {self.rows} feature row(s), {self.seconds:.1f} s",
+            f"scans: {self.new} new, {self.changed} changed, {self.skipped} unchanged (skipped)"
+            + ("; nothing to extract: the store is up to date" if not (self.new or self.changed) else ""),
+            f"store: {self.store} (features/, failures/, matrix.zarr with {self.matrix_rows} row(s))",
+        ]
+        if self.failed_cases:
+            shown = ", ".join(self.failed_cases[:10]) + (" ..." if len(self.failed_cases) > 10 else "")
+            lines.append(f"failed: {shown}; see `radcluster failures {self.store}`")
+        return "\n".join(lines)
+
+
+def _merged(results: list[ScanResult]) -> ScanResult:
+    """The parts of a split scan as the one result an unsplit task would have returned.
+
+    Every part reads the scan, so a problem of the scan itself (unreadable, empty mask) is
+    reported by each: it is kept once; label failures belong to one part each.
+    """
+    first = results[0]
+    failures = [f for f in first.failures if f["label"] is None]
+    failures += [f for r in results for f in r.failures if f["label"] is not None]
+    return ScanResult(
+        first.case_id,
+        sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
+        failures,
+        max(r.seconds for r in results),
+        first.image_hash,
+        first.mask_hash,
+        list(dict.fromkeys(n for r in results for n in r.feature_names)),
+        unchanged=all(r.unchanged for r in results),
+    )
+
+
+def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
+    # A task that raised instead of returning a ScanResult: the worker died on it
+    # repeatedly (KilledWorker) or radcluster itself has a bug; either way it is recorded.
+    stage = "worker" if type(err).__name__ == "KilledWorker" else "task"
+    return {
+        "case_id": scan.case_id,
+        "label": None,
+        "stage": stage,
+        "error_type": type(err).__name__,
+        "message": f"case {scan.case_id!r}: {stage} failed ({scan.image}): {err}",
+        "file": scan.image,
+    }
+
+
+FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
+
+
+def run_task(
+    scans: tuple[Scan, ...],
+    settings: ExtractionSettings,
+    known: dict[str, tuple[str, str]],
+    part: tuple[int, int] | None = None,
+    extract: Callable[..., ScanResult] = extract_scan,
+) -> list[ScanResult]:
+    """The Dask task: extract each scan of a group (or a part of one scan's labels), recording
+    the files' stats with the rows.
+
+    ``extract`` is the per-scan function (:func:`radcluster.extract.extract_scan`; the
+    orchestration benchmark passes a cost model of known compute)."""
+    fault = os.environ.get(FAULT_ENV)
+    results = []
+    for scan in scans:
+        if fault and fault in (scan.case_id, part and part_key(scan.case_id, part)):
+            # Fault injection for the crash tests: a scan that kills its worker process every
+            # time, as a segfault in a native library would.
+            os._exit(70)
+        stats = {"image_stat": file_stat(scan.image), "mask_stat": file_stat(scan.mask)}
+        result = extract(scan, settings, unchanged_if=known.get(scan.case_id), part=part)
+        for row in result.rows:
+            row.update(stats)
+        results.append(result)
+    return results
+
+
+class _Writer:
+    """Buffers rows and failures and writes them as part files when a batch is full or old."""
+
+    def __init__(self, store: Store, run_id: str, metadata: dict[str, Any], flush_rows: int, flush_seconds: float):
+        self.store, self.run_id, self.metadata = store, run_id, metadata
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.rows: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+        self.features: dict[str, None] = {}
+        self.seq = 0
+        self.last_flush = time.monotonic()
+        self.rows_written = 0
+        self.failures_written = 0
+
+    def _ibsi_names(self) -> dict[str, str]:
+        """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
+        import pandas as pd
+
+        from ..ibsi import to_ibsi_names
+
+        names = list(self.features)
+        renamed = to_ibsi_names(
+            pd.DataFrame(columns=names), aggregation=self.metadata.get("ibsi_aggregation"), unmapped="keep"
+        ).columns
+        return {a: b for a, b in zip(names, renamed, strict=True) if a != b}
+
+    def add(self, result: ScanResult | None, failures: list[dict[str, Any]]) -> None:
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+        if result is not None:
+            self.features.update(dict.fromkeys(result.feature_names))
+            self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
+        self.failures.extend({**f, "run_id": self.run_id, "failed_at": now} for f in failures)
+        if (
+            len(self.rows) + len(self.failures) >= self.flush_rows
+            or time.monotonic() - self.last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        meta = {**self.metadata, "features": list(self.features), "ibsi_names": self._ibsi_names()}
+        if self.rows:
+            names = list(self.features)
+            table, values = _arrow_rows(self.rows, names)
+            self.store.write_part("features", table, run_id=self.run_id, seq=self.seq, metadata=meta)
+            # after the part: a run killed in between leaves rows the next run's sync appends
+            self.store.append_matrix(table.select(["case_id", "label", "extracted_at"]).to_pandas(), values, names)
+            self.rows_written += len(self.rows)
+        if self.failures:
+            self.store.write_part("failures", self.failures, run_id=self.run_id, seq=self.seq, metadata=meta)
+            self.failures_written += len(self.failures)
+        self.seq += 1
+        self.rows, self.failures = [], []
+        self.last_flush = time.monotonic()
+
+
+def _arrow_rows(rows: Sequence[dict[str, Any]], names: Sequence[str]):
+    """The rows as an Arrow table, and their features as a float64 matrix (rows x ``names``).
+
+    Built column by column: the features (about 1,200 per row with filters) through one
+    numpy matrix, the other columns from their values; several times faster than a pandas
+    frame of dicts.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    feature_set = set(names)
+    others = list(dict.fromkeys(k for r in rows for k in r if k not in feature_set))
+    get = operator.itemgetter(*names) if names else (lambda r: ())
+    try:
+        values = np.array([get(r) if len(names) != 1 else (get(r),) for r in rows], dtype="float64")
+    except KeyError:  # a row without some feature (another engine's part): NaN there
+        values = np.array([[r.get(n, np.nan) for n in names] for r in rows], dtype="float64")
+    values = values.reshape(len(rows), len(names))
+    columns, fields = [], []
+    for k in others:
+        try:
+            col = pa.array([r.get(k) for r in rows], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a carried column: as text
+            col = pa.array([None if r.get(k) is None else str(r.get(k)) for r in rows])
+        columns.append(col)
+        fields.append(k)
+    columns += [pa.array(values[:, j]) for j in range(len(names))]
+    return pa.Table.from_arrays(columns, names=[*fields, *names]), values
+
+
+def _headers_on_workers(client, paths: list[str], batch: int = 256) -> dict[str, tuple[int, int] | None]:
+    """Voxel counts from the image headers of ``paths``, read by the workers in batches (a
+    header read is a decompression or a ranged request; 100k of them one by one in the
+    client would delay the first task by minutes)."""
+    if not paths:
+        return {}
+    batches = [paths[i : i + batch] for i in range(0, len(paths), batch)]
+    out: dict[str, tuple[int, int] | None] = {}
+    for part in client.gather(client.map(read_headers, batches, pure=False)):
+        out.update(part)
+    return out
+
+
+def _worker_memory(client) -> tuple[int | None, bool, int]:
+    """(largest worker's memory in bytes, whether tasks should claim memory as a resource,
+    worker threads in all).
+
+    Claiming is needed only where a worker runs several tasks at once: a one-thread worker
+    never holds two scans, and the plan already keeps scans larger than any worker out. It
+    also has a cost: Dask assigns resource-restricted tasks to workers at submission instead
+    of queueing them, so the workers' backlogs are fixed up front and one can idle at the end
+    of a run while the other works through its own.
+    """
+    workers = list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
+    limits = [w.get("memory_limit") or 0 for w in workers]
+    with_resource = [w.get("resources", {}).get("MEMORY") for w in workers]
+    advertised = bool(with_resource) and all(with_resource)
+    largest = max(with_resource) if advertised else (max(limits) if limits and all(limits) else None)
+    threads = sum(int(w.get("nthreads", 1)) for w in workers)
+    claim = advertised and any(int(w.get("nthreads", 1)) > 1 for w in workers)
+    return (int(largest) if largest else None), claim, threads
+
+
+def run_extract(
+    cohort: Cohort,
+    settings: ExtractionSettings,
+    store_url: str,
+    client,
+    *,
+    progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
+    flush_rows: int = 256,
+    flush_seconds: float = 30.0,
+    cluster_info: dict[str, Any] | None = None,
+    extract: Callable[..., ScanResult] = extract_scan,
+) -> RunSummary:
+    """Extract what the store does not hold yet of ``cohort`` into the store at ``store_url``.
+
+    Scans already extracted with the same params from unchanged files are skipped (see
+    :mod:`radcluster.plan`); results are written as they arrive, so an interrupted run keeps
+    every batch already flushed and a re-run goes on from there. Returns the run's
+    :class:`RunSummary` (also saved under ``runs/``). ``extract`` is the per-scan function
+    (see :func:`run_task`).
+
+    Raises
+    ------
+    StoreError
+        The store holds features of other params (see :meth:`radcluster.store.Store.claim_params`).
+    """
+    from distributed import as_completed
+
+    from ..extract._radiomics import get_extractor, versions
+
+    store = open_store(store_url, must_exist=False)
+    run_id = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    started = time.perf_counter()
+    started_at = _dt.datetime.now(_dt.UTC).isoformat()
+    from ..ibsi import aggregation_from_settings
+
+    parsed = yaml.safe_load(settings.params_text) or {}
+    meta = {
+        "params_hash": settings.params_hash,
+        "run_id": run_id,
+        **versions(),
+        "ibsi_aggregation": aggregation_from_settings(parsed.get("setting") or {}),
+    }
+    store.claim_params(settings.params_hash, settings.params_text)
+    store.sync_matrix()  # rows a killed run wrote but did not append
+    writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
+    summary = RunSummary(run_id, store_url, len(cohort))
+    failed: dict[str, None] = {}
+
+    memory, use_resources, threads = _worker_memory(client)
+    plan: Plan = make_plan(
+        cohort,
+        store.current_keys(),
+        settings.params_hash,
+        get_extractor(settings.params_text).enabledImagetypes,
+        worker_memory=memory,
+        slots=threads,
+        headers=lambda paths: _headers_on_workers(client, paths),
+    )
+    logger.info(
+        "run %s: %d new, %d changed, %d unchanged (skipped), %d in %d task(s)",
+        run_id,
+        len(plan.new),
+        len(plan.changed),
+        len(plan.skipped),
+        len(plan.new) + len(plan.changed) - len(plan.too_large),
+        len(plan.tasks),
+    )
+    summary.new, summary.changed, summary.skipped = len(plan.new), len(plan.changed), len(plan.skipped)
+    for scan, need in plan.too_large:
+        writer.add(
+            None,
+            [
+                {
+                    "case_id": scan.case_id,
+                    "label": None,
+                    "stage": "plan",
+                    "error_type": "ScanTooLarge",
+                    "file": scan.image,
+                    "message": f"case {scan.case_id!r}: plan failed ({scan.image}): needs about {need / 2**30:.1f} GiB "
+                    f"to extract, the largest worker has {memory / 2**30:.1f} GiB; use workers with more "
+                    "memory (--memory-limit, or fewer threads per worker)",
+                }
+            ],
+        )
+        failed[scan.case_id] = None
+
+    futures: dict[Any, Task] = {}
+    pending = collections.deque(plan.tasks)
+    window = max(_MIN_WINDOW, _WINDOW_PER_SLOT * threads)
+    done = as_completed()
+
+    def submit_more() -> None:
+        while pending and len(futures) < window:
+            task = pending.popleft()
+            fut = client.submit(
+                run_task,
+                task.scans,
+                settings,
+                task.known,
+                task.part,
+                extract,
+                pure=False,
+                key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
+                resources={"MEMORY": task.memory} if use_resources else None,
+            )
+            futures[fut] = task
+            done.add(fut)
+
+    submit_more()
+    parts: dict[str, list[ScanResult]] = {}  # split scans: the results of the parts so far
+    iterator: Iterator[Any] = iter(done)
+    if progress is not None:
+        iterator = progress(iterator, len(plan.tasks))
+    try:
+        for fut in iterator:
+            task = futures.pop(fut)
+            try:
+                results: list[ScanResult] = fut.result()
+            except Exception as err:  # the task itself died; see _task_failure
+                if len(task.scans) > 1:
+                    # One of the group killed its worker (or hit a bug): retry each scan
+                    # alone, first, so only the culprit is given up.
+                    logger.warning(
+                        "task %s failed (%s): retrying its %d scans one per task",
+                        task.key,
+                        type(err).__name__,
+                        len(task.scans),
+                    )
+                    pending.extendleft(Task((scan,), task.known, task.memory) for scan in reversed(task.scans))
+                    submit_more()
+                    continue
+                for scan in task.scans:
+                    if scan.case_id not in failed:  # the other parts of a split scan: once
+                        writer.add(None, [_task_failure(scan, err)])
+                    failed[scan.case_id] = None
+                    parts.pop(scan.case_id, None)
+                submit_more()
+                continue
+            finally:
+                fut.release()
+            submit_more()
+            if task.part:
+                # A split scan is written as one result once every part is in, as if it had
+                # been one task: all its labels or, when a part died, none (and the next run
+                # extracts it again rather than trusting a case half done).
+                case = task.scans[0].case_id
+                if case in failed:  # another part of it died: nothing of it is written
+                    continue
+                parts.setdefault(case, []).extend(results)
+                if len(parts[case]) < task.part[1]:
+                    continue
+                results = [_merged(parts.pop(case))]
+            for result in results:
+                if result.unchanged:
+                    summary.skipped += 1
+                    summary.changed -= 1
+                    continue
+                if result.failures:
+                    failed[result.case_id] = None
+                summary.rows += len(result.rows)
+                writer.add(result, result.failures)
+    finally:
+        # Whatever happened (Ctrl-C, a lost scheduler), what finished is written.
+        writer.flush()
+        for fut in futures:
+            fut.cancel()
+    summary.failures = writer.failures_written
+    summary.failed_cases = list(failed)
+    if writer.rows_written or writer.failures_written:
+        store.compact(min_parts=AUTO_COMPACT_PARTS)
+    summary.matrix_rows = store.matrix_rows()
+    summary.seconds = time.perf_counter() - started
+    summary.dashboard = (cluster_info or {}).get("dashboard")
+    store.write_run(
+        run_id,
+        {
+            "run_id": run_id,
+            "kind": "extract",
+            "started_at": started_at,
+            "finished_at": _dt.datetime.now(_dt.UTC).isoformat(),
+            "seconds": summary.seconds,
+            "manifest": cohort.source,
+            "scans": len(cohort),
+            "rows": summary.rows,
+            "new": summary.new,
+            "changed": summary.changed,
+            "skipped": summary.skipped,
+            "tasks": len(plan.tasks),
+            "failures": summary.failures,
+            "failed_cases": summary.failed_cases,
+            "params_hash": settings.params_hash,
+            "params": settings.params_text,
+            "fast_path": settings.fast,
+            "versions": versions(),
+            "cluster": cluster_info or {},
+        },
+    )
+    return summary
+
+
+def extract_job(
+    job: JobSpec, *, progress=None, on_dashboard: Callable[[str | None], None] | None = None, client=None
+) -> RunSummary:
+    """Validate everything a job needs, then start (or use) a cluster and run the extraction.
+
+    The manifest, params file and label table are checked before any cluster resource is
+    requested, so a typo costs seconds, not a queue wait.
+    """
+    from ..cluster import connect, dashboard_link
+    from ..errors import SpecError
+
+    if job.manifest is None or job.store is None:
+        raise SpecError("an extract job needs 'manifest' and 'store'")
+    cohort = read_manifest(job.resolve(job.manifest))
+    params_text, params_hash = read_params(job.resolve(job.extraction.params))
+    labels = read_label_table(job.resolve(job.extraction.label_table))
+    if job.extraction.ibsi:
+        from ..ibsi import check_ibsi_params
+
+        check_ibsi_params(yaml.safe_load(params_text))  # before any cluster starts
+        # IBSI mode changes every value: its rows must not pass for stock-mode rows
+        params_hash = f"{params_hash}-ibsi-{job.extraction.ibsi}"
+    settings = ExtractionSettings(
+        params_text, params_hash, labels, job.extraction.fast, job.extraction.sitk_threads, job.extraction.ibsi
+    )
+    store_url = job.resolve(job.store)
+    open_store(store_url, must_exist=False).check_params(params_hash)  # before any cluster starts
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(connect(job.cluster))
+        link = dashboard_link(client)
+        if on_dashboard is not None:
+            on_dashboard(link)
+        info = {"kind": job.cluster.kind, "dashboard": link, "workers": len(client.scheduler_info().get("workers", {}))}
+        return run_extract(
+            cohort,
+            settings,
+            store_url,
+            client,
+            progress=progress,
+            flush_rows=job.extraction.flush_rows,
+            flush_seconds=job.extraction.flush_seconds,
+            cluster_info=info,
+        )

@@ -1,0 +1,523 @@
+"""Training and prediction from a feature store: the orchestration over :mod:`radcluster.learn`.
+
+:func:`load_training_data` joins the store's Zarr matrix (a dask array, never gathered) to
+the target: a column the manifest carried into the store, or a clinical table keyed by
+``case_id``. :func:`train_store` cross-validates, fits the final model on the development
+rows, evaluates the held-out test rows, and writes an immutable registry version with its
+report. :func:`predict_store` applies a version to another store. :class:`TrainSpec` is the
+``train:`` section of a job spec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import _io
+from ..errors import ModelError, SpecError
+from ..learn.cv import cross_validate, evaluate, fit_final, main_metric, make_splits
+from ..learn.dataset import (
+    TrainingData,
+    load_training_data,
+    matrix_params_hashes,
+    pivot_by_label,
+    read_clinical,
+    read_store_columns,
+)
+from ..learn.models import make_model, save_model
+from ..learn.preprocess import Preprocessor
+from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, parse_train_spec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainSpec",
+    "PreprocessSpec",
+    "CVSpec",
+    "MetricsSpec",
+    "parse_train_spec",
+    "TrainingData",
+    "load_training_data",
+    "TrainResult",
+    "train_store",
+    "train_job",
+    "predict_store",
+    "demo_train",
+]
+
+
+# --- training --------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """A finished training: its version and report (folder and file in a local registry,
+    URLs in a remote one), metrics and duration."""
+
+    version: Path | str
+    metrics: dict[str, Any]
+    report: Path | str | None
+    seconds: float
+
+    @property
+    def cv_auc(self) -> float | None:
+        return (self.metrics.get("cv") or {}).get("roc_auc")
+
+    def text(self) -> str:
+        m = self.metrics
+        main = m["main_metric"]
+        lines = [f"model version: {self.version}"]
+        for part in ("cv", "test", "train"):
+            block = m.get(part)
+            if block:
+                ci = block.get(f"{main}_ci") or [None, None]
+                ci_txt = (
+                    f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+                    if None not in ci and not any(isinstance(c, float) and math.isnan(c) for c in ci)
+                    else ""
+                )
+                value = block.get(main)
+                shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else str(value)
+                lines.append(f"{part}: {main} {shown}{ci_txt} on {block.get('n')} row(s)")
+        if self.report:
+            lines.append(f"report: {self.report}")
+        lines.append(f"{self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    from .. import __version__
+
+    out = {"radcluster": __version__, "python": platform.python_version()}
+    for mod in ("numpy", "pandas", "dask", "distributed", "dask_ml", "xgboost", "sklearn", "skops", "zarr"):
+        with contextlib.suppress(Exception):
+            out[mod] = __import__(mod).__version__
+    return out
+
+
+def _score_columns(task: str, scores: np.ndarray, classes: np.ndarray | None) -> dict[str, np.ndarray]:
+    if task == "binary":
+        return {"probability": scores[:, 1]}
+    if task == "multiclass":
+        return {f"p_{c}": scores[:, i] for i, c in enumerate(classes)}
+    if task == "survival":
+        return {"risk": scores}
+    if task == "clustering":
+        return {"cluster": scores.astype(int)}
+    return {"predicted": scores}
+
+
+def train_store(
+    store_url: str,
+    spec: TrainSpec | dict[str, Any],
+    client,
+    registry: str | os.PathLike,
+    *,
+    clinical: str | None = None,
+    on_fold=None,
+) -> TrainResult:
+    """Train on the store at ``store_url`` and write a new version into ``registry``.
+
+    Parameters
+    ----------
+    store_url : str
+    spec : TrainSpec or dict
+        The ``train`` section.
+    client : distributed.Client
+        Preprocessing and xgboost run on its cluster.
+    registry : path or URL
+        Folder of model versions (created if missing), or an fsspec URL (``s3://...``).
+
+    Returns
+    -------
+    TrainResult
+        The version (folder or URL), its metrics and the report's location.
+    """
+    # Everything computes on ``client``: with another client current (a notebook's or a test
+    # session's ``with Client() as c``), dask.compute would go to that one while the persisted
+    # matrix went through this one, and the two connections race at the scheduler.
+    with client.as_current():
+        return _train_store(store_url, spec, client, registry, clinical=clinical, on_fold=on_fold)
+
+
+def _train_store(
+    store_url: str,
+    spec: TrainSpec | dict[str, Any],
+    client,
+    registry: str | os.PathLike,
+    *,
+    clinical: str | None,
+    on_fold,
+) -> TrainResult:
+    from ..registry.versions import new_version
+
+    spec = parse_train_spec(spec)
+    started = time.perf_counter()
+    data = load_training_data(store_url, spec, clinical=clinical)
+    X, target, groups, batch = data.X, data.target, data.groups, data.batch
+    task = target.task
+    if spec.persist:
+        X = client.persist(X)
+    p = spec.preprocess
+    seed = spec.cv.seed
+
+    def make_pre() -> Preprocessor:
+        return Preprocessor(
+            impute=p.impute,
+            max_missing_fraction=p.max_missing_fraction,
+            max_mode_fraction=p.max_mode_fraction,
+            min_relative_std=p.min_relative_std,
+            max_correlation=p.max_correlation,
+            scale=p.scale,
+            pca=p.pca,
+            pca_max_components=p.pca_max_components,
+            pca_solver=p.pca_solver,
+            random_state=seed,
+        )
+
+    def make_mdl():
+        return make_model(
+            spec.model,
+            task,
+            spec.params.get(spec.model, {}),
+            early_stopping_rounds=spec.cv.early_stopping_rounds,
+            max_gather_mb=spec.max_gather_mb,
+            random_state=seed,
+        )
+
+    n = X.shape[0]
+    dev = np.arange(n)
+    test = np.zeros(0, dtype=int)
+    if spec.cv.test_fraction > 0 and task != "clustering":
+        k = max(2, round(1 / spec.cv.test_fraction))
+        dev, test = make_splits(k, target.strata, groups, seed=seed + 1000, what="held-out test split")[0]
+        logger.info("held out %d row(s) for test, %d for development", len(test), len(dev))
+    mopts = {"level": spec.metrics.level, "bins": spec.metrics.calibration_bins, "seed": seed}
+    metrics: dict[str, Any] = {
+        "task": task,
+        "main_metric": main_metric(task),
+        "cv": None,
+        "test": None,
+        "folds": [],
+    }
+    split_col = np.full(n, "", dtype=object)
+    fold_col = np.full(n, -1)
+    scores_all: np.ndarray | None = None
+    d_target, d_groups = target.subset(dev), groups[dev]
+    d_batch = None if batch is None else batch[dev]
+    Xdev = X[dev] if len(test) else X
+    if spec.cv.folds and task != "clustering":
+        splits = make_splits(spec.cv.folds, d_target.strata, d_groups, seed=seed)
+        cv = cross_validate(
+            Xdev,
+            d_target,
+            d_groups,
+            splits,
+            make_pre=make_pre,
+            make_mdl=make_mdl,
+            batch=d_batch,
+            validation_fraction=spec.cv.validation_fraction,
+            seed=seed,
+            on_fold=on_fold,
+            metric_options=mopts,
+        )
+        metrics["cv"] = evaluate(d_target, cv.scores, d_groups, n_boot=spec.metrics.bootstrap, **mopts)
+        metrics["folds"] = cv.fold_metrics
+        main = metrics["main_metric"]
+        values = [f[main] for f in cv.fold_metrics if f.get(main) is not None and np.isfinite(f[main])]
+        metrics["cv"][f"{main}_fold_mean"] = float(np.mean(values)) if values else None
+        metrics["cv"][f"{main}_fold_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        scores_all = np.full((n, *cv.scores.shape[1:]), np.nan)
+        scores_all[dev] = cv.scores
+        split_col[dev] = "cv"
+        fold_col[dev] = cv.fold
+    final = fit_final(
+        Xdev,
+        d_target,
+        d_groups,
+        make_pre=make_pre,
+        make_mdl=make_mdl,
+        batch=d_batch,
+        validation_fraction=spec.cv.validation_fraction,
+        seed=seed,
+    )
+    pca_scores = None
+    if final.pre.pca_components_ is not None:
+        pca_scores = final.scores_train[:, : min(2, final.pre.n_components_)].compute()
+    if task == "clustering":
+        assigned = final.model.predict_scores(final.scores_train).compute()
+        metrics["train"] = evaluate(
+            target, assigned, groups, n_boot=0, clustering_inputs=final.scores_train.compute(), **mopts
+        )
+        scores_all = assigned
+        split_col[:] = "train"
+    if len(test):
+        out = final.model.predict_scores(
+            final.pre.transform(X[test], batch=None if batch is None else batch[test])
+        ).compute()
+        metrics["test"] = evaluate(target.subset(test), out, groups[test], n_boot=spec.metrics.bootstrap, **mopts)
+        if scores_all is None:
+            scores_all = np.full((n, *out.shape[1:]), np.nan)
+        scores_all[test] = out
+        split_col[test] = "test"
+    metrics["left_out"] = int(len(data.left_out))
+    metrics["n_development"] = int(len(dev))
+    metrics["n_test"] = int(len(test))
+    metrics["seconds"] = time.perf_counter() - started
+
+    with new_version(registry, spec.model) as v:
+        _write_version(v, spec, data, final, metrics, scores_all, split_col, fold_col, pca_scores, store_url, dev, test)
+        report_path = None
+        if spec.report:
+            from ..report import write_report
+
+            report_path = write_report(v.path, v.path / "report.html", meta=v.meta)
+    report = None
+    if report_path:
+        report = v.location / "report.html" if isinstance(v.location, Path) else _io.join(v.location, "report.html")
+    result = TrainResult(v.location, metrics, report, time.perf_counter() - started)
+    logger.info("trained %s in %.1f s", v.location, result.seconds)
+    return result
+
+
+def _write_version(
+    v,
+    spec: TrainSpec,
+    data: TrainingData,
+    final,
+    metrics,
+    scores_all,
+    split_col,
+    fold_col,
+    pca_scores,
+    store_url,
+    dev,
+    test,
+) -> None:
+    target = data.target
+    arrays, pre_meta = final.pre.to_arrays()
+    np.savez(v.path / "preprocess.npz", **arrays)
+    v.write_json("preprocess.json", pre_meta)
+    save_model(final.model, v.path, name=spec.model, task=target.task)
+    model_inputs = final.pre.feature_names_out(data.feature_names)
+    v.write_json(
+        "features.json",
+        {
+            "input": data.feature_names,
+            "model_inputs": model_inputs,
+            "pivot_labels": data.pivot_labels,
+            "combat": spec.preprocess.combat,
+        },
+    )
+    v.write_json("config.json", spec.model_dump(mode="json"))
+    v.write_json("metrics.json", metrics)
+    imp = final.model.importances_
+    feat_imp = final.pre.input_importance(imp)
+    order = np.argsort(-feat_imp)[:50]
+    v.write_json(
+        "importance.json",
+        {
+            "model_inputs": sorted(zip(model_inputs, imp.tolist(), strict=True), key=lambda t: -t[1]),
+            "features": [[data.feature_names[i], float(feat_imp[i])] for i in order if feat_imp[i] > 0],
+            "via_pca": final.pre.pca_components_ is not None,
+        },
+    )
+    rows = data.rows
+    frame = pd.DataFrame(
+        {"case_id": rows["case_id"].to_numpy(), "label": rows["label"].to_numpy(), "split": split_col, "fold": fold_col}
+    )
+    if target.raw is not None:
+        frame["target"] = target.raw
+    if target.task == "survival":
+        frame["event"] = target.event
+    if scores_all is not None:
+        for name, col in _score_columns(target.task, scores_all, target.classes).items():
+            frame[name] = col
+    frame.to_parquet(v.path / "predictions.parquet", index=False)
+    if pca_scores is not None:
+        pcs = pd.DataFrame(pca_scores, columns=[f"PC{i + 1}" for i in range(pca_scores.shape[1])])
+        pcs.insert(0, "case_id", rows["case_id"].to_numpy()[dev])
+        if target.raw is not None:
+            pcs["target"] = target.raw[dev]
+        pcs.to_parquet(v.path / "pca_scores.parquet", index=False)
+    v.write_json(
+        "cases.json",
+        {
+            "development": rows["case_id"].to_numpy()[dev].tolist(),
+            "test": rows["case_id"].to_numpy()[test].tolist(),
+            "left_out": data.left_out.to_dict("records"),
+        },
+    )
+    main = metrics["main_metric"]
+    summary = {
+        part: {
+            main: (metrics.get(part) or {}).get(main),
+            f"{main}_ci": (metrics.get(part) or {}).get(f"{main}_ci"),
+            "n": (metrics.get(part) or {}).get("n"),
+        }
+        for part in ("cv", "test", "train")
+        if metrics.get(part)
+    }
+    v.meta.update(
+        {
+            "model": spec.model,
+            "task": target.task,
+            "target": spec.target,
+            "event": spec.event,
+            "classes": None if target.classes is None else [str(c) for c in target.classes],
+            "store": str(store_url),
+            "store_params_hashes": data.params_hashes,
+            "clinical": spec.clinical,
+            "n_rows": int(len(rows)),
+            "n_cases": int(rows["case_id"].nunique()),
+            "n_input_features": len(data.feature_names),
+            "n_model_inputs": len(model_inputs),
+            "config_hash": spec.digest(),
+            "main_metric": main,
+            "metrics": summary,
+            "preprocessing": {
+                "combat": spec.preprocess.combat,
+                "dropped": final.pre.dropped_,
+                "pca_components": final.pre.n_components_,
+                "scaled": spec.preprocess.scale,
+            },
+            "versions": _versions(),
+        }
+    )
+
+
+# --- the job ---------------------------------------------------------------------------------
+def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResult:
+    """Run a ``kind: train`` job spec: validate the config and data first, then start (or use) a cluster."""
+    from ..cluster import connect, dashboard_link
+
+    if job.store is None:
+        raise SpecError("a train job needs 'store'")
+    spec = parse_train_spec(job.train)
+    if spec.clinical:
+        spec = spec.model_copy(update={"clinical": job.resolve(spec.clinical)})
+    store_url = job.resolve(job.store)
+    registry = job.resolve(job.registry) or "models"
+    load_training_data(store_url, spec)  # every data problem surfaces before a cluster starts
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(connect(job.cluster))
+        if on_dashboard is not None:
+            on_dashboard(dashboard_link(client))
+        return train_store(store_url, spec, client, registry, on_fold=on_fold)
+
+
+# --- prediction ------------------------------------------------------------------------------
+def predict_store(
+    version_path: str | os.PathLike,
+    store_url: str,
+    *,
+    out: str | os.PathLike | None = None,
+    clinical: str | None = None,
+    trust: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Apply a registry version (a folder or a URL) to every row of a store; optionally write
+    the Parquet ``out``.
+
+    Runs on the current Dask scheduler (a distributed client if one is active). The store
+    must hold every feature the model was trained on (any order, extra ones ignored).
+
+    Raises
+    ------
+    ModelError
+        Naming the missing features, or a missing batch column for a ComBat model.
+    """
+    from ..registry.versions import open_version
+    from ..store import open_store
+
+    version = open_version(version_path, trust=trust)
+    store = open_store(store_url)
+    X, rows, names = store.matrix()
+    rows = rows.assign(case_id=rows["case_id"].astype(str))
+    feats = version.features
+    combat = feats.get("combat")
+    if combat or feats.get("pivot_labels"):
+        extra = read_store_columns(store, [combat] if combat else [])
+        rows = rows.merge(extra, on=["case_id", "label"], how="left")
+        if clinical:
+            clin = read_clinical(clinical)
+            rows = rows.drop(columns=[c for c in clin.columns if c != "case_id" and c in rows]).merge(
+                clin, on="case_id", how="left"
+            )
+    if feats.get("pivot_labels"):
+        X, rows, names, _ = pivot_by_label(X, rows, names, feats["pivot_labels"])
+    wanted = feats["input"]
+    position = {n: i for i, n in enumerate(names)}
+    missing = [f for f in wanted if f not in position]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise ModelError(
+            f"store {store_url!r} lacks {len(missing)} feature(s) model {version.name!r} was "
+            f"trained on: {shown}; extract with the same params "
+            f"(training params hash {version.meta.get('store_params_hashes')})"
+        )
+    idx = np.array([position[f] for f in wanted])
+    if not np.array_equal(idx, np.arange(len(names))):
+        X = X[:, idx]
+    hashes = set(matrix_params_hashes(store))
+    trained = set(version.meta.get("store_params_hashes") or [])
+    if hashes and trained and not hashes <= trained:
+        logger.warning(
+            "store %s was extracted with params %s, the model with %s: features may differ",
+            store_url,
+            sorted(hashes),
+            sorted(trained),
+        )
+    batch = None
+    if combat:
+        if combat not in rows or rows[combat].isna().any():
+            raise ModelError(
+                f"model {version.name!r} harmonises by {combat!r} (ComBat): every row of "
+                f"store {store_url!r} needs it (carried column or --clinical table)"
+            )
+        batch = rows[combat].astype(str).to_numpy()
+    scores = version.model.predict_scores(version.preprocessor.transform(X, batch=batch)).compute()
+    frame = rows[["case_id", "label"]].reset_index(drop=True).copy()
+    classes = np.asarray(version.meta.get("classes") or [])
+    cols = _score_columns(version.task, scores, classes if classes.size else None)
+    for name, col in cols.items():
+        frame[name] = col
+    if version.task in ("binary", "multiclass"):
+        frame["predicted"] = classes[np.asarray(scores).argmax(axis=1)]
+    frame["model_version"] = version.name
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(out, index=False)
+    return frame
+
+
+# --- demo ------------------------------------------------------------------------------------
+# Two dozen cases: boosted stumps on a few PCA scores, a model small enough for that many.
+DEMO_SPEC = {
+    "target": "outcome",
+    "model": "xgboost",
+    "params": {"xgboost": {"n_estimators": 100, "max_depth": 1, "learning_rate": 0.1}},
+    "preprocess": {"pca": 0.9, "pca_max_components": 10},
+    "cv": {"folds": 5, "seed": 0},
+    "metrics": {"bootstrap": 500},
+}
+
+
+def demo_train(
+    store_url: str, registry_url: str | os.PathLike, client
+) -> tuple[Path | str, float | None, Path | str | None]:
+    """Train xgboost on the demo store's ``outcome`` (cases without one are left out).
+
+    Returns ``(version_path, cv_auc, report_path)``.
+    """
+    result = train_store(store_url, DEMO_SPEC, client, registry_url)
+    return result.version, result.cv_auc, result.report

@@ -1,0 +1,335 @@
+"""Preprocessing fitted on training rows only, on dask arrays without gathering the matrix.
+
+:class:`Preprocessor`: finite check and imputation, dropping of mostly-missing, constant and
+near-constant features, optional ComBat harmonisation, optional correlation filter, dask-ml
+``StandardScaler``, dask-ml ``PCA``. Only per-feature statistics (vectors, and a features x
+features matrix for the correlation filter) come back to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from ..errors import ModelError
+from .combat import ComBat, _as_dask, _xp
+
+logger = logging.getLogger(__name__)
+
+
+def _single_column_block(X):
+    """dask-ml wants every row block to hold all columns (a pivoted matrix has several);
+    rows per block are then chosen by dask to keep blocks near its default size."""
+    if _xp(X) is np or X.numblocks[1] == 1:
+        return X
+    return X.rechunk({0: "auto", 1: -1})
+
+
+def _column_medians(X):
+    """NaN-ignoring median of every column of dask ``X`` (all rows of a few columns per task).
+
+    ``dask.array.nanmedian`` passes its axis to numpy as a list, which numpy 2 rejects.
+    """
+    import warnings
+
+    def block_median(b: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN, dropped later
+            return np.nanmedian(b, axis=0, keepdims=True)
+
+    cols = X.rechunk({0: -1, 1: "auto"})
+    return cols.map_blocks(block_median, chunks=((1,), cols.chunks[1]), dtype=float)[0]
+
+
+class Preprocessor(BaseEstimator, TransformerMixin):
+    """Everything between the stored features and the model, fitted on training rows only.
+
+    Steps, in order: non-finite values become missing; features missing in more than
+    ``max_missing_fraction`` of the rows are dropped, the rest imputed (median or mean);
+    optional ComBat by batch; features are dropped when constant or near-constant (standard
+    deviation at most ``min_relative_std`` times the absolute mean, or at least
+    ``max_mode_fraction`` of the rows equal to the feature's median); an optional
+    correlation filter keeps the first feature (store order) of every pair with
+    ``|r| > max_correlation``; dask-ml ``StandardScaler``; dask-ml ``PCA`` with ``pca``
+    components (an int) or as many as explain that share of the variance (a float in
+    (0, 1); at most ``pca_max_components`` are fitted, since dask-ml's PCA takes no
+    fraction).
+
+    Parameters
+    ----------
+    impute : {'median', 'mean'}, default 'median'
+    max_missing_fraction : float, default 0.5
+    max_mode_fraction : float or None, default 0.95
+    min_relative_std : float, default 1e-6
+    max_correlation : float or None, default None
+    scale : bool, default True
+    pca : int, float or None, default None
+    pca_max_components : int, default 50
+    pca_solver : {'auto', 'tsqr', 'randomized'}, default 'auto'
+        'auto' takes the exact 'tsqr' unless the matrix is large and few components are
+        wanted.
+    random_state : int, default 0
+
+    Attributes
+    ----------
+    n_features_in_ : int
+    columns_ : ndarray of int
+        Input columns kept after the missing-value check.
+    impute_values_ : ndarray
+        One per kept column.
+    combat_ : ComBat or None
+    support_ : ndarray of int
+        Indices into ``columns_`` kept by the variance and correlation filters.
+    scale_mean_, scale_scale_ : ndarray or None
+    pca_components_, pca_mean_ : ndarray or None
+        All fitted components; the first ``n_components_`` are used.
+    explained_variance_ratio_ : ndarray or None
+    n_components_ : int or None
+    dropped_ : dict
+        How many features each step removed.
+    """
+
+    def __init__(
+        self,
+        *,
+        impute: str = "median",
+        max_missing_fraction: float = 0.5,
+        max_mode_fraction: float | None = 0.95,
+        min_relative_std: float = 1e-6,
+        max_correlation: float | None = None,
+        scale: bool = True,
+        pca: int | float | None = None,
+        pca_max_components: int = 50,
+        pca_solver: str = "auto",
+        random_state: int = 0,
+    ):
+        self.impute = impute
+        self.max_missing_fraction = max_missing_fraction
+        self.max_mode_fraction = max_mode_fraction
+        self.min_relative_std = min_relative_std
+        self.max_correlation = max_correlation
+        self.scale = scale
+        self.pca = pca
+        self.pca_max_components = pca_max_components
+        self.pca_solver = pca_solver
+        self.random_state = random_state
+
+    def _validate(self) -> None:
+        if self.impute not in ("median", "mean"):
+            raise ModelError(f"Preprocessor: 'impute' must be 'median' or 'mean'; got {self.impute!r}")
+        if self.pca_solver not in ("auto", "tsqr", "randomized"):
+            raise ModelError(f"Preprocessor: 'pca_solver' must be auto, tsqr or randomized; got {self.pca_solver!r}")
+        pca = self.pca
+        if pca is not None and not (isinstance(pca, int) and pca >= 1 or isinstance(pca, float) and 0 < pca < 1):
+            raise ModelError(
+                f"Preprocessor: 'pca' must be a number of components (int >= 1) or a "
+                f"variance share in (0, 1); got {pca!r}"
+            )
+
+    def fit(self, X, y=None, *, batch: np.ndarray | None = None):
+        import dask
+        import dask.array as da
+
+        self._validate()
+        X = _single_column_block(_as_dask(X).astype(float))
+        n, p = X.shape
+        if n < 3:
+            raise ModelError(f"Preprocessor: {n} training row(s); need at least 3")
+        self.n_features_in_ = p
+        dropped: dict[str, int] = {}
+        Xf = da.where(da.isfinite(X), X, np.nan)
+        missing = da.isnan(Xf).sum(axis=0)
+        need_median = self.impute == "median" or self.max_mode_fraction is not None
+        median = _column_medians(Xf) if need_median else None
+        mean = da.nanmean(Xf, axis=0)
+        with np.errstate(all="ignore"):
+            missing, median, mean = dask.compute(missing, median, mean)
+        centre = median if self.impute == "median" else mean
+        ok = (missing / n <= self.max_missing_fraction) & np.isfinite(centre)
+        dropped["missing"] = int((~ok).sum())
+        self.columns_ = np.flatnonzero(ok)
+        self.impute_values_ = centre[self.columns_]
+        # Imputation is cheap elementwise work, recomputed by the few passes below rather than
+        # held in worker memory beside the (persisted) input.
+        Xi = self._impute(X)
+
+        self.combat_ = None
+        if batch is not None:
+            self.combat_ = ComBat().fit(Xi, batch=batch)
+            Xi = self.combat_.transform(Xi, batch=batch)
+
+        # dask-ml's StandardScaler on every remaining column: its means and variances also
+        # drive the constant and correlation filters (one pass over the data for all three).
+        from dask_ml.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(Xi)
+        mu = np.asarray(dask.compute(scaler.mean_)[0], dtype=float)
+        sd = np.sqrt(np.asarray(dask.compute(scaler.var_)[0], dtype=float))
+        keep = sd > np.maximum(self.min_relative_std * np.abs(mu), 1e-12)
+        dropped["constant"] = int((~keep).sum())
+        if self.max_mode_fraction is not None:
+            at_median = dask.compute((self._impute(X) == median[self.columns_]).mean(axis=0))[0]
+            near = keep & (at_median >= self.max_mode_fraction)
+            dropped["near_constant"] = int(near.sum())
+            keep &= ~near
+        support = np.flatnonzero(keep)
+        if self.max_correlation is not None and support.size > 1:
+            support = self._correlation_filter(Xi, support, mu, sd)
+            dropped["correlated"] = int(keep.sum() - support.size)
+        if support.size == 0:
+            raise ModelError("Preprocessor: every feature was dropped as missing, constant or near-constant")
+        self.support_ = support
+        self.dropped_ = dropped
+        Xs = Xi[:, support]
+
+        self.scale_mean_ = self.scale_scale_ = None
+        if self.scale:
+            self.scale_mean_ = mu[support]
+            self.scale_scale_ = sd[support]  # all > 0: constant features are gone
+            Xs = (Xs - self.scale_mean_) / self.scale_scale_
+
+        self.pca_components_ = self.pca_mean_ = self.explained_variance_ratio_ = self.n_components_ = None
+        if self.pca is not None:
+            # Materialised for dask-ml's PCA, which makes several passes over it (the randomized
+            # solver about ten): recomputing the preprocessing in each would also hand dask the
+            # same keys in differently fused graphs (its "different run_spec" warning).
+            Xs = Xs.rechunk({1: -1}).persist()
+            del Xi
+            self._fit_pca(Xs)
+        return self
+
+    def _impute(self, X):
+        xp = _xp(X)
+        X = X[:, self.columns_]
+        X = xp.where(xp.isfinite(X), X, np.nan)
+        return xp.where(xp.isnan(X), self.impute_values_, X)
+
+    def _correlation_filter(self, X, support, mu, sd) -> np.ndarray:
+        import dask
+
+        Z = (X[:, support] - mu[support]) / sd[support]
+        corr = dask.compute(Z.T @ Z)[0] / X.shape[0] if _xp(X) is not np else Z.T @ Z / X.shape[0]
+        kept: list[int] = []
+        for j in range(support.size):
+            if all(abs(corr[j, i]) <= self.max_correlation for i in kept):
+                kept.append(j)
+        return support[kept]
+
+    def _fit_pca(self, Xs) -> None:
+        from dask_ml.decomposition import PCA
+
+        n, p = Xs.shape
+        wanted = self.pca if isinstance(self.pca, int) else self.pca_max_components
+        k = int(min(wanted, n - 1, p))
+        if isinstance(self.pca, int) and k < self.pca:
+            logger.warning("PCA: %d components asked, only %d possible with %d rows and %d features", self.pca, k, n, p)
+        solver = self.pca_solver
+        if solver == "auto":
+            solver = "randomized" if n * p > 5_000_000 and k < 0.2 * min(n, p) else "tsqr"
+        Xs = Xs.rechunk({1: -1})
+        if solver == "tsqr" and Xs.chunks[0][0] < p:  # tsqr wants tall blocks
+            Xs = Xs.rechunk({0: max(p, min(n, 4096))})
+        pca = PCA(n_components=k, svd_solver=solver, iterated_power=4, random_state=self.random_state, whiten=False)
+        pca.fit(Xs)
+        self.pca_components_ = np.asarray(pca.components_, dtype=float)
+        self.pca_mean_ = np.asarray(pca.mean_, dtype=float)
+        ratio = np.asarray(pca.explained_variance_ratio_, dtype=float)
+        self.explained_variance_ratio_ = ratio
+        if isinstance(self.pca, float):
+            cum = np.cumsum(ratio)
+            reached = np.flatnonzero(cum >= self.pca - 1e-12)
+            if reached.size == 0:
+                logger.warning(
+                    "PCA: %d components explain %.3f of the variance, below %.3f; raise pca_max_components to reach it",
+                    k,
+                    cum[-1],
+                    self.pca,
+                )
+                self.n_components_ = k
+            else:
+                self.n_components_ = int(reached[0]) + 1
+        else:
+            self.n_components_ = k
+
+    def transform(self, X, *, batch: np.ndarray | None = None):
+        """The preprocessed matrix (dask in, dask out; numpy in, numpy out)."""
+        if not hasattr(self, "support_"):
+            raise ModelError("Preprocessor is not fitted")
+        if X.shape[1] != self.n_features_in_:
+            raise ModelError(f"Preprocessor was fitted on {self.n_features_in_} features, got {X.shape[1]}")
+        X = self._impute(_single_column_block(X.astype(float)))
+        if self.combat_ is not None:
+            if batch is None:
+                raise ModelError("Preprocessor was fitted with ComBat: the batch of every row is needed")
+            X = self.combat_.transform(X, batch=batch)
+        X = X[:, self.support_]
+        if self.scale_mean_ is not None:
+            X = (X - self.scale_mean_) / self.scale_scale_
+        if self.pca_components_ is not None:
+            X = (X - self.pca_mean_) @ self.pca_components_[: self.n_components_].T
+        return X
+
+    def feature_names_out(self, names: list[str]) -> list[str]:
+        if self.pca_components_ is not None:
+            return [f"PC{i + 1}" for i in range(self.n_components_)]
+        return [names[i] for i in self.columns_[self.support_]]
+
+    def input_importance(self, importances: np.ndarray) -> np.ndarray:
+        """Importances of the model's inputs carried back to the input features.
+
+        Through PCA, a feature gets the importance-weighted sum of its absolute loadings;
+        dropped features get 0.
+        """
+        imp = np.asarray(importances, dtype=float)
+        if self.pca_components_ is not None:
+            imp = np.abs(self.pca_components_[: self.n_components_]).T @ imp
+        out = np.zeros(self.n_features_in_)
+        out[self.columns_[self.support_]] = imp
+        total = out.sum()
+        return out / total if total > 0 else out
+
+    # -- safe serialisation: arrays and JSON, never pickles --------------------------------
+    _ARRAYS = (
+        "columns_",
+        "impute_values_",
+        "support_",
+        "scale_mean_",
+        "scale_scale_",
+        "pca_components_",
+        "pca_mean_",
+        "explained_variance_ratio_",
+    )
+    _COMBAT = ("batches_", "alpha_", "sd_", "gamma_", "delta_")
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Fitted state as ``(arrays for .npz, JSON-able dict)``."""
+        arrays = {k: getattr(self, k) for k in self._ARRAYS if getattr(self, k) is not None}
+        if self.combat_ is not None:
+            arrays.update({f"combat_{k}": getattr(self.combat_, k) for k in self._COMBAT})
+        meta = {
+            "params": self.get_params(),
+            "n_features_in": self.n_features_in_,
+            "n_components": self.n_components_,
+            "dropped": self.dropped_,
+            "combat": self.combat_ is not None,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Preprocessor:
+        pre = cls(**meta["params"])
+        for k in cls._ARRAYS:
+            setattr(pre, k, arrays.get(k))
+        pre.n_features_in_ = meta["n_features_in"]
+        pre.n_components_ = meta["n_components"]
+        pre.dropped_ = meta.get("dropped", {})
+        pre.combat_ = None
+        if meta.get("combat"):
+            pre.combat_ = ComBat()
+            for k in cls._COMBAT:
+                setattr(pre.combat_, k, arrays[f"combat_{k}"])
+            pre.combat_.batches_ = pre.combat_.batches_.astype(str)
+        return pre
