@@ -146,6 +146,7 @@ class Store:
     url: str
 
     def __post_init__(self) -> None:
+        self._schemas: dict[str, pa.Schema] = {}
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.root = self.root.rstrip("/")
         self._local = "file" in ((self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol)
@@ -273,10 +274,13 @@ class Store:
             return None
         fs = self._arrow_fs()
         try:
-            fragments = ds.dataset(list(paths), format="parquet", filesystem=fs)
-            schema = pa.unify_schemas(
-                [f.physical_schema for f in fragments.get_fragments()], promote_options="permissive"
-            )
+            # A part never changes once written: its schema (a footer read, slow for 1,200
+            # columns) is read once per Store.
+            unknown = [p for p in paths if p not in self._schemas]
+            if unknown:
+                for fragment in ds.dataset(unknown, format="parquet", filesystem=fs).get_fragments():
+                    self._schemas[fragment.path] = fragment.physical_schema
+            schema = pa.unify_schemas([self._schemas[p] for p in paths], promote_options="permissive")
             return ds.dataset(list(paths), format="parquet", filesystem=fs, schema=schema)
         except (pa.ArrowInvalid, OSError) as err:
             raise _read_error(self.url, err) from err
@@ -305,18 +309,19 @@ class Store:
         run_id: str,
         seq: int,
         metadata: dict[str, Any] | None = None,
-    ) -> str | None:
+    ) -> int:
         """Write ``rows`` (dicts or an Arrow table) as one Parquet part of ``table``.
 
         The part's schema metadata records ``metadata`` (feature names, params hash,
-        versions) so a part is self-describing.
+        versions) so a part is self-describing. Returns its size in bytes (0: no rows, no part).
         """
         if not len(rows):
-            return None
+            return 0
         data = _with_metadata(rows, metadata) if isinstance(rows, pa.Table) else _arrow_table(rows, metadata)
         path = self._path(table, f"part-{run_id}-{seq:06d}.parquet")
-        self._write_atomic(path, _parquet_bytes(data))
-        return path
+        payload = _parquet_bytes(data)
+        self._write_atomic(path, payload)
+        return len(payload)
 
     def write_run(self, run_id: str, record: dict[str, Any]) -> None:
         self._write_atomic(self._path("runs", f"{run_id}.json"), json.dumps(record, indent=2, default=str).encode())
@@ -602,7 +607,8 @@ class Store:
         group = self._matrix_group("r+")
         n = int(group.attrs["rows"])
         stored = list(group.attrs["feature_names"])
-        new = [c for c in names if c not in set(stored)]
+        have = set(stored)
+        new = [c for c in names if c not in have]
         columns = stored + new
         x = group["X"]
         if x.shape != (n + m, len(columns)):

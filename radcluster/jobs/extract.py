@@ -159,6 +159,8 @@ class _Writer:
         self.last_flush = time.monotonic()
         self.rows_written = 0
         self.failures_written = 0
+        self.parts_written = 0
+        self.bytes_written = 0
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -189,7 +191,10 @@ class _Writer:
         if self.rows:
             names = list(self.features)
             table, values = _arrow_rows(self.rows, names)
-            self.store.write_part("features", table, run_id=self.run_id, seq=self.seq, metadata=meta)
+            self.bytes_written += self.store.write_part(
+                "features", table, run_id=self.run_id, seq=self.seq, metadata=meta
+            )
+            self.parts_written += 1
             # after the part: a run killed in between leaves rows the next run's sync appends
             self.store.append_matrix(table.select(["case_id", "label", "extracted_at"]).to_pandas(), values, names)
             self.rows_written += len(self.rows)
@@ -212,7 +217,10 @@ def _arrow_rows(rows: Sequence[dict[str, Any]], names: Sequence[str]):
     import pyarrow as pa
 
     feature_set = set(names)
-    others = list(dict.fromkeys(k for r in rows for k in r if k not in feature_set))
+    # the first row's order, then what other rows add (key-set differences run in C)
+    others = [k for k in rows[0] if k not in feature_set]
+    extra = set().union(*(r.keys() - feature_set for r in rows)) - set(others)
+    others += sorted(extra)
     get = operator.itemgetter(*names) if names else (lambda r: ())
     try:
         values = np.array([get(r) if len(names) != 1 else (get(r),) for r in rows], dtype="float64")
@@ -432,8 +440,7 @@ def run_extract(
             fut.cancel()
     summary.failures = writer.failures_written
     summary.failed_cases = list(failed)
-    if writer.rows_written or writer.failures_written:
-        store.compact(min_parts=AUTO_COMPACT_PARTS)
+    compacted = store.compact(min_parts=AUTO_COMPACT_PARTS) if writer.rows_written or writer.failures_written else {}
     summary.matrix_rows = store.matrix_rows()
     summary.seconds = time.perf_counter() - started
     summary.dashboard = (cluster_info or {}).get("dashboard")
@@ -452,6 +459,8 @@ def run_extract(
             "changed": summary.changed,
             "skipped": summary.skipped,
             "tasks": len(plan.tasks),
+            "parts": {"features": writer.parts_written, "features_bytes": writer.bytes_written},
+            "compaction": compacted,
             "failures": summary.failures,
             "failed_cases": summary.failed_cases,
             "params_hash": settings.params_hash,
