@@ -68,7 +68,7 @@ TARGETS = {
 }
 
 
-def cost_model_scan(scan, settings, unchanged_if=None, part=None):
+def cost_model_scan(scan, settings, unchanged_if=None, part=None, threads=1):
     """The cost model of one scan: read and hash the image file, spin ``TASK_MS``, one wide row.
 
     Module-level and argument-compatible with :func:`radcluster.extract.extract_scan`; its

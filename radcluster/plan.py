@@ -236,11 +236,14 @@ def _needs_header(path: str, file_size: int) -> bool:
     return path.lower().endswith((".nhdr", ".mhd", ".hdr")) or file_size >= _SMALL_FILE
 
 
-def estimate_bytes(image_types: Iterable[str], file_size: int, header: tuple[int, int] | None) -> int:
-    """Peak memory of extracting a scan: image + uint32 mask + float64 working copies."""
+def estimate_bytes(
+    image_types: Iterable[str], file_size: int, header: tuple[int, int] | None, engines: Iterable = ()
+) -> int:
+    """Peak memory of extracting a scan: image + uint32 mask + float64 working copies, plus
+    what each feature engine adds (an ONNX model's session and activations)."""
     voxels, itemsize = header if header else (max(file_size, 1) * 4 // 2, 2)
     copies = max((_FILTER_COPIES.get(t, 2) for t in image_types), default=1)
-    return int(voxels * (itemsize + 4 + 8 * copies))
+    return int(voxels * (itemsize + 4 + 8 * copies)) + sum(e.memory_bytes(voxels) for e in engines)
 
 
 def make_plan(
@@ -252,6 +255,7 @@ def make_plan(
     worker_memory: int | None = None,
     slots: int = 1,
     headers: Callable[[list[str]], dict[str, tuple[int, int] | None]] | None = None,
+    engines: Iterable = (),
 ) -> Plan:
     """Decide, for every scan, whether and how it is extracted.
 
@@ -265,6 +269,11 @@ def make_plan(
         Tasks the cluster runs at once (worker threads); groups of tiny scans shrink towards
         the end of the run in proportion to it, so no worker idles while another finishes a
         long group, and the scans of a cohort with fewer tasks than slots are split.
+    headers : callable, optional
+        Reads the headers of a list of images (default: :func:`read_headers` here);
+        :func:`radcluster.jobs.extract.run_extract` has the workers read them.
+    engines : iterable of radcluster.extract.engines.Engine
+        The run's feature engines; each one's ``memory_bytes`` joins every scan's estimate.
     """
     image_types = list(image_types)
     latest, labels = _latest_by_case(stored, params_hash)
@@ -296,7 +305,7 @@ def make_plan(
     header = (headers or read_headers)(wanted) if wanted else {}
     sized: list[tuple[Scan, int, int, dict]] = []
     for scan, size, known in todo:
-        need = estimate_bytes(image_types, size, header.get(scan.image))
+        need = estimate_bytes(image_types, size, header.get(scan.image), engines)
         if worker_memory is not None and need > worker_memory:
             too_large.append((scan, need))
             continue

@@ -52,8 +52,15 @@ def test_a_large_scan_never_runs_beside_another_and_no_worker_is_killed(tmp_path
     # Its MEMORY resource is the budget for scans; its process limit leaves room for the
     # worker's own ~200 MB, so a kill here would mean a claim was ignored.
     with (
-        LocalCluster(n_workers=1, threads_per_worker=2, processes=True, memory_limit=budget + (768 << 20),
-                     resources={"MEMORY": budget}, dashboard_address=":0", host="127.0.0.1") as cluster,
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            memory_limit=budget + (768 << 20),
+            resources={"MEMORY": budget},
+            dashboard_address=":0",
+            host="127.0.0.1",
+        ) as cluster,
         Client(cluster) as client,
     ):
         pid = client.run(os.getpid)
