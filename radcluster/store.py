@@ -75,9 +75,9 @@ _KEYS = ("case_id", "label", "extracted_at")  # what identifies a stored row (an
 _MATRIX_CHUNK_ROWS = 512
 _DASK_CHUNK_BYTES = 64 << 20
 _KEY_CHUNK_ROWS = 1 << 16
-# Compaction merges parts below half this size into files of about this size: few files per
-# 100k wide rows, each small enough to rewrite in memory.
-COMPACT_BYTES = 128 << 20
+# Compaction merges parts below half this size into files of about this size: 16 files per
+# 100k rows of 1,200 features, each small enough to rewrite in the driver's memory.
+COMPACT_BYTES = 64 << 20
 _GENERATION = re.compile(r"^_generation-(\d{6})\.json$")
 _COMPACT = re.compile(r"^compact-(\d{6})-")
 _READ_ATTEMPTS = 20

@@ -219,3 +219,20 @@ def test_a_compaction_killed_midway_loses_and_doubles_nothing(tmp_path, where):
     assert open_store(url).compact(target_bytes=1 << 20)["features"][1] == 1
     assert _ids(url) == expected
     assert len([p for p in folder.iterdir() if p.suffix == ".parquet"]) == 1  # the leftovers are gone
+
+
+def test_store_commands_print_info_and_compact(tmp_path):
+    url = str(tmp_path / "store")
+    fill(url, parts=6, per_part=2)
+    cmd = [sys.executable, "-m", "radcluster.cli", "store"]
+    info = subprocess.run([*cmd, "info", url], capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert "rows      12 current (12 case(s)), 12 stored in all" in info.stdout
+    assert "matrix    12 current of 12 row(s) x 6 features" in info.stdout
+    assert "features  6 part file(s)" in info.stdout and "params    P" in info.stdout
+    compact = subprocess.run([*cmd, "compact", url], capture_output=True, text=True, timeout=120)
+    assert compact.returncode == 0, compact.stderr
+    assert "features: 6 -> 1 part file(s)" in compact.stdout
+    after = subprocess.run([*cmd, "info", url], capture_output=True, text=True, timeout=120)
+    assert "features  1 part file(s)" in after.stdout and "(1 compacted, generation 1)" in after.stdout
+    assert _ids(url) == [f"c{i:05d}" for i in range(12)]
