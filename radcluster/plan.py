@@ -77,6 +77,7 @@ class Plan:
     new: list[str]  # never extracted (or only failed) before
     changed: list[str]  # files or params differ from the stored rows
     too_large: list[tuple[Scan, int]]
+    stats: dict[str, str | None] = field(default_factory=dict)  # path -> file_stat, taken in bulk
 
 
 def _stat_text(info: dict[str, Any]) -> str:
@@ -334,7 +335,7 @@ def make_plan(
             group = []
     if group:
         tasks.append(_grouped(group))
-    return Plan(_split_labels(tasks, slots), skipped, new, changed, too_large)
+    return Plan(_split_labels(tasks, slots), skipped, new, changed, too_large, stats)
 
 
 def _split_labels(tasks: list[Task], slots: int) -> list[Task]:

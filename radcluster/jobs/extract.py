@@ -126,12 +126,15 @@ def run_task(
     known: dict[str, tuple[str, str]],
     part: tuple[int, int] | None = None,
     extract: Callable[..., ScanResult] = extract_scan,
+    stats: dict[str, str | None] | None = None,
 ) -> list[ScanResult]:
     """The Dask task: extract each scan of a group (or a part of one scan's labels), recording
     the files' stats with the rows.
 
     ``extract`` is the per-scan function (:func:`radcluster.extract.extract_scan`; the
-    orchestration benchmark passes a cost model of known compute)."""
+    orchestration benchmark passes a cost model of known compute). ``stats`` are the files'
+    stats the plan took in bulk (a request per file saved on object stores); files missing
+    from it are stat-ed here."""
     fault = os.environ.get(FAULT_ENV)
     results = []
     for scan in scans:
@@ -139,10 +142,14 @@ def run_task(
             # Fault injection for the crash tests: a scan that kills its worker process every
             # time, as a segfault in a native library would.
             os._exit(70)
-        stats = {"image_stat": file_stat(scan.image), "mask_stat": file_stat(scan.mask)}
+        stats = stats or {}
+        stat = {
+            "image_stat": stats[scan.image] if scan.image in stats else file_stat(scan.image),
+            "mask_stat": stats[scan.mask] if scan.mask in stats else file_stat(scan.mask),
+        }
         result = extract(scan, settings, unchanged_if=known.get(scan.case_id), part=part, threads=_worker_threads())
         for row in result.rows:
-            row.update(stats)
+            row.update(stat)
         results.append(result)
     return results
 
@@ -173,6 +180,7 @@ class _Writer:
         self.failures_written = 0
         self.parts_written = 0
         self.bytes_written = 0
+        self._ibsi_cache: tuple[list[str], dict[str, str]] = ([], {})
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -181,10 +189,13 @@ class _Writer:
         from ..ibsi import to_ibsi_names
 
         names = list(self.features)
+        if self._ibsi_cache[0] == names:  # the same features part after part: mapped once
+            return self._ibsi_cache[1]
         renamed = to_ibsi_names(
             pd.DataFrame(columns=names), aggregation=self.metadata.get("ibsi_aggregation"), unmapped="keep"
         ).columns
-        return {a: b for a, b in zip(names, renamed, strict=True) if a != b}
+        self._ibsi_cache = (names, {a: b for a, b in zip(names, renamed, strict=True) if a != b})
+        return self._ibsi_cache[1]
 
     def add(self, result: ScanResult | None, failures: list[dict[str, Any]]) -> None:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
@@ -264,6 +275,17 @@ def _headers_on_workers(client, paths: list[str], batch: int = 256) -> dict[str,
     return out
 
 
+def _claims_memory(spec) -> bool | None:
+    """Whether the batch workers radcluster starts run several tasks at once (they advertise
+    ``MEMORY``): known from the spec before an adaptive cluster has any worker. None where the
+    workers connected at the start tell (local ones, a running cluster's)."""
+    from ..spec import PBSClusterSpec, SlurmClusterSpec
+
+    if isinstance(spec, SlurmClusterSpec | PBSClusterSpec):
+        return spec.cores // spec.processes > 1
+    return None
+
+
 def _worker_memory(client) -> tuple[int | None, bool, int]:
     """(largest worker's memory in bytes, whether tasks should claim memory as a resource,
     worker threads in all).
@@ -295,6 +317,7 @@ def run_extract(
     flush_seconds: float = 30.0,
     cluster_info: dict[str, Any] | None = None,
     extract: Callable[..., ScanResult] = extract_scan,
+    claim_memory: bool | None = None,
 ) -> RunSummary:
     """Extract what the store does not hold yet of ``cohort`` into the store at ``store_url``.
 
@@ -302,7 +325,9 @@ def run_extract(
     :mod:`radcluster.plan`); results are written as they arrive, so an interrupted run keeps
     every batch already flushed and a re-run goes on from there. Returns the run's
     :class:`RunSummary` (also saved under ``runs/``). ``extract`` is the per-scan function
-    (see :func:`run_task`).
+    (see :func:`run_task`). ``claim_memory`` says whether tasks claim their scans' memory from
+    the workers' ``MEMORY`` resource; by default, if the workers connected now advertise it and
+    run several tasks at once (see :func:`_worker_memory`).
 
     Raises
     ------
@@ -333,6 +358,8 @@ def run_extract(
     failed: dict[str, None] = {}
 
     memory, use_resources, threads = _worker_memory(client)
+    if claim_memory is not None:  # the cluster's kind knows (an adaptive one may have no worker yet)
+        use_resources = claim_memory
     plan: Plan = make_plan(
         cohort,
         store.current_keys(),
@@ -386,6 +413,7 @@ def run_extract(
                 task.known,
                 task.part,
                 extract,
+                {p: plan.stats.get(p) for scan in task.scans for p in (scan.image, scan.mask)},
                 pure=False,
                 key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
                 resources={"MEMORY": task.memory} if use_resources else None,
@@ -531,4 +559,5 @@ def extract_job(
             flush_rows=job.extraction.flush_rows,
             flush_seconds=job.extraction.flush_seconds,
             cluster_info=info,
+            claim_memory=_claims_memory(job.cluster),
         )
