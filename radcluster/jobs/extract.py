@@ -556,7 +556,7 @@ def extract_job(
         engines,
     )
     store_url = job.resolve(job.store)
-    open_store(store_url, must_exist=False).check_params(params_hash)  # before any cluster starts
+    open_store(store_url, must_exist=False).check_params(settings.params_hash)  # before any cluster starts
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(connect(job.cluster))
