@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +151,8 @@ def json_bytes(data: Any) -> bytes:
 
 
 def _plain(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, float | np.floating):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, dict):
