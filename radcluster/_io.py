@@ -130,19 +130,26 @@ def write_atomic(path: str, data: bytes) -> None:
         fs, p = fsspec.core.url_to_fs(path)
         fs.pipe_file(p, data)
         return
+    os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+    with _written_beside(local, data) as tmp:
+        os.replace(tmp, local)  # atomic on POSIX
+
+
+@contextlib.contextmanager
+def _written_beside(local: str, data: bytes) -> Iterator[str]:
+    """``data`` in a fsynced temporary file in ``local``'s folder, one rename or link away from
+    ``local``; the temporary name is gone on exit."""
     folder, name = os.path.split(os.path.abspath(local))
-    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, local)  # atomic on POSIX
-    except BaseException:
-        with contextlib.suppress(OSError):
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # renamed into place
             os.unlink(tmp)
-        raise
 
 
 def json_bytes(data: Any) -> bytes:
@@ -203,16 +210,8 @@ def create_exclusive(path: str, data: bytes) -> None:
     if local is not None:
         # Written under a temporary name and hard-linked to ``path`` (link fails if it exists):
         # as exclusive as O_EXCL, and a reader never sees the file half written.
-        folder, name = os.path.split(os.path.abspath(local))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        with _written_beside(local, data) as tmp:
             os.link(tmp, local)
-        finally:
-            os.unlink(tmp)
         return
     fs, p = fsspec.core.url_to_fs(path)
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
