@@ -76,8 +76,14 @@ class Plan:
 
 
 def file_stat(path: str) -> str | None:
-    """A cheap identity of a file: size and modification time (or ETag) without reading it."""
+    """A cheap identity of a file: size and modification time (or ETag) without reading it.
+
+    A folder (a DICOM series) is identified by its files' total size and a hash of every
+    file's name, size and modification time, so an added, removed or rewritten slice shows.
+    """
     try:
+        if path.endswith("/") or (not _io.is_url(path) and os.path.isdir(path)):
+            return _folder_stat(path)
         if _io.is_url(path):
             import fsspec
 
@@ -89,6 +95,21 @@ def file_stat(path: str) -> str | None:
         return f"{st.st_size}:{st.st_mtime_ns}"
     except (OSError, ValueError):
         return None
+
+
+def _folder_stat(path: str) -> str:
+    import hashlib
+
+    from .cohort.dicom import url_fs
+
+    fs, root = url_fs(path)
+    found = fs.find(root, detail=True)
+    h = hashlib.sha256()
+    for name in sorted(found):
+        info = found[name]
+        tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+        h.update(f"{name}|{info.get('size')}|{tag}\n".encode())
+    return f"{sum(int(i.get('size') or 0) for i in found.values())}:{h.hexdigest()[:16]}"
 
 
 def _header_voxels(path: str) -> tuple[int, int] | None:
@@ -118,7 +139,12 @@ def estimate_bytes(scan: Scan, image_types: Iterable[str], file_size: int) -> in
     (typical compression of CT/MR), which errs on the side of caution.
     """
     detached = scan.image.lower().endswith((".nhdr", ".mhd", ".hdr"))
-    header = _header_voxels(scan.image) if detached or file_size >= _SMALL_FILE else None
+    if scan.dicom:
+        # a series folder: mostly uncompressed 16-bit slices, decoded one by one, then stacked
+        # as 32-bit (rescaled CT) and copied once into SimpleITK
+        header = (max(file_size, 1) // 2, 8)
+    else:
+        header = _header_voxels(scan.image) if detached or file_size >= _SMALL_FILE else None
     voxels, itemsize = header if header else (max(file_size, 1) * 4 // 2, 2)
     copies = max((_FILTER_COPIES.get(t, 2) for t in image_types), default=1)
     return int(voxels * (itemsize + 4 + 8 * copies))

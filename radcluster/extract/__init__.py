@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from ..cohort import ALL_LABELS, Scan
 from ..cohort.check import check_scan
 from ..errors import ScanError
 from .fast import extract_labels, find_labels
+from .readers import REORIENTED, ScanInput, read_scan
 
 __all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
 
@@ -89,10 +90,30 @@ def _content_hash(image) -> str:
     return h.hexdigest()
 
 
-def _read(case_id: str, path: str, role: str):
-    from ..cohort.images import read_image
+def _masks_hash(hashes: list[str]) -> str | None:
+    """One mask's content hash, or a hash of the hashes of a scan's several label maps."""
+    import xxhash
 
-    return read_image(case_id, path, role)
+    if len(hashes) == 1:
+        return hashes[0]
+    return xxhash.xxh3_128("|".join(hashes).encode()).hexdigest() if hashes else None
+
+
+def _layers(scan: Scan, found: ScanInput, part: tuple[int, int] | None):
+    """(scan, mask, part) to extract per label map: the manifest's labels, or a layer's ROIs.
+
+    A split scan (``part``) takes every k-th label over all layers, so the parts of a DICOM
+    scan with overlapping ROIs still cover each ROI once.
+    """
+    if len(found.layers) == 1 and found.layers[0].labels is None:
+        yield scan, found.layers[0].mask, part
+        return
+    every = sorted(label for layer in found.layers for label in layer.labels or ())
+    mine = set(every[part[0] :: part[1]] if part else every)
+    for layer in found.layers:
+        labels = tuple(label for label in layer.labels or () if label in mine)
+        if labels:
+            yield replace(scan, labels=labels), layer.mask, None
 
 
 def _as_float(value: Any) -> float:
@@ -192,23 +213,28 @@ def extract_scan(
     failures: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
+    found = None
+    per_label: dict[int, Any] = {}
     try:
-        image = _read(scan.case_id, scan.image, "image")
-        mask = _read(scan.case_id, scan.mask, "mask")
-        image_hash, mask_hash = _content_hash(image), _content_hash(mask)
+        found = read_scan(scan)
+        image = found.image
+        image_hash = _content_hash(image)
+        mask_hash = _masks_hash([_content_hash(layer.mask) for layer in found.layers])
         if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
             return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
-        _check_inputs(scan, image, mask, extractor, tolerance)
-        per_label = _extract_labels(scan, image, mask, extractor, settings, part)
+        failures.extend(_failure(err) for err in found.failures)
+        for layer_scan, mask, layer_part in _layers(scan, found, part):
+            _check_inputs(layer_scan, image, mask, extractor, tolerance)
+            per_label.update(_extract_labels(layer_scan, image, mask, extractor, settings, layer_part))
     except ScanError as err:
         failures.append(_failure(err))
-        per_label = {}
 
     elapsed = time.perf_counter() - start
     base = {
         "case_id": scan.case_id,
         "patient_id": scan.patient_id,
         **scan.extra,
+        **(found.provenance if found else {}),
         "image_hash": image_hash,
         "mask_hash": mask_hash,
         "params_hash": settings.params_hash,
@@ -222,7 +248,10 @@ def extract_scan(
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
         names.update(dict.fromkeys(values))
-        rows.append({"label": int(label), "label_name": settings.label_names.get(int(label)), **base, **values})
+        label = int(label)
+        name = found.label_names.get(label) or settings.label_names.get(label)
+        extra = found.per_label.get(label, {})
+        rows.append({"label": label, "label_name": name, **base, **extra, **values})
     return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
 
 
@@ -276,6 +305,9 @@ def _extract_labels(
 
 def _plain(scan: Scan, image, mask, extractor, label: int):
     try:
+        if scan.dicom or mask.HasMetaDataKey(REORIENTED):
+            # pyradiomics reads no DICOM series, and a reoriented mask is not its file
+            return extractor.execute(image, mask, label=label)
         with _io.local_file(scan.image) as img, _io.local_file(scan.mask) as msk:
             return extractor.execute(img, msk, label=label)
     except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
