@@ -252,10 +252,10 @@ def pair(
 ) -> tuple[list[tuple[SeriesInfo, Header]], list[Problem]]:
     """Each RTSTRUCT and SEG with the image series it references.
 
-    In order: its referenced series UIDs; the series holding the SOP instances its frames or
-    contours reference; the one image series with its FrameOfReferenceUID. A segmentation
-    that references no series of the tree, or whose frame of reference several series
-    share, is a problem.
+    In order: its referenced series UIDs; if it names none, the series holding the SOP
+    instances its frames or contours reference, else the one image series with its
+    FrameOfReferenceUID. A segmentation that references no series of the tree, or whose
+    frame of reference several series share, is a problem.
     """
     by_instance = {h.sop_uid: h.series_uid for h in headers if h.image}
     by_frame: dict[str, list[str]] = defaultdict(list)
@@ -267,8 +267,10 @@ def pair(
         if h.sop_class not in (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS):
             continue
         kind = "SEG" if h.sop_class == SEG_SOP_CLASS else "RTSTRUCT"
+        # a series it names is the one it segments; only an object that names none is paired
+        # through the instances it references, then through its frame of reference
         found = [u for u in h.referenced_series if u in series]
-        if not found:
+        if not found and not h.referenced_series:
             found = sorted({by_instance[i] for i in h.referenced_instances if i in by_instance})
         if not found and not h.referenced_series and h.frame_of_reference:
             candidates = by_frame.get(h.frame_of_reference, [])
