@@ -194,8 +194,14 @@ class Store:
             return fails
         done = self.row_keys()
         if not done.empty:
+            # a failure of one label (a DICOM ROI without contours) stands beside the rows of
+            # the scan's other labels: only a later row of that label supersedes it
             last_ok = done.groupby("case_id")["extracted_at"].max()
             later = fails["case_id"].map(last_ok)
+            per_label = done.groupby(["case_id", "label"])["extracted_at"].max()
+            labelled = fails["label"].notna()
+            keys = list(zip(fails["case_id"], fails["label"].fillna(-1).astype(int), strict=True))
+            later = later.where(~labelled, pd.Series([per_label.get(k) for k in keys], index=fails.index))
             fails = fails[later.isna() | (later < fails["failed_at"])]
         return fails.sort_values(["case_id", "failed_at"], kind="stable", ignore_index=True)
 

@@ -151,9 +151,7 @@ def test_nested_contour_is_a_hole_and_an_island_in_it_is_filled(series):
 
     def square(lo, hi):
         corners = [(lo, lo), (hi, lo), (hi, hi), (lo, hi)]
-        return SimpleNamespace(
-            ContourData=[v for c, r in corners for v in (origin[0] + c * sx, origin[1] + r * sy, z)]
-        )
+        return SimpleNamespace(ContourData=[v for c, r in corners for v in (origin[0] + c * sx, origin[1] + r * sy, z)])
 
     mask = rasterise([square(100, 140), square(110, 130), square(115, 125)], series)
     plane = mask[3]
@@ -162,9 +160,7 @@ def test_nested_contour_is_a_hole_and_an_island_in_it_is_filled(series):
 
 
 def test_overlapping_segments_are_separate_label_maps(tree):
-    found = read_scan(
-        Scan("rider", str(tree / "CT"), str(tree / "SEG" / "1-1.dcm"), series_uid=None, roi=None)
-    )
+    found = read_scan(Scan("rider", str(tree / "CT"), str(tree / "SEG" / "1-1.dcm"), series_uid=None, roi=None))
     assert [layer.labels for layer in found.layers] == [(1,), (2,)]
     assert found.label_names == {1: "GTVp_test_man", 2: "GTVp_test_auto"}
     assert set(found.provenance) == {"series_uid", "segmentation_uid", "instances_hash"}
