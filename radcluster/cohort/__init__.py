@@ -66,6 +66,7 @@ RESERVED_COLUMNS = frozenset(
         "roi_number",
         "roi_name",
         "instances_hash",
+        "mask_reoriented",  # a mask stored with flipped axes, resampled onto the image grid
     }
 )
 # Columns of DICOM rows (cohort.dicom writes them): the image series in the ``image`` folder,
