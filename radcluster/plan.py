@@ -129,7 +129,7 @@ def _header_voxels(path: str) -> tuple[int, int] | None:
     return voxels, itemsize * reader.GetNumberOfComponents()
 
 
-def estimate_bytes(scan: Scan, image_types: Iterable[str], file_size: int) -> int:
+def estimate_bytes(scan: Scan, image_types: Iterable[str], file_size: int, engines: Iterable = ()) -> int:
     """Peak memory of extracting ``scan``: image + uint32 mask + float64 working copies.
 
     The header is read for files of 1 MB and more and for detached headers (``.nhdr``,
@@ -147,7 +147,8 @@ def estimate_bytes(scan: Scan, image_types: Iterable[str], file_size: int) -> in
         header = _header_voxels(scan.image) if detached or file_size >= _SMALL_FILE else None
     voxels, itemsize = header if header else (max(file_size, 1) * 4 // 2, 2)
     copies = max((_FILTER_COPIES.get(t, 2) for t in image_types), default=1)
-    return int(voxels * (itemsize + 4 + 8 * copies))
+    # plus what each feature engine adds (an ONNX model's session and activations)
+    return int(voxels * (itemsize + 4 + 8 * copies)) + sum(e.memory_bytes(voxels) for e in engines)
 
 
 def make_plan(
@@ -158,6 +159,7 @@ def make_plan(
     *,
     worker_memory: int | None = None,
     slots: int = 1,
+    engines: Iterable = (),
 ) -> Plan:
     """Decide, for every scan, whether and how it is extracted.
 
@@ -171,6 +173,8 @@ def make_plan(
         Tasks the cluster runs at once (worker threads); groups of tiny scans shrink towards
         the end of the run in proportion to it, so no worker idles while another finishes a
         long group, and the scans of a cohort with fewer tasks than slots are split.
+    engines : iterable of radcluster.extract.engines.Engine
+        The run's feature engines; each one's ``memory_bytes`` joins every scan's estimate.
     """
     image_types = list(image_types)
     same_params = stored[stored["params_hash"] == params_hash] if not stored.empty else stored
@@ -197,7 +201,7 @@ def make_plan(
             changed.append(scan.case_id)
         else:
             new.append(scan.case_id)
-        need = estimate_bytes(scan, image_types, size)
+        need = estimate_bytes(scan, image_types, size, engines)
         if worker_memory is not None and need > worker_memory:
             too_large.append((scan, need))
             continue

@@ -280,6 +280,16 @@ def _clusters(ax, preds: pd.DataFrame) -> None:
 
 
 # --- the page --------------------------------------------------------------------------------
+def _feature_kinds(kinds: dict[str, Any] | None) -> str:
+    """'radiomics (107) + deep (4), as asked (features: [radiomics, deep])'; '' for older versions."""
+    if not kinds:
+        return ""
+    counts = " + ".join(f"{k} ({n})" for k, n in kinds.get("counts", {}).items())
+    selected = kinds.get("selected")
+    how = "every feature in the store" if selected == "all" else f"features: [{', '.join(selected)}]"
+    return f"{counts}; {how}"
+
+
 def _load(folder: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ("metrics", "config", "importance", "features", "preprocess", "version"):
@@ -391,6 +401,7 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
         ("rows / cases", f"{meta.get('n_rows')} / {meta.get('n_cases')}"),
         ("left out (missing target)", metrics.get("left_out")),
         ("input features", meta.get("n_input_features")),
+        ("feature kinds", _feature_kinds(meta.get("feature_kinds"))),
         ("model inputs", meta.get("n_model_inputs")),
         ("ComBat harmonisation", f"by {pre['combat']!r}" if pre.get("combat") else "not applied"),
         ("features dropped", ", ".join(f"{k}: {v}" for k, v in (pre.get("dropped") or {}).items())),

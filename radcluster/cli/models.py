@@ -56,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train.preprocess.combat": args.combat,
         "train.preprocess.pca": _pca_value(args.pca) if args.pca is not None else None,
         "train.shuffle_target": True if args.shuffle_target else None,
+        "train.features": args.features.split(",") if args.features else None,
         "train.report": False if args.no_report else None,
     }
     job = _build(args, "train", {"store": _abs(args.store), "registry": _abs(args.registry), **flags})
@@ -228,6 +229,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--test-fraction", type=float, help="held-out test share of patients")
     p.add_argument("--pca", help="components (int), explained-variance share (e.g. 0.95) or 'none'")
     p.add_argument("--combat", help="ComBat-harmonise by this batch column (e.g. site)")
+    p.add_argument(
+        "--features",
+        metavar="KINDS",
+        help="feature kinds to train on: radiomics, deep or radiomics,deep (default: all)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--shuffle-target",

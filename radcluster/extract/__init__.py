@@ -1,12 +1,14 @@
 """Per-scan extraction: a pure function of (scan, settings) that returns rows or failures.
 
-:func:`extract_scan` reads one image and its mask on the machine it runs on, extracts every
-requested label with pyradiomics, and returns a :class:`ScanResult`. It never raises for a
-problem of the scan itself (unreadable file, geometry mismatch, empty mask, absent label,
+:func:`extract_scan` reads one image and its mask on the machine it runs on, runs the job's
+feature engines (:mod:`.engines`: pyradiomics by default, IBSI mode, ONNX models, plugins) on
+that one read for every requested label, and returns a :class:`ScanResult`. It never raises for
+a problem of the scan itself (unreadable file, geometry mismatch, empty mask, absent label,
 pyradiomics error): those become failure records naming the case, the file and the reason.
 It knows nothing of Dask or of the store; the scheduler only calls it.
 
-Two paths give the same features (relative difference <= 1e-6, asserted by the tests):
+The pyradiomics engine has two paths that give the same features (relative difference
+<= 1e-6, asserted by the tests):
 
 * the fast path (default, :mod:`.fast`) reads image and mask once, hashes the decoded voxels once, and
   runs pyradiomics' own pipeline steps (``checkMask``, ``resampleImage``, the image-type
@@ -26,12 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import _io
-from ..cohort import ALL_LABELS, Scan
+from ..cohort import Scan
 from ..cohort.check import check_scan
 from ..errors import ScanError
-from .fast import extract_labels, find_labels
-from .readers import REORIENTED, ScanInput, read_scan
+from .engines import ScanImage, run_engines
+from .readers import ScanInput, read_scan
 
 __all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
 
@@ -51,6 +52,17 @@ class ExtractionSettings:
     fast: bool = True
     sitk_threads: int = 1
     ibsi: bool | str = False  # IBSI mode (radcluster.ibsi): True, or a configuration name "A".."E"
+    # the feature engines (radcluster.extract.engines), prepared; () is the one the flags above
+    # choose: pyradiomics, or IBSI mode when ``ibsi`` is set
+    engines: tuple = ()
+
+    def engine_list(self) -> tuple:
+        if self.engines:
+            return self.engines
+        from .engines.ibsi import IBSIEngine
+        from .engines.pyradiomics import PyradiomicsEngine
+
+        return (IBSIEngine(self.ibsi),) if self.ibsi else (PyradiomicsEngine(),)
 
 
 @dataclass
@@ -156,23 +168,13 @@ def _params_mismatch(image, extractor) -> str | None:
     return None
 
 
-def _labels_of(scan: Scan, present: list[int], default_label: int, part: tuple[int, int] | None) -> list[int]:
-    """The labels this task extracts: the manifest's, or every present one, or part i of k of them."""
-    if scan.labels == ALL_LABELS:
-        labels = present
-    elif scan.labels is None:
-        labels = [default_label]
-    else:
-        labels = list(scan.labels)
-    return labels[part[0] :: part[1]] if part else labels
-
-
 def extract_scan(
     scan: Scan,
     settings: ExtractionSettings,
     *,
     unchanged_if: tuple[str, str] | None = None,
     part: tuple[int, int] | None = None,
+    threads: int = 1,
 ) -> ScanResult:
     """Extract every requested label of one scan.
 
@@ -189,6 +191,9 @@ def extract_scan(
     part : (i, k), optional
         Extract only every k-th of the scan's labels, starting at the i-th (in label order):
         the plan splits a many-label scan over otherwise idle workers this way.
+    threads : int
+        CPU threads the task may use (its Dask worker's threads); engines with a thread pool
+        of their own (ONNX Runtime) size it by this.
 
     Returns
     -------
@@ -215,6 +220,7 @@ def extract_scan(
     image_hash = mask_hash = None
     found = None
     per_label: dict[int, Any] = {}
+    provenance: dict[str, Any] = {}
     try:
         found = read_scan(scan)
         image = found.image
@@ -223,9 +229,12 @@ def extract_scan(
         if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
             return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
         failures.extend(_failure(err) for err in found.failures)
+        default_label = int(extractor.settings.get("label", 1))
         for layer_scan, mask, layer_part in _layers(scan, found, part):
             _check_inputs(layer_scan, image, mask, extractor, tolerance)
-            per_label.update(_extract_labels(layer_scan, image, mask, extractor, settings, layer_part))
+            one_read = ScanImage(layer_scan, image, mask, default_label, layer_part, threads)
+            extracted, provenance = run_engines(settings.engine_list(), one_read, settings)
+            per_label.update(extracted)
     except ScanError as err:
         failures.append(_failure(err))
 
@@ -234,12 +243,13 @@ def extract_scan(
         "case_id": scan.case_id,
         "patient_id": scan.patient_id,
         **scan.extra,
-        **(found.provenance if found else {}),
         "image_hash": image_hash,
         "mask_hash": mask_hash,
         "params_hash": settings.params_hash,
         "scan_seconds": elapsed,
         **versions(),
+        **provenance,
+        **(found.provenance if found else {}),
     }
     names: dict[str, None] = {}
     for label, features in per_label.items():
@@ -250,65 +260,5 @@ def extract_scan(
         names.update(dict.fromkeys(values))
         label = int(label)
         name = found.label_names.get(label) or settings.label_names.get(label)
-        extra = found.per_label.get(label, {})
-        rows.append({"label": label, "label_name": name, **base, **extra, **values})
+        rows.append({"label": label, "label_name": name, **base, **found.per_label.get(label, {}), **values})
     return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
-
-
-def _ibsi(
-    scan: Scan, image, mask, params_text: str, ibsi: bool | str, default_label: int, part: tuple[int, int] | None
-) -> dict[int, Any]:
-    """IBSI mode: radcluster.ibsi's preprocessing around pyradiomics' feature classes."""
-    import SimpleITK as sitk
-    import yaml
-
-    from ..ibsi import extract_ibsi
-
-    params = yaml.safe_load(params_text) or {}
-    arr = sitk.GetArrayViewFromImage(mask)
-    present = [int(v) for v in np.unique(arr) if v != 0]
-    out: dict[int, Any] = {}
-    for label in _labels_of(scan, present, default_label, part):
-        try:
-            out[label] = extract_ibsi(image, mask, label, params, None if ibsi is True else ibsi)
-        except ValueError as err:
-            out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
-    return out
-
-
-def _extract_labels(
-    scan: Scan, image, mask, extractor, settings: ExtractionSettings, part: tuple[int, int] | None
-) -> dict[int, Any]:
-    """features or a ScanError, per label."""
-    import SimpleITK as sitk
-
-    default_label = int(extractor.settings.get("label", 1))
-    vector_mask = mask.GetNumberOfComponentsPerPixel() > 1
-    if settings.ibsi:
-        return _ibsi(scan, image, mask, settings.params_text, settings.ibsi, default_label, part)
-    if vector_mask or not settings.fast or extractor.settings.get("correctMask"):
-        # Masks resampled onto the image (correctMask) or picked from a vector image take
-        # pyradiomics' own route; the fast path assumes a shared scalar grid.
-        present = [default_label]
-        if scan.labels == ALL_LABELS and not vector_mask:
-            present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(mask)) if v != 0]
-        labels = _labels_of(scan, present, default_label, part)
-        return {label: _plain(scan, image, mask, extractor, label) for label in labels}
-
-    objects = find_labels(scan, mask)
-    present = [i + 1 for i, sl in enumerate(objects) if sl is not None]
-    if not present:
-        raise ScanError(scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.mask)
-    labels = _labels_of(scan, present, default_label, part)
-    return extract_labels(scan, image, mask, extractor, labels, objects, present)
-
-
-def _plain(scan: Scan, image, mask, extractor, label: int):
-    try:
-        if scan.dicom or mask.HasMetaDataKey(REORIENTED):
-            # pyradiomics reads no DICOM series, and a reoriented mask is not its file
-            return extractor.execute(image, mask, label=label)
-        with _io.local_file(scan.image) as img, _io.local_file(scan.mask) as msk:
-            return extractor.execute(img, msk, label=label)
-    except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
-        return ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)

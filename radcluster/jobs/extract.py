@@ -23,6 +23,7 @@ import yaml
 
 from ..cohort import Cohort, Scan, read_label_table, read_manifest
 from ..extract import ExtractionSettings, ScanResult, extract_scan
+from ..extract.engines import combined_key, from_spec
 from ..plan import Plan, file_stat, make_plan, part_key
 from ..spec import JobSpec, read_params
 from ..store import Store, open_store
@@ -121,11 +122,24 @@ def run_task(
             # time, as a segfault in a native library would.
             os._exit(70)
         stats = {"image_stat": file_stat(scan.image), "mask_stat": file_stat(scan.mask)}
-        result = extract_scan(scan, settings, unchanged_if=known.get(scan.case_id), part=part)
+        result = extract_scan(
+            scan, settings, unchanged_if=known.get(scan.case_id), part=part, threads=_worker_threads()
+        )
         for row in result.rows:
             row.update(stats)
         results.append(result)
     return results
+
+
+def _worker_threads() -> int:
+    """The threads of the Dask worker running this task (1 outside one): what a task's engines
+    may use for their own thread pools (ONNX Runtime's), as the worker runs that many tasks."""
+    from distributed import get_worker
+
+    try:
+        return int(get_worker().state.nthreads)
+    except ValueError:  # not inside a worker
+        return 1
 
 
 class _Writer:
@@ -246,6 +260,7 @@ def run_extract(
         get_extractor(settings.params_text).enabledImagetypes,
         worker_memory=memory,
         slots=threads,
+        engines=settings.engine_list(),
     )
     logger.info(
         "run %s: %d new, %d changed, %d unchanged (skipped), %d in %d task(s)",
@@ -379,14 +394,16 @@ def extract_job(
     cohort = read_manifest(job.resolve(job.manifest))
     params_text, params_hash = read_params(job.resolve(job.extraction.params))
     labels = read_label_table(job.resolve(job.extraction.label_table))
-    if job.extraction.ibsi:
-        from ..ibsi import check_ibsi_params
-
-        check_ibsi_params(yaml.safe_load(params_text))  # before any cluster starts
-        # IBSI mode changes every value: its rows must not pass for stock-mode rows
-        params_hash = f"{params_hash}-ibsi-{job.extraction.ibsi}"
+    # every engine is checked here, before any cluster starts (an ONNX model is read and run once)
+    engines = from_spec(job.extraction, params_text, job.resolve)
     settings = ExtractionSettings(
-        params_text, params_hash, labels, job.extraction.fast, job.extraction.sitk_threads, job.extraction.ibsi
+        params_text,
+        combined_key(params_hash, engines),
+        labels,
+        job.extraction.fast,
+        job.extraction.sitk_threads,
+        job.extraction.ibsi,
+        engines,
     )
     store_url = job.resolve(job.store)
     with contextlib.ExitStack() as stack:

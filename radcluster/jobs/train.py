@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from ..learn.dataset import (
 )
 from ..learn.models import make_model, save_model
 from ..learn.preprocess import Preprocessor
-from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, parse_train_spec
+from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, feature_kind, parse_train_spec
 
 logger = logging.getLogger(__name__)
 
@@ -380,6 +381,11 @@ def _write_version(
             "n_rows": int(len(rows)),
             "n_cases": int(rows["case_id"].nunique()),
             "n_input_features": len(data.feature_names),
+            # which kinds of features the model was trained on (train's `features:`), and how many of each
+            "feature_kinds": {
+                "selected": list(spec.features) if spec.features else "all",
+                "counts": dict(Counter(feature_kind(n) for n in data.feature_names)),
+            },
             "n_model_inputs": len(model_inputs),
             "config_hash": spec.digest(),
             "main_metric": main,

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ModelError
-from ..spec.training import TrainSpec
+from ..spec.training import TrainSpec, feature_kind
 from .cv import Target
 from .models import check_model
 
@@ -161,6 +161,27 @@ def _shuffle_by_group(frame: pd.DataFrame, columns: list[str], groups: np.ndarra
     return frame
 
 
+def select_kinds(X, names: list[str], kinds, store_url: str):
+    """The matrix columns of the feature kinds ``kinds`` (None: all), and their names.
+
+    Raises
+    ------
+    ModelError
+        When the store has no feature of a kind asked for.
+    """
+    if kinds is None:
+        return X, names
+    found = {k: [i for i, n in enumerate(names) if feature_kind(n) == k] for k in kinds}
+    missing = [k for k, idx in found.items() if not idx]
+    if missing:
+        hint = "; deep features come from an onnx engine (extraction.engines)" if "deep" in missing else ""
+        raise ModelError(f"features {list(kinds)}: store {store_url!r} has no {' or '.join(missing)} features{hint}")
+    keep = sorted(i for idx in found.values() for i in idx)
+    if len(keep) == len(names):
+        return X, names
+    return X[:, keep], [names[i] for i in keep]
+
+
 def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None = None) -> TrainingData:
     """Join the store's matrix to the target; rows with a missing target are left out (logged).
 
@@ -170,6 +191,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
 
     store = open_store(store_url)
     X, rows, names = store.matrix()
+    X, names = select_kinds(X, names, spec.features, store_url)
     rows = rows.assign(case_id=rows["case_id"].astype(str))
     needed = [
         c

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from ..errors import SpecError
 from .training import TrainSpec
@@ -32,6 +32,7 @@ __all__ = [
     "KubernetesClusterSpec",
     "ClusterSpec",
     "ExtractionSpec",
+    "OnnxEngineSpec",
     "JobSpec",
     "build_job",
     "load_job",
@@ -132,6 +133,85 @@ ClusterSpec = Annotated[
 ]
 
 
+class OnnxEngineSpec(_Section):
+    """An ONNX model as a feature engine: each ROI's embedding as columns ``deep_<name>_<i>``."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9]+$", description="letters and digits; columns deep_<name>_<i>")
+    model: str = Field(..., description="ONNX file: a path (relative to the job file) or an fsspec URL")
+    mode: Literal["3d", "2.5d"] = Field(
+        "3d", description="3d: one [z, y, x] patch per ROI; 2.5d: 2D model on axial slices, embeddings averaged"
+    )
+    slices: int = Field(1, ge=1, description="2.5d: axial slices through the ROI's centre")
+    spacing: tuple[float, float, float] | None = Field(
+        None, description="resample to this (x, y, z) spacing in mm first (0 keeps an axis); null: the scan's"
+    )
+    margin: float = Field(10.0, ge=0, description="mm of context kept around the ROI's bounding box")
+    window: tuple[float, float] | None = Field(None, description="[low, high]: clip and scale to [0, 1] (CT HU)")
+    zscore: bool = Field(False, description="subtract the crop's mean, divide by its sd (after any window)")
+    pad_value: float = Field(0.0, description="value of the voxels padding a crop smaller than the input")
+    interpolation: Literal["linear", "bspline", "nearest"] = Field("linear", description="resampling interpolator")
+    size: tuple[int, ...] | None = Field(
+        None, description="input size ([z, y, x], 2.5d: [y, x]) when the model's spatial axes are dynamic"
+    )
+    input: str | None = Field(None, description="the model's image input; default: its only input")
+    output: str | None = Field(None, description="the embedding output; default: the model's first")
+    batch: int = Field(16, ge=1, description="samples per ONNX Runtime call when the batch axis is dynamic")
+    providers: tuple[str, ...] | None = Field(
+        None, description="ONNX Runtime execution providers; null: a GPU one when present, else CPU"
+    )
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads; null: the worker's threads")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v):
+        if v is not None and not v[0] < v[1]:
+            raise ValueError("must be [low, high] with low < high")
+        return v
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v):
+        if v is not None and (len(v) not in (2, 3) or min(v) < 1):
+            raise ValueError("must be 3 ([z, y, x]) or 2 ([y, x]) positive sizes")
+        return v
+
+
+def _engine_tag(entry: Any) -> str:
+    """Which form an ``extraction.engines`` entry has: a name, ``{onnx: {...}}``, or another
+    engine's ``{name: {...}}`` (entry points)."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        return "onnx" if "onnx" in entry else "options"
+    if isinstance(entry, OnnxEntry):
+        return "onnx"
+    return "options" if isinstance(entry, dict) else "name"
+
+
+def _engine_name(name: str) -> str:
+    from ..extract.engines import engine_class
+
+    if name == "onnx":
+        raise ValueError("engine 'onnx' needs its options: {onnx: {name: ..., model: ...}}")
+    engine_class(name)  # SpecError (a ValueError) naming the closest engine when unknown
+    return name
+
+
+def _engine_options(entry: dict[str, Any]) -> dict[str, Any]:
+    _engine_name(next(iter(entry)))
+    return entry
+
+
+class OnnxEntry(_Section):
+    onnx: OnnxEngineSpec
+
+
+EngineEntry = Annotated[
+    Annotated[Annotated[str, AfterValidator(_engine_name)], Tag("name")]
+    | Annotated[OnnxEntry, Tag("onnx")]
+    | Annotated[dict[str, dict[str, Any] | None], AfterValidator(_engine_options), Tag("options")],
+    Discriminator(_engine_tag),
+]
+
+
 class ExtractionSpec(_Section):
     """How each scan is extracted."""
 
@@ -142,8 +222,20 @@ class ExtractionSpec(_Section):
         False, description="IBSI mode: true (settings from the params file) or an IBSI 1 configuration name"
     )
     sitk_threads: int = Field(1, ge=1, description="SimpleITK threads inside one scan task")
+    engines: tuple[EngineEntry, ...] = Field(
+        ("pyradiomics",),
+        description="feature engines run on each scan's one read: pyradiomics, ibsi, {onnx: {...}} (its keys "
+        "below), or the name of an engine an installed package registers (entry point group radcluster.engines)",
+    )
     flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")
+
+    @field_validator("engines")
+    @classmethod
+    def _some_engine(cls, v: tuple) -> tuple:
+        if not v:
+            raise ValueError("must name at least one engine (default: [pyradiomics])")
+        return v
 
 
 class RetrainSpec(_Section):
@@ -206,6 +298,8 @@ def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
     ``cluster`` sections depend on their kind and are answered by :func:`_cluster_fields`.
     """
+    if loc[:2] == ("extraction", "engines") and "onnx" in loc:
+        return list(OnnxEngineSpec.model_fields)
     current: type[BaseModel] | None = model
     for part in loc[:-1]:
         field = current.model_fields.get(part) if current is not None and part != "cluster" else None
@@ -219,6 +313,8 @@ def _format_errors(err: ValidationError, source: str, model: type[BaseModel], ra
         loc = tuple(e["loc"])
         if len(loc) > 1 and loc[0] == "cluster" and loc[1] in _CLUSTER_KINDS:
             loc = (loc[0], *loc[2:])  # pydantic names the union member; users wrote 'cluster.x'
+        if loc[:2] == ("extraction", "engines") and len(loc) > 3:
+            loc = (*loc[:3], *loc[4:])  # the same for the form of an engines entry
 
         key = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
@@ -386,6 +482,11 @@ def defaults_yaml() -> str:
             )
             comment = f"  # {f.description}" if f.description else ""
             lines.append(f"{pad}{name}: {value}{comment}")
+            if model is ExtractionSpec and name == "engines":
+                # the keys of an {onnx: {...}} entry, commented out under the list
+                mark = len(lines)
+                emit(OnnxEngineSpec, indent + 8)
+                lines[mark:] = [f"{pad}#   - onnx:", *(f"{pad}#{line[indent + 1 :]}" for line in lines[mark:])]
 
     emit(JobSpec, 0)
     return "\n".join(lines)

@@ -17,6 +17,17 @@ from ..errors import SpecError
 
 __all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_spec", "MODELS"]
 
+# What `features:` selects. Deep engines (radcluster.extract.engines, kind "deep") name their
+# columns deep_<name>_<i>; every other feature column is radiomics (pyradiomics, IBSI mode).
+FEATURE_KINDS = ("radiomics", "deep")
+DEEP_PREFIX = "deep_"
+
+
+def feature_kind(name: str) -> str:
+    """``"deep"`` for a deep engine's column (``deep_*``, pivoted ``deep_*@<label>`` too), else ``"radiomics"``."""
+    return "deep" if name.startswith(DEEP_PREFIX) else "radiomics"
+
+
 # Model names (radcluster._models implements them); here so that validating a spec imports
 # only pydantic, not scikit-learn.
 MODELS = ("xgboost", "logistic_regression", "random_forest", "svm", "naive_bayes", "decision_tree", "ridge", "kmeans")
@@ -102,6 +113,11 @@ class TrainSpec(_Section):
     metrics: MetricsSpec = MetricsSpec()
     max_gather_mb: float = Field(512.0, gt=0, description="largest matrix gathered for scikit-learn models")
     persist: bool = Field(True, description="keep the training matrix in cluster memory while training")
+    features: tuple[Literal["radiomics", "deep"], ...] | None = Field(
+        None,
+        description="feature kinds to train on: [radiomics], [deep] (an onnx engine's deep_* columns) "
+        "or [radiomics, deep]; null: every feature in the store",
+    )
     shuffle_target: bool = Field(False, description="permute the target across patients (a leak check)")
     report: bool = Field(True, description="write report.html into the version")
 
@@ -123,6 +139,13 @@ class TrainSpec(_Section):
         unknown = [k for k in v if k not in MODELS]
         if unknown:
             raise ValueError(f"keys are model names ({', '.join(MODELS)}); unknown: {', '.join(unknown)}")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("must list radiomics, deep or both, each once")
         return v
 
     @model_validator(mode="after")

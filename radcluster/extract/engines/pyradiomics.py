@@ -1,0 +1,59 @@
+"""The ``pyradiomics`` engine (the default): pyradiomics' features through the fast path, or
+``execute()`` per label (the plain path, ``extraction.fast: false``).
+
+The fast path (:mod:`radcluster.extract.fast`) works on the scan as read once; the plain path
+calls ``RadiomicsFeatureExtractor.execute(image, mask, label=l)``, which reads the files again,
+exactly as a pyradiomics user would. Masks picked from a vector image or resampled onto the
+image (``correctMask``) take the plain path too: the fast path assumes a shared scalar grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ... import _io
+from ...errors import ScanError
+from ..readers import REORIENTED
+from . import Engine, ScanImage
+
+__all__ = ["PyradiomicsEngine"]
+
+
+@dataclass(frozen=True)
+class PyradiomicsEngine(Engine):
+    """pyradiomics' features, as the params file (``extraction.params``) says; no options."""
+
+    name = "pyradiomics"
+    kind = "radiomics"
+
+    def extract(self, scan: ScanImage, settings) -> dict[int, Any]:
+        import SimpleITK as sitk
+
+        from .._radiomics import get_extractor
+        from ..fast import extract_labels
+
+        extractor = get_extractor(settings.params_text)
+        vector_mask = scan.mask.GetNumberOfComponentsPerPixel() > 1
+        if vector_mask or not settings.fast or extractor.settings.get("correctMask"):
+            present = [scan.default_label]
+            if scan.scan.labels == "all" and not vector_mask:
+                present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(scan.mask)) if v != 0]
+            return {label: _plain(scan, extractor, label) for label in scan.labels(present)}
+        present = scan.present
+        if not present:
+            raise ScanError(scan.scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.scan.mask)
+        return extract_labels(scan.scan, scan.image, scan.mask, extractor, scan.labels(present), scan.boxes, present)
+
+
+def _plain(scan: ScanImage, extractor, label: int):
+    try:
+        if scan.scan.dicom or scan.mask.HasMetaDataKey(REORIENTED):
+            # pyradiomics reads no DICOM series, and a reoriented mask is not its file
+            return extractor.execute(scan.image, scan.mask, label=label)
+        with _io.local_file(scan.scan.image) as img, _io.local_file(scan.scan.mask) as msk:
+            return extractor.execute(img, msk, label=label)
+    except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
+        return ScanError.wrap(scan.scan.case_id, err, file=scan.scan.mask, label=label)
