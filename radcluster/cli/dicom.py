@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .common import EXIT_INVALID, EXIT_OK
 
-__all__ = ["add_arguments", "add_commands", "scan_dicom_tree"]
+__all__ = ["add_arguments", "add_commands", "scan_dicom_tree", "dask_mapper"]
 
 
 def add_arguments(scan: argparse.ArgumentParser) -> None:
@@ -21,6 +21,10 @@ def add_arguments(scan: argparse.ArgumentParser) -> None:
     )
     scan.add_argument("--aliases", help="DICOM: CSV/TSV with columns alias,name giving ROIs a common label name")
     scan.add_argument("--workers", type=int, default=1, help="DICOM: processes reading headers (large trees)")
+    scan.add_argument(
+        "--scheduler-address",
+        help="DICOM: read the headers on this Dask cluster's workers (a tree where the workers are)",
+    )
 
 
 def add_commands(cohort: argparse._SubParsersAction) -> None:
@@ -54,7 +58,12 @@ def scan_dicom_tree(args: argparse.Namespace) -> int:
 
     aliases = read_aliases(args.aliases)
     out = Path(args.output)
-    if args.workers > 1:
+    if args.scheduler_address:
+        from distributed import Client
+
+        with Client(args.scheduler_address) as client:
+            tree = scan_dicom(args.folder, roi=args.roi, aliases=aliases, mapper=dask_mapper(client))
+    elif args.workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(args.workers) as pool:
@@ -71,6 +80,15 @@ def scan_dicom_tree(args: argparse.Namespace) -> int:
     print(f"found {tree.summary()}")
     print(f"wrote {out}: {len(frame)} case(s)")
     return EXIT_OK
+
+
+def dask_mapper(client):
+    """``map`` over a Dask cluster: each chunk of files is read on a worker, results in order."""
+
+    def mapper(function, chunks):
+        return client.gather(client.map(function, list(chunks), pure=False))
+
+    return mapper
 
 
 def cmd_cohort_rois(args: argparse.Namespace) -> int:

@@ -61,10 +61,10 @@ def _read_files(scan: Scan) -> ScanInput:
     voxel moves, none is interpolated)."""
     import SimpleITK as sitk
 
-    from ...cohort.images import geometry_mismatch, read_image, reorientation
+    from ...cohort.images import geometry_mismatch, reorientation
 
-    image = read_image(scan.case_id, scan.image, "image")
-    mask = read_image(scan.case_id, scan.mask, "mask")
+    image = _read(scan.case_id, scan.image, "image")
+    mask = _read(scan.case_id, scan.mask, "mask")
     provenance = {}
     if geometry_mismatch(image, mask) and mask.GetNumberOfComponentsPerPixel() == 1:
         how = reorientation(image, mask)
@@ -74,6 +74,13 @@ def _read_files(scan: Scan) -> ScanInput:
             mask.SetMetaData(REORIENTED, how)
             provenance["mask_reoriented"] = how
     return ScanInput(image, [Layer(mask)], provenance=provenance, mask_file=scan.mask)
+
+
+def _read(case_id: str, path: str, role: str):
+    """One image file (the tests count the reads of a scan through this)."""
+    from ...cohort.images import read_image
+
+    return read_image(case_id, path, role)
 
 
 def _read_dicom(scan: Scan) -> ScanInput:

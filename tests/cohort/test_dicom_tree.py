@@ -233,3 +233,33 @@ def test_cli_idc_writes_a_manifest(tmp_path, capsys):
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["case_id", "patient_id", "image", "mask", "series_uid", "roi", "segmentation"]
     assert f"wrote {out}: {len(frame)} case(s)" in capsys.readouterr().out
+
+
+def test_cohort_check_reads_dicom_rows_as_extraction_does(tmp_path):
+    from radcluster.cohort.check import check_cohort
+
+    root = subset(tmp_path / "tree", range(150, 156), seg=False)
+
+    def elsewhere(ds):
+        ref = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+        ref.RTReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.3.4"
+
+    bad = edit(root / "RTSTRUCT" / "1-1.dcm", tmp_path / "other.dcm", elsewhere)
+    rows = [
+        {"case_id": "good", "image": str(root / "CT"), "mask": str(rider() / "SEG" / "1-1.dcm")},
+        {"case_id": "bad", "image": str(root / "CT"), "mask": str(bad), "series_uid": RIDER_SERIES},
+    ]
+    manifest = tmp_path / "c.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    assert check_cohort(read_manifest(manifest)) == [
+        f"case 'bad': {bad}: series {RIDER_SERIES}: the RTSTRUCT references series 1.2.3.4, not this image series"
+    ]
+
+
+def test_crawl_on_the_cluster_workers_finds_the_same(client):
+    from radcluster.cli.dicom import dask_mapper
+
+    here = scan_dicom(str(rider()))
+    there = scan_dicom(str(rider()), mapper=dask_mapper(client))
+    pd.testing.assert_frame_equal(here.manifest, there.manifest)
+    assert there.summary() == here.summary()

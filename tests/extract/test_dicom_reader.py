@@ -200,19 +200,44 @@ def test_rtstruct_features_close_to_seg_features(tree):
         assert rt[number]["roi_name"] == ("GTVp_test_auto", "GTVp_test_man")[number - 1]
 
 
-@pytest.mark.slow
-def test_whole_series_default_params_seg_rows_bit_for_bit():
-    """The Done-when parity on the whole series with the default params (all feature classes)."""
-    from radcluster.spec import read_params
+def test_fractional_seg_thresholded_at_half(tmp_path):
+    """A FRACTIONAL segment: voxels at 0.75 are in the mask, voxels at 0.4 are not."""
+    import warnings
 
-    text, digest = read_params(None)
-    scan = Scan("rider", str(rider() / "CT"), str(rider() / "SEG" / "1-1.dcm"), roi=None)
-    rows = {r["label"]: r for r in extract_scan(scan, ExtractionSettings(text, digest)).rows}
-    image, masks = decoded_seg(sorted((rider() / "CT").iterdir()))
-    import yaml
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
 
-    extractor = featureextractor.RadiomicsFeatureExtractor(yaml.safe_load(text))
-    for label, mask in masks.items():
-        direct = extractor.execute(image, mask, label=1)
-        features = {k: float(v) for k, v in direct.items() if not k.startswith("diagnostics_")}
-        assert {k: rows[label][k] for k in features} == features
+    slices = (150, 151, 152)
+    folder = rewrite(tmp_path / "ct", slices)
+    sources = [pydicom.dcmread(folder / ct_files()[i].name) for i in slices]
+    fractions = np.zeros((3, 512, 512), dtype=np.float32)
+    fractions[:, 200:210, 200:210] = 0.4
+    fractions[:, 205:215, 205:215] = 0.75
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="probability",
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    with warnings.catch_warnings():  # RIDER's one-component PatientName, copied from the CT
+        warnings.simplefilter("ignore", UserWarning)
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=fractions,
+            segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+            segment_descriptions=[segment],
+            series_instance_uid=hd.UID(),
+            series_number=99,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="radcluster tests",
+            manufacturer_model_name="fractional",
+            software_versions="0",
+            device_serial_number="0",
+        )
+    seg.save_as(tmp_path / "fractional.dcm")
+    series = read_series("c", str(folder))
+    [roi] = read_segmentation("c", str(tmp_path / "fractional.dcm"), series).rois
+    mask = sitk.GetArrayViewFromImage(roi.mask) > 0
+    assert mask.sum() == 3 * 10 * 10 and mask[:, 205:215, 205:215].all()
