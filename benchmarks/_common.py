@@ -433,7 +433,7 @@ def versus_pyradiomics(
     def py_split(i: int) -> Timing:
         rows = pd.read_csv(batch_csv, dtype=str)
         cmds = []
-        for k in range(workers):
+        for k in range(min(workers, len(rows))):  # fewer rows than workers (one big scan): one per row
             part = write_csv(folder / f"{tag}-batch-part{k}.csv", rows.iloc[k::workers].to_dict("records"))
             cmds.append(pyradiomics_cmd(part, params, folder / f"{tag}-pyradiomics-split-{i}-part{k}.csv", 1))
         return run_parallel(cmds, what=f"pyradiomics --jobs 1 x {workers} ({tag})")

@@ -287,6 +287,7 @@ def _instrument(stack, stages: _Stages) -> None:
     from scipy import ndimage
 
     import radcluster.extract as ex
+    import radcluster.extract.discretise as discretise
     import radcluster.extract.fast as fast
 
     def patch(owner, attr: str, name: str, generator: bool = False) -> None:
@@ -294,7 +295,7 @@ def _instrument(stack, stages: _Stages) -> None:
         wrapped = stages.wrap_generator(fn, name) if generator else stages.wrap(fn, name)
         stack.enter_context(mock.patch.object(owner, attr, wrapped))
 
-    patch(ex, "_read", "read (SimpleITK.ReadImage)")
+    patch(ex, "_read", "read (header: SimpleITK; gzip: ISA-L)")
     patch(ex, "_content_hash", "hash (xxh3 of decoded voxels)")
     patch(ex, "_check_inputs", "check inputs")
     patch(ndimage, "find_objects", "find labels")
@@ -306,6 +307,7 @@ def _instrument(stack, stages: _Stages) -> None:
     patch(imageoperations, "resegmentMask", "resegment")
     for name in radiomics.getImageTypes():
         patch(imageoperations, f"get{name}Image", f"filter {name}", generator=True)
+    patch(discretise, "discretise", "discretise (once per filtered crop)")
     patch(featureextractor.RadiomicsFeatureExtractor, "computeShape", "shape")
     for cls_name, cls in radiomics.getFeatureClasses().items():
         if cls_name.startswith("shape"):
@@ -328,6 +330,7 @@ _ORDER = (
     "normalize",
     "resegment",
     "filter",
+    "discretise",
     "shape",
     "firstorder",
     "glcm",

@@ -333,3 +333,26 @@ def test_retrain_lock_on_s3_is_exclusive(s3_env):
     fs.pipe(f"{registry}/.retrain.lock", json.dumps({"pid": int(dead.stdout), "host": "elsewhere"}).encode())
     with pytest.raises(RegistryError, match="on elsewhere"), registry_lock(registry):
         pass
+
+
+def test_an_onnx_model_given_by_url_is_checked_and_loaded(s3_env, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import hashlib
+
+    import s3fs
+    from _onnx_models import encoder
+
+    from radcluster.extract.engines import make_engine
+    from radcluster.extract.engines.onnx import load_session
+    from radcluster.spec import OnnxEngineSpec, read_params
+
+    encoder(tmp_path / "enc.onnx", seed=31)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("encoders")
+    fs.put_file(str(tmp_path / "enc.onnx"), "encoders/enc.onnx")
+    text, _ = read_params(None)
+    engine = make_engine("onnx", OnnxEngineSpec(name="u", model="s3://encoders/enc.onnx")).prepare(text)
+    assert engine.model.sha256 == hashlib.sha256((tmp_path / "enc.onnx").read_bytes()).hexdigest()
+    session = load_session("s3://encoders/enc.onnx", engine.model.sha256, 1)  # as a worker reads it
+    assert [i.name for i in session.get_inputs()] == ["image"]
