@@ -44,10 +44,12 @@ def test_idc_manifest_resolved_from_s3_and_extracted_anonymously(s3_env, tmp_pat
         ).fetchall()
     )
     seg_uid = pydicom.dcmread(seg_file, stop_before_pixels=True).SeriesInstanceUID
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    # IDC's buckets and objects are public: readable without credentials
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, s3_additional_kwargs={"ACL": "public-read"})
     for uid, files in ((RIDER_SERIES, [ct_files()[i] for i in TUMOUR_SLICES]), (seg_uid, [seg_file])):
         prefix = urls[uid].removeprefix("s3://").removesuffix("*")
-        fs.mkdir(prefix.split("/")[0])
+        if not fs.exists(prefix.split("/")[0]):
+            fs.mkdir(prefix.split("/")[0], acl="public-read")
         for i, f in enumerate(files):
             fs.put_file(str(f), f"{prefix}{i:04d}.dcm")  # IDC: s3://bucket/<series uuid>/<instance uuid>.dcm
 
