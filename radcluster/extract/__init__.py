@@ -7,8 +7,8 @@ a problem of the scan itself (unreadable file, geometry mismatch, empty mask, ab
 pyradiomics error): those become failure records naming the case, the file and the reason.
 It knows nothing of Dask or of the store; the scheduler only calls it.
 
-The pyradiomics engine has two paths that give the same features (relative difference
-<= 1e-6, asserted by the tests):
+The pyradiomics engine has two paths that give the same features (every feature equal or
+within 1e-12 relative, NaN where execute() gives NaN: tests/extract/test_parity_matrix.py):
 
 * the fast path (default, :mod:`.fast`) reads image and mask once, hashes the decoded voxels once, and
   runs pyradiomics' own pipeline steps (``checkMask``, ``resampleImage``, the image-type
@@ -77,6 +77,10 @@ class ScanResult:
     mask_hash: str | None = None
     feature_names: list[str] = field(default_factory=list)
     unchanged: bool = False
+    # pyradiomics' warnings for this scan (distinct, in order), for the driver to log
+    warnings: list[str] = field(default_factory=list)
+    # image types that took execute()'s own route instead of the fast path's (engines/pyradiomics.py)
+    plain_filters: list[str] = field(default_factory=list)
 
 
 def _failure(err: ScanError) -> dict[str, Any]:
@@ -204,7 +208,8 @@ def extract_scan(
     """
     import SimpleITK as sitk
 
-    from ._radiomics import get_extractor, versions
+    from ._radiomics import captured_warnings, expected_groups, get_extractor, versions
+    from .engines.pyradiomics import PyradiomicsEngine, plain_filters
 
     start = time.perf_counter()
     extractor = get_extractor(settings.params_text)
@@ -218,25 +223,35 @@ def extract_scan(
     failures: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
+    groups: list[str] = []
+    plain: list[str] = []
     found = None
     per_label: dict[int, Any] = {}
     provenance: dict[str, Any] = {}
-    try:
-        found = read_scan(scan)
-        image = found.image
-        image_hash = _content_hash(image)
-        mask_hash = _masks_hash([_content_hash(layer.mask) for layer in found.layers])
-        if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
-            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
-        failures.extend(_failure(err) for err in found.failures)
-        default_label = int(extractor.settings.get("label", 1))
-        for layer_scan, mask, layer_part in _layers(scan, found, part):
-            _check_inputs(layer_scan, image, mask, extractor, tolerance)
-            one_read = ScanImage(layer_scan, image, mask, default_label, layer_part, threads)
-            extracted, provenance = run_engines(settings.engine_list(), one_read, settings)
-            per_label.update(extracted)
-    except ScanError as err:
-        failures.append(_failure(err))
+    with captured_warnings() as warned:
+        try:
+            found = read_scan(scan)
+            image = found.image
+            image_hash = _content_hash(image)
+            mask_hash = _masks_hash([_content_hash(layer.mask) for layer in found.layers])
+            if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
+                return ScanResult(
+                    scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True
+                )
+            failures.extend(_failure(err) for err in found.failures)
+            default_label = int(extractor.settings.get("label", 1))
+            for layer_scan, mask, layer_part in _layers(scan, found, part):
+                _check_inputs(layer_scan, image, mask, extractor, tolerance)
+                if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
+                    # every row must have the features the params ask for: pyradiomics skips a
+                    # filter it cannot apply to a scan with only a warning
+                    groups = expected_groups(extractor, image.GetDimension())
+                    plain = list(dict.fromkeys([*plain, *plain_filters(extractor, settings, mask)]))
+                one_read = ScanImage(layer_scan, image, mask, default_label, layer_part, threads)
+                extracted, provenance = run_engines(settings.engine_list(), one_read, settings)
+                per_label.update(extracted)
+        except ScanError as err:
+            failures.append(_failure(err))
 
     elapsed = time.perf_counter() - start
     base = {
@@ -257,8 +272,35 @@ def extract_scan(
             failures.append(_failure(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
+        absent = [g for g in groups if not any(k.startswith(g) for k in values)]
+        if absent:
+            failures.append(_failure(_incomplete(scan, label, absent, warned)))
+            continue
         names.update(dict.fromkeys(values))
         label = int(label)
         name = found.label_names.get(label) or settings.label_names.get(label)
         rows.append({"label": label, "label_name": name, **base, **found.per_label.get(label, {}), **values})
-    return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
+    return ScanResult(
+        scan.case_id,
+        rows,
+        failures,
+        elapsed,
+        image_hash,
+        mask_hash,
+        list(names),
+        warnings=list(warned),
+        plain_filters=plain,
+    )
+
+
+def _incomplete(scan: Scan, label: int, absent: list[str], warned) -> ScanError:
+    """A label whose row would lack features the params ask for: a failure, not a short row."""
+    groups = ", ".join(g.rstrip("_") for g in absent[:5]) + (" ..." if len(absent) > 5 else "")
+    return ScanError(
+        scan.case_id,
+        "extract",
+        f"pyradiomics computed no {groups} features for this scan (pyradiomics: "
+        f"{'; '.join(warned) or 'no reason logged'})",
+        file=scan.image,
+        label=label,
+    )
