@@ -96,8 +96,47 @@ def _crop(image, lower: np.ndarray, upper: np.ndarray, pad: np.ndarray | int):
     return sitk.RegionOfInterest(image, (hi - lo + 1).tolist(), lo.tolist())
 
 
-def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int]):
-    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once."""
+def _filtered(image, mask, types: dict, settings: dict, part: tuple[int, int] | None):
+    """pyradiomics' filtered images of ``image`` (the ``get<Type>Image`` generators, in order).
+
+    With ``part`` (i, k), only every k-th of them from the i-th, counting ``shape`` as the
+    first (so part 0 computes shape): the units a big scan is split into when it has fewer
+    labels than parts. The numbering is the same in every part; a LoG sigma is computed only
+    by the part that uses it (each sigma's image is computed on its own in pyradiomics too).
+    """
+    from radiomics import imageoperations
+
+    unit = 0
+    for name, custom in types.items():
+        args = dict(settings, **custom)
+        split_sigmas = part is not None and name == "LoG"
+        for call in [dict(args, sigma=[s]) for s in args.get("sigma", [])] if split_sigmas else [args]:
+            if split_sigmas:
+                unit += 1
+                if unit % part[1] != part[0]:
+                    continue
+            for filtered, type_name, type_kw in getattr(imageoperations, f"get{name}Image")(image, mask, **call):
+                if not split_sigmas:
+                    unit += 1
+                if split_sigmas or part is None or unit % part[1] == part[0]:
+                    yield filtered, type_name, type_kw
+
+
+def extract_labels(
+    scan: Scan,
+    image,
+    mask,
+    extractor,
+    labels: list[int],
+    objects,
+    present: list[int],
+    filter_part: tuple[int, int] | None = None,
+):
+    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once.
+
+    ``filter_part`` (i, k) extracts, for every label, only the i-th of every k shape /
+    filtered-image units (see :func:`_filtered`): one part of a big scan split by filter.
+    """
     import SimpleITK as sitk
     from radiomics import imageoperations
 
@@ -150,15 +189,14 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
                 reseg = imageoperations.resegmentMask(image_l, mask_l, **kw)
                 bbox, _ = imageoperations.checkMask(image_l, reseg, **kw)
             shape_mask = reseg if (reseg is not None and base.get("resegmentShape")) else mask_l
-            features = collections.OrderedDict(extractor.computeShape(image_l, shape_mask, bbox, **kw))
+            features = collections.OrderedDict()
+            if filter_part is None or filter_part[0] == 0:
+                features.update(extractor.computeShape(image_l, shape_mask, bbox, **kw))
             feature_mask = reseg if reseg is not None else mask_l
             if not shared_filters:
-                for name, custom in types.items():
-                    args = dict(kw, **custom)
-                    gen = getattr(imageoperations, f"get{name}Image")(image_l, feature_mask, **args)
-                    for filtered, type_name, type_kw in gen:
-                        img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
-                        features.update(compute_features(extractor, img_c, msk_c, type_name, **type_kw))
+                for filtered, type_name, type_kw in _filtered(image_l, feature_mask, types, kw, filter_part):
+                    img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
+                    features.update(compute_features(extractor, img_c, msk_c, type_name, **type_kw))
             out[label] = features
             state[label] = (lower, upper, bbox, feature_mask)
         except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
@@ -167,18 +205,14 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
     if shared_filters and state:
         # Each filtered image is computed once on the whole (normalised) image, as
         # pyradiomics does per call, then cropped for every label.
-        for name, custom in types.items():
-            args = dict(base, **custom)
-            for filtered, type_name, type_kw in getattr(imageoperations, f"get{name}Image")(image, mask, **args):
-                for label, (lower, upper, bbox, feature_mask) in list(state.items()):
-                    try:
-                        img_c, msk_c = imageoperations.cropToTumorMask(
-                            _crop(filtered, lower, upper, 1), feature_mask, bbox
-                        )
-                        out[label].update(
-                            compute_features(extractor, img_c, msk_c, type_name, **dict(type_kw, label=label))
-                        )
-                    except Exception as err:
-                        out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
-                        del state[label]
+        for filtered, type_name, type_kw in _filtered(image, mask, types, base, filter_part):
+            for label, (lower, upper, bbox, feature_mask) in list(state.items()):
+                try:
+                    img_c, msk_c = imageoperations.cropToTumorMask(_crop(filtered, lower, upper, 1), feature_mask, bbox)
+                    out[label].update(
+                        compute_features(extractor, img_c, msk_c, type_name, **dict(type_kw, label=label))
+                    )
+                except Exception as err:
+                    out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
+                    del state[label]
     return out

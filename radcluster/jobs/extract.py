@@ -72,15 +72,28 @@ def _merged(results: list[ScanResult]) -> ScanResult:
     """The parts of a split scan as the one result an unsplit task would have returned.
 
     Every part reads the scan, so a problem of the scan itself (unreadable, empty mask) is
-    reported by each: it is kept once; label failures belong to one part each.
+    reported by each: it is kept once. A scan split by label has each label in one part; a
+    scan split by filtered image has each label's features spread over the parts, joined
+    here into one row, and a label that failed in any part has no row (no partial rows),
+    only its first failure.
     """
     first = results[0]
     failures = [f for f in first.failures if f["label"] is None]
-    failures += [f for r in results for f in r.failures if f["label"] is not None]
+    label_failures: dict[int, dict[str, Any]] = {}
+    for r in results:
+        for f in r.failures:
+            if f["label"] is not None:
+                label_failures.setdefault(f["label"], f)
+    rows: dict[int, dict[str, Any]] = {}
+    for r in results:
+        for row in r.rows:
+            have = rows.get(row["label"])
+            # the first part's provenance, then each part's features in part order
+            rows[row["label"]] = row if have is None else {**have, **{k: v for k, v in row.items() if k not in have}}
     return ScanResult(
         first.case_id,
-        sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
-        failures,
+        [rows[label] for label in sorted(rows) if label not in label_failures],
+        failures + list(label_failures.values()),
         max(r.seconds for r in results),
         first.image_hash,
         first.mask_hash,
@@ -291,7 +304,7 @@ def run_extract(
         failed[scan.case_id] = None
 
     futures = {}
-    parts: dict[str, list[ScanResult]] = {}  # split scans: the results of the parts so far
+    parts: dict[str, list[tuple[int, ScanResult]]] = {}  # split scans: (part, result) so far
     for task in plan.tasks:
         fut = client.submit(
             run_task,
@@ -328,10 +341,11 @@ def run_extract(
                 case = task.scans[0].case_id
                 if case in failed:  # another part of it died: nothing of it is written
                     continue
-                parts.setdefault(case, []).extend(results)
+                parts.setdefault(case, []).extend((task.part[0], r) for r in results)
                 if len(parts[case]) < task.part[1]:
                     continue
-                results = [_merged(parts.pop(case))]
+                # in part order, so a row split by filter has the same columns in every run
+                results = [_merged([r for _, r in sorted(parts.pop(case), key=lambda p: p[0])])]
             for result in results:
                 if result.unchanged:
                     summary.skipped += 1
