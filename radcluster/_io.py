@@ -149,9 +149,18 @@ def create_exclusive(path: str, data: bytes) -> None:
     """
     local = local_path(path)
     if local is not None:
-        fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        # Written under a temporary name and hard-linked to ``path`` (link fails if it exists):
+        # as exclusive as O_EXCL, and a reader never sees the file half written.
+        folder, name = os.path.split(os.path.abspath(local))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, local)
+        finally:
+            os.unlink(tmp)
         return
     fs, p = fsspec.core.url_to_fs(path)
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)

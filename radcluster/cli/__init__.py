@@ -279,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     ibsi.add_arguments(p)
     p.set_defaults(func=ibsi.run)
 
-    from .models import add_commands
+    from . import models, store
 
-    add_commands(sub)
+    models.add_commands(sub)
+    store.add_commands(sub)
 
     config = sub.add_parser("config", help="job spec defaults").add_subparsers(dest="config_cmd", required=True)
     p = config.add_parser("defaults", help="print every job key with its default and meaning")

@@ -1,21 +1,28 @@
 """Turning a cohort into Dask tasks and streaming their results into the store.
 
-:func:`plan` orders the scans (largest first, so the last task to finish is a short one);
-:func:`run_extract` submits one task per scan, and as each finishes writes its rows and
-failures into Parquet part files in batches. The client holds at most one batch of rows;
-voxels never reach it. Scheduling, retries and worker loss are Dask's own
-(``as_completed``, ``retries``, ``allowed-failures``).
+:func:`run_extract` plans the run (:mod:`radcluster.plan`), keeps a bounded window of tasks
+submitted (a few per worker thread, so the client's memory and the scheduler's task count do
+not grow with the cohort), and as each task finishes writes its rows and failures into Parquet
+part files in batches, appending the rows to the store's matrix with each part. The client
+holds at most one batch of rows; voxels never reach it.
+
+Worker loss is Dask's: the tasks of a lost worker are rescheduled, and a task whose workers
+die ``distributed.scheduler.allowed-failures`` times raises ``KilledWorker``. A group of tiny
+scans that does so is split into one task per scan, so only the scan that kills its worker on
+its own is recorded as failed and its neighbours are extracted.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import logging
+import operator
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,13 +31,20 @@ import yaml
 from ..cohort import Cohort, Scan, read_label_table, read_manifest
 from ..extract import ExtractionSettings, ScanResult, extract_scan
 from ..extract.engines import combined_key, from_spec
-from ..plan import Plan, file_stat, make_plan, part_key
+from ..plan import Plan, Task, file_stat, make_plan, part_key, read_headers
 from ..spec import JobSpec, read_params
 from ..store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunSummary", "run_task", "run_extract", "extract_job"]
+
+# Tasks kept submitted: this many per worker thread, and at least _MIN_WINDOW, so an adaptive
+# cluster that starts with no workers still sees enough queued work to scale up.
+_WINDOW_PER_SLOT = 4
+_MIN_WINDOW = 64
+# A run that leaves more small part files than this compacts the store at its end.
+AUTO_COMPACT_PARTS = 64
 
 
 @dataclass
@@ -124,9 +138,16 @@ def run_task(
     settings: ExtractionSettings,
     known: dict[str, tuple[str, str]],
     part: tuple[int, int] | None = None,
+    extract: Callable[..., ScanResult] = extract_scan,
+    stats: dict[str, str | None] | None = None,
 ) -> list[ScanResult]:
     """The Dask task: extract each scan of a group (or a part of one scan's labels), recording
-    the files' stats with the rows."""
+    the files' stats with the rows.
+
+    ``extract`` is the per-scan function (:func:`radcluster.extract.extract_scan`; the
+    orchestration benchmark passes a cost model of known compute). ``stats`` are the files'
+    stats the plan took in bulk (a request per file saved on object stores); files missing
+    from it are stat-ed here."""
     fault = os.environ.get(FAULT_ENV)
     results = []
     for scan in scans:
@@ -134,12 +155,14 @@ def run_task(
             # Fault injection for the crash tests: a scan that kills its worker process every
             # time, as a segfault in a native library would.
             os._exit(70)
-        stats = {"image_stat": file_stat(scan.image), "mask_stat": file_stat(scan.mask)}
-        result = extract_scan(
-            scan, settings, unchanged_if=known.get(scan.case_id), part=part, threads=_worker_threads()
-        )
+        stats = stats or {}
+        stat = {
+            "image_stat": stats[scan.image] if scan.image in stats else file_stat(scan.image),
+            "mask_stat": stats[scan.mask] if scan.mask in stats else file_stat(scan.mask),
+        }
+        result = extract(scan, settings, unchanged_if=known.get(scan.case_id), part=part, threads=_worker_threads())
         for row in result.rows:
-            row.update(stats)
+            row.update(stat)
         results.append(result)
     return results
 
@@ -168,6 +191,9 @@ class _Writer:
         self.last_flush = time.monotonic()
         self.rows_written = 0
         self.failures_written = 0
+        self.parts_written = 0
+        self.bytes_written = 0
+        self._ibsi_cache: tuple[list[str], dict[str, str]] = ([], {})
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -176,10 +202,13 @@ class _Writer:
         from ..ibsi import to_ibsi_names
 
         names = list(self.features)
+        if self._ibsi_cache[0] == names:  # the same features part after part: mapped once
+            return self._ibsi_cache[1]
         renamed = to_ibsi_names(
             pd.DataFrame(columns=names), aggregation=self.metadata.get("ibsi_aggregation"), unmapped="keep"
         ).columns
-        return {a: b for a, b in zip(names, renamed, strict=True) if a != b}
+        self._ibsi_cache = (names, {a: b for a, b in zip(names, renamed, strict=True) if a != b})
+        return self._ibsi_cache[1]
 
     def add(self, result: ScanResult | None, failures: list[dict[str, Any]]) -> None:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
@@ -196,7 +225,14 @@ class _Writer:
     def flush(self) -> None:
         meta = {**self.metadata, "features": list(self.features), "ibsi_names": self._ibsi_names()}
         if self.rows:
-            self.store.write_part("features", self.rows, run_id=self.run_id, seq=self.seq, metadata=meta)
+            names = list(self.features)
+            table, values = _arrow_rows(self.rows, names)
+            self.bytes_written += self.store.write_part(
+                "features", table, run_id=self.run_id, seq=self.seq, metadata=meta
+            )
+            self.parts_written += 1
+            # after the part: a run killed in between leaves rows the next run's sync appends
+            self.store.append_matrix(table.select(["case_id", "label", "extracted_at"]).to_pandas(), values, names)
             self.rows_written += len(self.rows)
         if self.failures:
             self.store.write_part("failures", self.failures, run_id=self.run_id, seq=self.seq, metadata=meta)
@@ -204,6 +240,63 @@ class _Writer:
         self.seq += 1
         self.rows, self.failures = [], []
         self.last_flush = time.monotonic()
+
+
+def _arrow_rows(rows: Sequence[dict[str, Any]], names: Sequence[str]):
+    """The rows as an Arrow table, and their features as a float64 matrix (rows x ``names``).
+
+    Built column by column: the features (about 1,200 per row with filters) through one
+    numpy matrix, the other columns from their values; several times faster than a pandas
+    frame of dicts.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    feature_set = set(names)
+    # the first row's order, then what other rows add (key-set differences run in C)
+    others = [k for k in rows[0] if k not in feature_set]
+    extra = set().union(*(r.keys() - feature_set for r in rows)) - set(others)
+    others += sorted(extra)
+    get = operator.itemgetter(*names) if names else (lambda r: ())
+    try:
+        values = np.array([get(r) if len(names) != 1 else (get(r),) for r in rows], dtype="float64")
+    except KeyError:  # a row without some feature (another engine's part): NaN there
+        values = np.array([[r.get(n, np.nan) for n in names] for r in rows], dtype="float64")
+    values = values.reshape(len(rows), len(names))
+    columns, fields = [], []
+    for k in others:
+        try:
+            col = pa.array([r.get(k) for r in rows], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a carried column: as text
+            col = pa.array([None if r.get(k) is None else str(r.get(k)) for r in rows])
+        columns.append(col)
+        fields.append(k)
+    columns += [pa.array(values[:, j]) for j in range(len(names))]
+    return pa.Table.from_arrays(columns, names=[*fields, *names]), values
+
+
+def _headers_on_workers(client, paths: list[str], batch: int = 256) -> dict[str, tuple[int, int] | None]:
+    """Voxel counts from the image headers of ``paths``, read by the workers in batches (a
+    header read is a decompression or a ranged request; 100k of them one by one in the
+    client would delay the first task by minutes)."""
+    if not paths:
+        return {}
+    batches = [paths[i : i + batch] for i in range(0, len(paths), batch)]
+    out: dict[str, tuple[int, int] | None] = {}
+    for part in client.gather(client.map(read_headers, batches, pure=False)):
+        out.update(part)
+    return out
+
+
+def _claims_memory(spec) -> bool | None:
+    """Whether the batch workers radcluster starts run several tasks at once (they advertise
+    ``MEMORY``): known from the spec before an adaptive cluster has any worker. None where the
+    workers connected at the start tell (local ones, a running cluster's)."""
+    from ..spec import PBSClusterSpec, SlurmClusterSpec
+
+    if isinstance(spec, SlurmClusterSpec | PBSClusterSpec):
+        return spec.cores // spec.processes > 1
+    return None
 
 
 def _worker_memory(client) -> tuple[int | None, bool, int]:
@@ -236,13 +329,23 @@ def run_extract(
     flush_rows: int = 256,
     flush_seconds: float = 30.0,
     cluster_info: dict[str, Any] | None = None,
+    extract: Callable[..., ScanResult] = extract_scan,
+    claim_memory: bool | None = None,
 ) -> RunSummary:
     """Extract what the store does not hold yet of ``cohort`` into the store at ``store_url``.
 
     Scans already extracted with the same params from unchanged files are skipped (see
     :mod:`radcluster.plan`); results are written as they arrive, so an interrupted run keeps
     every batch already flushed and a re-run goes on from there. Returns the run's
-    :class:`RunSummary` (also saved under ``runs/``).
+    :class:`RunSummary` (also saved under ``runs/``). ``extract`` is the per-scan function
+    (see :func:`run_task`). ``claim_memory`` says whether tasks claim their scans' memory from
+    the workers' ``MEMORY`` resource; by default, if the workers connected now advertise it and
+    run several tasks at once (see :func:`_worker_memory`).
+
+    Raises
+    ------
+    StoreError
+        The store holds features of other params (see :meth:`radcluster.store.Store.claim_params`).
     """
     from distributed import as_completed
 
@@ -261,18 +364,23 @@ def run_extract(
         **versions(),
         "ibsi_aggregation": aggregation_from_settings(parsed.get("setting") or {}),
     }
+    store.claim_params(settings.params_hash, settings.params_text)
+    store.sync_matrix()  # rows a killed run wrote but did not append
     writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
 
     memory, use_resources, threads = _worker_memory(client)
+    if claim_memory is not None:  # the cluster's kind knows (an adaptive one may have no worker yet)
+        use_resources = claim_memory
     plan: Plan = make_plan(
         cohort,
-        store.row_keys(),
+        store.current_keys(),
         settings.params_hash,
         get_extractor(settings.params_text).enabledImagetypes,
         worker_memory=memory,
         slots=threads,
+        headers=lambda paths: _headers_on_workers(client, paths),
         engines=settings.engine_list(),
     )
     logger.info(
@@ -303,37 +411,62 @@ def run_extract(
         )
         failed[scan.case_id] = None
 
-    futures = {}
+    futures: dict[Any, Task] = {}
+    pending = collections.deque(plan.tasks)
+    window = max(_MIN_WINDOW, _WINDOW_PER_SLOT * threads)
+    done = as_completed()
+
+    def submit_more() -> None:
+        while pending and len(futures) < window:
+            task = pending.popleft()
+            fut = client.submit(
+                run_task,
+                task.scans,
+                settings,
+                task.known,
+                task.part,
+                extract,
+                {p: plan.stats.get(p) for scan in task.scans for p in (scan.image, scan.mask)},
+                pure=False,
+                key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
+                resources={"MEMORY": task.memory} if use_resources else None,
+            )
+            futures[fut] = task
+            done.add(fut)
+
+    submit_more()
     parts: dict[str, list[tuple[int, ScanResult]]] = {}  # split scans: (part, result) so far
-    for task in plan.tasks:
-        fut = client.submit(
-            run_task,
-            task.scans,
-            settings,
-            task.known,
-            task.part,
-            pure=False,
-            key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
-            resources={"MEMORY": task.memory} if use_resources else None,
-        )
-        futures[fut] = task
-    iterator: Iterator[Any] = as_completed(futures)
+    iterator: Iterator[Any] = iter(done)
     if progress is not None:
-        iterator = progress(iterator, len(futures))
+        iterator = progress(iterator, len(plan.tasks))
     try:
         for fut in iterator:
             task = futures.pop(fut)
             try:
                 results: list[ScanResult] = fut.result()
             except Exception as err:  # the task itself died; see _task_failure
+                if len(task.scans) > 1:
+                    # One of the group killed its worker (or hit a bug): retry each scan
+                    # alone, first, so only the culprit is given up.
+                    logger.warning(
+                        "task %s failed (%s): retrying its %d scans one per task",
+                        task.key,
+                        type(err).__name__,
+                        len(task.scans),
+                    )
+                    pending.extendleft(Task((scan,), task.known, task.memory) for scan in reversed(task.scans))
+                    submit_more()
+                    continue
                 for scan in task.scans:
                     if scan.case_id not in failed:  # the other parts of a split scan: once
                         writer.add(None, [_task_failure(scan, err)])
                     failed[scan.case_id] = None
                     parts.pop(scan.case_id, None)
+                submit_more()
                 continue
             finally:
                 fut.release()
+            submit_more()
             if task.part:
                 # A split scan is written as one result once every part is in, as if it had
                 # been one task: all its labels or, when a part died, none (and the next run
@@ -362,7 +495,8 @@ def run_extract(
             fut.cancel()
     summary.failures = writer.failures_written
     summary.failed_cases = list(failed)
-    summary.matrix_rows = store.build_matrix() if writer.rows_written or not store.has_matrix() else store.matrix_rows()
+    compacted = store.compact(min_parts=AUTO_COMPACT_PARTS) if writer.rows_written or writer.failures_written else {}
+    summary.matrix_rows = store.matrix_rows()
     summary.seconds = time.perf_counter() - started
     summary.dashboard = (cluster_info or {}).get("dashboard")
     store.write_run(
@@ -380,6 +514,8 @@ def run_extract(
             "changed": summary.changed,
             "skipped": summary.skipped,
             "tasks": len(plan.tasks),
+            "parts": {"features": writer.parts_written, "features_bytes": writer.bytes_written},
+            "compaction": compacted,
             "failures": summary.failures,
             "failed_cases": summary.failed_cases,
             "params_hash": settings.params_hash,
@@ -420,6 +556,7 @@ def extract_job(
         engines,
     )
     store_url = job.resolve(job.store)
+    open_store(store_url, must_exist=False).check_params(params_hash)  # before any cluster starts
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(connect(job.cluster))
@@ -436,4 +573,5 @@ def extract_job(
             flush_rows=job.extraction.flush_rows,
             flush_seconds=job.extraction.flush_seconds,
             cluster_info=info,
+            claim_memory=_claims_memory(job.cluster),
         )

@@ -52,6 +52,17 @@ class VoxelCount(Engine):
             else:
                 out[label] = {"plugin_voxels": float((arr == label).sum()) * self.scale}
         return out
+
+
+@dataclass(frozen=True)
+class Misnamed(Engine):
+    """A deep engine whose columns do not say so."""
+
+    name = "misnamed"
+    kind = "deep"
+
+    def extract(self, scan, settings):
+        return {label: {"embedding_0": 1.0} for label in scan.labels(scan.present)}
 '''
 
 
@@ -62,7 +73,9 @@ def plugin(tmp_path: Path, monkeypatch):
     dist = tmp_path / "voxel_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: voxel-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nvoxels = voxel_plugin:VoxelCount\n")
+    (dist / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nvoxels = voxel_plugin:VoxelCount\nmisnamed = voxel_plugin:Misnamed\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
     sys.modules.pop("voxel_plugin", None)
@@ -180,3 +193,17 @@ def test_an_entry_point_engine_runs_beside_pyradiomics_on_one_read(tmp_path: Pat
 def test_an_engine_option_it_does_not_take_is_named(plugin) -> None:
     with pytest.raises(SpecError, match="feature engine 'voxels': .*unexpected keyword argument 'scael'"):
         make_engine("voxels", {"scael": 2})
+
+
+def test_a_plugins_columns_must_say_its_kind(tmp_path: Path, plugin) -> None:
+    text, digest = read_params(None)
+    engines = (make_engine("misnamed").prepare(text),)
+    result = extract_scan(
+        read_manifest(_manifest(tmp_path, "1")).scans[0], ExtractionSettings(text, digest, engines=engines)
+    )
+    assert not result.rows
+    (failure,) = result.failures
+    assert (
+        "engine 'misnamed' (kind 'deep') gave columns ['embedding_0']: a deep engine's columns start with 'deep_'"
+        in (failure["message"])
+    )

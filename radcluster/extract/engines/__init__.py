@@ -218,6 +218,28 @@ def combined_key(params_hash: str, engines: Sequence[Engine]) -> str:
     return "-".join([params_hash, *(k for k in (e.key() for e in engines) if k)])
 
 
+def _extract(engine: Engine, scan: ScanImage, settings) -> dict[int, Any]:
+    """``engine.extract``; a plugin's columns are checked to say its kind (``deep_*`` exactly
+    when it is a deep engine), which is how training tells radiomics and deep features apart."""
+    results = dict(engine.extract(scan, settings))
+    if type(engine).__module__.startswith(f"{__name__}."):
+        return results  # the built-in engines name their columns by construction
+    deep = engine.kind == "deep"
+    for label, features in results.items():
+        wrong = [] if isinstance(features, ScanError) else [k for k in features if k.startswith(DEEP_PREFIX) != deep]
+        if wrong:
+            rule = f"a deep engine's columns start with {DEEP_PREFIX!r}"
+            if not deep:
+                rule = f"only deep engines' columns start with {DEEP_PREFIX!r}"
+            results[label] = ScanError(
+                scan.scan.case_id,
+                "extract",
+                f"engine {engine.name!r} (kind {engine.kind!r}) gave columns {wrong[:5]}: {rule}",
+                label=label,
+            )
+    return results
+
+
 def run_engines(engines: Sequence[Engine], scan: ScanImage, settings) -> tuple[dict[int, Any], dict[str, Any]]:
     """Every engine on the one read of a scan.
 
@@ -228,12 +250,12 @@ def run_engines(engines: Sequence[Engine], scan: ScanImage, settings) -> tuple[d
     for engine in engines:
         engine.check(scan)
     if len(engines) == 1:  # the default: nothing to merge
-        return dict(engines[0].extract(scan, settings)), engines[0].provenance()
+        return _extract(engines[0], scan, settings), engines[0].provenance()
     merged: dict[int, Any] = {}
     given: dict[int, int] = {}
     provenance: dict[str, Any] = {}
     for engine in engines:
-        for label, result in engine.extract(scan, settings).items():
+        for label, result in _extract(engine, scan, settings).items():
             given[label] = given.get(label, 0) + 1
             have = merged.get(label)
             if isinstance(have, ScanError):

@@ -29,6 +29,7 @@ threads (``threads`` overrides) and a GPU execution provider when one is install
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import threading
@@ -300,7 +301,7 @@ def _embed(sess, info: ModelInfo, samples: list[np.ndarray], batch: int) -> list
         outs.append(sess.run([info.output], {info.input: chunk})[0][:n].reshape(n, -1))
     y = np.concatenate(outs).astype(np.float64)
     bounds = np.cumsum([0] + [len(s) for s in samples])
-    return [y[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [y[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)]
 
 
 @dataclass(frozen=True)

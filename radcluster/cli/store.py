@@ -1,0 +1,60 @@
+"""``radcluster store info|compact``: what a feature store holds, and merging its part files."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import EXIT_OK
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
+
+
+def cmd_store_info(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    info = open_store(args.store).info()
+    print(f"store     {info['store']}")
+    print(f"params    {info['params_hash'] or '-'}")
+    print(f"rows      {info['current_rows']} current ({info['cases']} case(s)), {info['rows']} stored in all")
+    print(
+        f"matrix    {info['matrix_current_rows']} current of {info['matrix_rows']} row(s) x {info['features']} features"
+    )
+    for table, t in info["tables"].items():
+        print(
+            f"{table:9s} {t['parts']} part file(s), {_size(t['bytes'])} ({t['compacted']} compacted, generation "
+            f"{t['generation']})"
+        )
+    print(f"failed    {info['failed_cases']} case(s)")
+    print(f"runs      {info['runs']}")
+    return EXIT_OK
+
+
+def cmd_store_compact(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    result = open_store(args.store).compact(target_bytes=int(args.target_mb * 2**20), min_parts=2)
+    for table, (before, after) in result.items():
+        print(f"{table}: {before} -> {after} part file(s)")
+    return EXIT_OK
+
+
+def add_commands(subparsers) -> None:
+    store = subparsers.add_parser("store", help="inspect or compact a feature store").add_subparsers(
+        dest="store_cmd", required=True
+    )
+    p = store.add_parser("info", help="rows, part files and sizes, params, matrix, runs")
+    p.add_argument("store", help="store folder or URL")
+    p.set_defaults(func=cmd_store_info)
+    p = store.add_parser(
+        "compact",
+        help="merge small part files into large ones (atomic: a reader never sees a row twice or not at all)",
+    )
+    p.add_argument("store", help="store folder or URL")
+    p.add_argument("--target-mb", type=float, default=64, help="size of a merged part file (default 64 MiB)")
+    p.set_defaults(func=cmd_store_compact)
