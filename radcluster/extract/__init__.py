@@ -189,6 +189,7 @@ def extract_scan(
 
     from ._radiomics import captured_warnings, expected_groups, get_extractor, versions
     from .engines.pyradiomics import PyradiomicsEngine, plain_filters
+    from .fast import group_unit, owned_units
 
     start = time.perf_counter()
     extractor = get_extractor(settings.params_text)
@@ -214,12 +215,15 @@ def extract_scan(
                     scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True
                 )
             _check_inputs(scan, image, mask, extractor, tolerance)
+            one_read = ScanImage(scan, image, mask, int(extractor.settings.get("label", 1)), part, threads)
             if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
                 # every row must have the features the params ask for: pyradiomics skips a
-                # filter it cannot apply to a scan with only a warning
+                # filter it cannot apply to a scan with only a warning (a part of a scan split
+                # by filter answers for its own units; the parts' rows are joined into one)
                 groups = expected_groups(extractor, image.GetDimension())
+                owned = owned_units(extractor, image.GetDimension(), one_read.filter_part)
+                groups = [g for g in groups if owned is None or group_unit(g) in owned]
                 plain = plain_filters(extractor, settings, mask)
-            one_read = ScanImage(scan, image, mask, int(extractor.settings.get("label", 1)), part, threads)
             per_label, provenance = run_engines(settings.engine_list(), one_read, settings)
         except ScanError as err:
             failures.append(_failure(err))

@@ -134,30 +134,52 @@ def _crop(image, lower: np.ndarray, upper: np.ndarray, pad: np.ndarray | int):
     return sitk.RegionOfInterest(image, (hi - lo + 1).tolist(), lo.tolist())
 
 
-def _filtered(image, mask, types: dict, settings: dict, part: tuple[int, int] | None, first: int = 1):
-    """pyradiomics' filtered images of ``image`` (the ``get<Type>Image`` generators, in order).
+def owned_units(extractor, ndim: int, part: tuple[int, int] | None) -> set[str] | None:
+    """The units part (i, k) of a scan split by filter extracts; None: all (not split).
 
-    With ``part`` (i, k), only every k-th of them from the i-th: the units a big scan is split
-    into when it has fewer labels than parts. Units are numbered from ``first`` (shape is unit
-    0, computed by part 0) in the same way in every part, so each is computed by exactly one;
-    a LoG sigma is computed only by the part that uses it (pyradiomics computes each sigma's
-    image on its own too).
+    The units are ``shape`` and then every image pyradiomics' filters give, by name (each
+    LoG sigma, each wavelet sub-band, ...), dealt round-robin: part i takes every k-th from
+    the i-th. Every part derives the same list from the params, so each unit is computed by
+    exactly one part.
     """
+    from ._radiomics import image_type_names
+
+    if part is None:
+        return None
+    units = ["shape"]
+    for name, custom in extractor.enabledImagetypes.items():
+        units += image_type_names(name, {**extractor.settings, **custom}, ndim)
+    return {u for j, u in enumerate(units) if j % part[1] == part[0]}
+
+
+def group_unit(group: str) -> str:
+    """The unit a column group (``<image>_<class>_``) belongs to: ``shape`` or its image's name."""
+    image, cls = group.split("_")[:2]
+    return "shape" if cls.startswith("shape") else image
+
+
+def _filtered(image, mask, types: dict, settings: dict, owned: set[str] | None):
+    """pyradiomics' filtered images of ``image`` (the ``get<Type>Image`` generators, in order),
+    or only those named in ``owned`` (:func:`owned_units`); a LoG sigma's image is computed
+    only by the part that owns it (pyradiomics computes each sigma's image on its own too)."""
     from radiomics import imageoperations
 
-    unit = first - 1
+    from ._radiomics import image_type_names
+
     for name, custom in types.items():
         args = dict(settings, **custom)
-        split_sigmas = part is not None and name == "LoG"
-        for call in [dict(args, sigma=[s]) for s in args.get("sigma", [])] if split_sigmas else [args]:
-            if split_sigmas:
-                unit += 1
-                if unit % part[1] != part[0]:
-                    continue
+        calls = [args]
+        if owned is not None and name == "LoG":
+            calls = [
+                dict(args, sigma=[s])
+                for s in args.get("sigma", [])
+                if set(image_type_names(name, dict(args, sigma=[s]), image.GetDimension())) & owned
+            ]
+        elif owned is not None and not set(image_type_names(name, args, image.GetDimension())) & owned:
+            calls = []
+        for call in calls:
             for filtered, type_name, type_kw in getattr(imageoperations, f"get{name}Image")(image, mask, **call):
-                if not split_sigmas:
-                    unit += 1
-                if split_sigmas or part is None or unit % part[1] == part[0]:
+                if owned is None or type_name in owned:
                     yield filtered, type_name, type_kw
 
 
@@ -173,8 +195,8 @@ def extract_labels(
 ):
     """pyradiomics' ``execute`` steps on per-label crops, with shared work done once.
 
-    ``filter_part`` (i, k) extracts, for every label, only the i-th of every k shape /
-    filtered-image units (see :func:`_filtered`): one part of a big scan split by filter.
+    ``filter_part`` (i, k) extracts, for every label, only the shape / filtered-image units
+    :func:`owned_units` gives that part: one part of a big scan split by filter.
     """
     import SimpleITK as sitk
     from radiomics import imageoperations
@@ -196,6 +218,7 @@ def extract_labels(
     whole_image = _filters_whole_image(base)
     per_label = {n: types[n] for n in plain_route(extractor)} if whole_image else dict(types)
     shared = {n: c for n, c in types.items() if n not in per_label}
+    owned = owned_units(extractor, image.GetDimension(), filter_part)
 
     out: dict[int, Any] = {}
     state: dict[int, tuple] = {}
@@ -239,7 +262,7 @@ def extract_labels(
                 bbox, _ = imageoperations.checkMask(image_l, reseg, **kw)
             shape_mask = reseg if (reseg is not None and base.get("resegmentShape")) else mask_l
             features = collections.OrderedDict()
-            if filter_part is None or filter_part[0] == 0:
+            if owned is None or "shape" in owned:
                 features.update(extractor.computeShape(image_l, shape_mask, bbox, **kw))
             feature_mask = reseg if reseg is not None else mask_l
             filter_image, filter_mask = image_l, feature_mask
@@ -247,7 +270,7 @@ def extract_labels(
                 filter_image, filter_mask = image, whole_mask
                 if reseg is not None:  # the thresholds come from the label's voxels: the same on the crop
                     filter_mask = imageoperations.resegmentMask(image, whole_mask, **kw)
-            for filtered, type_name, type_kw in _filtered(filter_image, filter_mask, per_label, kw, filter_part):
+            for filtered, type_name, type_kw in _filtered(filter_image, filter_mask, per_label, kw, owned):
                 if filter_image is image:
                     filtered = _crop(filtered, lower, upper, 1)
                 img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
@@ -260,7 +283,7 @@ def extract_labels(
     if shared and state:
         # Each filtered image is computed once on the whole (normalised) image, as
         # pyradiomics does per call, then cropped for every label.
-        for filtered, type_name, type_kw in _filtered(image, mask, shared, base, filter_part, 1 + len(per_label)):
+        for filtered, type_name, type_kw in _filtered(image, mask, shared, base, owned):
             for label, (lower, upper, bbox, feature_mask) in list(state.items()):
                 try:
                     img_c, msk_c = imageoperations.cropToTumorMask(_crop(filtered, lower, upper, 1), feature_mask, bbox)
