@@ -280,7 +280,11 @@ class Store:
             if unknown:
                 for fragment in ds.dataset(unknown, format="parquet", filesystem=fs).get_fragments():
                     self._schemas[fragment.path] = fragment.physical_schema
-            schema = pa.unify_schemas([self._schemas[p] for p in paths], promote_options="permissive")
+            distinct: list[pa.Schema] = []  # parts of one run share theirs: unify each kind once
+            for p in paths:
+                if not any(self._schemas[p] is d or self._schemas[p].equals(d) for d in distinct):
+                    distinct.append(self._schemas[p])
+            schema = pa.unify_schemas(distinct, promote_options="permissive")
             return ds.dataset(list(paths), format="parquet", filesystem=fs, schema=schema)
         except (pa.ArrowInvalid, OSError) as err:
             raise _read_error(self.url, err) from err
