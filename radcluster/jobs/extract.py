@@ -113,7 +113,7 @@ def _aligned(values, have: Sequence[str], want: Sequence[str]):
     """``values`` (rows x ``have``) as rows x ``want``: NaN for a feature a row lacks."""
     import numpy as np
 
-    if list(have) == list(want):
+    if have == want:  # the usual case: every scan of a run has the same features
         return values
     out = np.full((len(values), len(want)), np.nan)
     where = {n: j for j, n in enumerate(want)}
@@ -230,6 +230,7 @@ class _Writer:
         self.parts_written = 0
         self.bytes_written = 0
         self._ibsi_cache: tuple[list[str], dict[str, str]] = ([], {})
+        self._names_seen: list[str] | None = None
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -250,7 +251,9 @@ class _Writer:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         if packed is not None and packed.result.rows:
             result = packed.result
-            self.features.update(dict.fromkeys(result.feature_names))
+            if result.feature_names != self._names_seen:  # a list compare, cheaper than a dict update
+                self.features.update(dict.fromkeys(result.feature_names))
+                self._names_seen = result.feature_names
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
             self.blocks.append((result.feature_names, packed.values))
         self.failures.extend({**f, "run_id": self.run_id, "failed_at": now} for f in failures)
@@ -286,6 +289,7 @@ class _Writer:
 def _arrow_table(rows: Sequence[dict[str, Any]], values, names: Sequence[str]):
     """Rows as an Arrow table: the other columns from the rows' dicts, the features from
     ``values`` (rows x ``names``) column by column, several times faster than a pandas frame."""
+    import numpy as np
     import pyarrow as pa
 
     others = list(dict.fromkeys(k for r in rows for k in r))
@@ -295,7 +299,8 @@ def _arrow_table(rows: Sequence[dict[str, Any]], values, names: Sequence[str]):
             columns.append(pa.array([r.get(k) for r in rows], from_pandas=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a carried column: as text
             columns.append(pa.array([None if r.get(k) is None else str(r.get(k)) for r in rows]))
-    columns += [pa.array(values[:, j]) for j in range(len(names))]
+    by_feature = np.ascontiguousarray(values.T)  # each feature's column contiguous: no strided copies
+    columns += [pa.array(by_feature[j]) for j in range(len(names))]
     return pa.Table.from_arrays(columns, names=[*others, *names])
 
 
