@@ -295,16 +295,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Dask logs every worker start and stop at INFO, and pyradiomics warns once per scan
-    # about settings it will use anyway; both are for -v. Dask reads DASK_LOGGING__* at
-    # import in this process and in every worker process it starts (they inherit the
+    # Dask logs every worker start and stop at INFO: that is for -v. Dask reads DASK_LOGGING__*
+    # at import in this process and in every worker process it starts (they inherit the
     # environment), so this quiets the workers too.
     os.environ.setdefault(
         "DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level if args.verbose >= 2 else logging.WARNING).lower()
     )
-    os.environ.setdefault(
-        "DASK_LOGGING__RADIOMICS", logging.getLevelName(level if args.verbose else logging.ERROR).lower()
-    )
+    if args.verbose:
+        # pyradiomics' own log, printed by every worker. Without -v its warnings still reach
+        # the user: each scan returns them and the run logs each distinct one once.
+        os.environ.setdefault("DASK_LOGGING__RADIOMICS", logging.getLevelName(level).lower())
     from ..errors import ClusterError, ManifestError, SpecError, StoreError
 
     try:

@@ -7,8 +7,8 @@ a problem of the scan itself (unreadable file, geometry mismatch, empty mask, ab
 pyradiomics error): those become failure records naming the case, the file and the reason.
 It knows nothing of Dask or of the store; the scheduler only calls it.
 
-The pyradiomics engine has two paths that give the same features (relative difference
-<= 1e-6, asserted by the tests):
+The pyradiomics engine has two paths that give the same features (every feature equal or
+within 1e-12 relative, NaN where execute() gives NaN: tests/extract/test_parity_matrix.py):
 
 * the fast path (default, :mod:`.fast`) reads image and mask once, hashes the decoded voxels once, and
   runs pyradiomics' own pipeline steps (``checkMask``, ``resampleImage``, the image-type
@@ -76,6 +76,10 @@ class ScanResult:
     mask_hash: str | None = None
     feature_names: list[str] = field(default_factory=list)
     unchanged: bool = False
+    # pyradiomics' warnings for this scan (distinct, in order), for the driver to log
+    warnings: list[str] = field(default_factory=list)
+    # image types that took execute()'s own route instead of the fast path's (engines/pyradiomics.py)
+    plain_filters: list[str] = field(default_factory=list)
 
 
 def _failure(err: ScanError) -> dict[str, Any]:
@@ -183,7 +187,8 @@ def extract_scan(
     """
     import SimpleITK as sitk
 
-    from ._radiomics import get_extractor, versions
+    from ._radiomics import captured_warnings, expected_groups, get_extractor, versions
+    from .engines.pyradiomics import PyradiomicsEngine, plain_filters
 
     start = time.perf_counter()
     extractor = get_extractor(settings.params_text)
@@ -197,18 +202,28 @@ def extract_scan(
     failures: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
-    try:
-        image = _read(scan.case_id, scan.image, "image")
-        mask = _read(scan.case_id, scan.mask, "mask")
-        image_hash, mask_hash = _content_hash(image), _content_hash(mask)
-        if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
-            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
-        _check_inputs(scan, image, mask, extractor, tolerance)
-        one_read = ScanImage(scan, image, mask, int(extractor.settings.get("label", 1)), part, threads)
-        per_label, provenance = run_engines(settings.engine_list(), one_read, settings)
-    except ScanError as err:
-        failures.append(_failure(err))
-        per_label, provenance = {}, {}
+    groups: list[str] = []
+    plain: list[str] = []
+    with captured_warnings() as warned:
+        try:
+            image = _read(scan.case_id, scan.image, "image")
+            mask = _read(scan.case_id, scan.mask, "mask")
+            image_hash, mask_hash = _content_hash(image), _content_hash(mask)
+            if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
+                return ScanResult(
+                    scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True
+                )
+            _check_inputs(scan, image, mask, extractor, tolerance)
+            if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
+                # every row must have the features the params ask for: pyradiomics skips a
+                # filter it cannot apply to a scan with only a warning
+                groups = expected_groups(extractor, image.GetDimension())
+                plain = plain_filters(extractor, settings, mask)
+            one_read = ScanImage(scan, image, mask, int(extractor.settings.get("label", 1)), part, threads)
+            per_label, provenance = run_engines(settings.engine_list(), one_read, settings)
+        except ScanError as err:
+            failures.append(_failure(err))
+            per_label, provenance = {}, {}
 
     elapsed = time.perf_counter() - start
     base = {
@@ -228,6 +243,34 @@ def extract_scan(
             failures.append(_failure(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
+        present = {k[: k.rindex("_") + 1] for k in values if "_" in k}  # "<image>_<class>_"
+        absent = [g for g in groups if g not in present]
+        if absent:
+            failures.append(_failure(_incomplete(scan, label, absent, warned)))
+            continue
         names.update(dict.fromkeys(values))
         rows.append({"label": int(label), "label_name": settings.label_names.get(int(label)), **base, **values})
-    return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
+    return ScanResult(
+        scan.case_id,
+        rows,
+        failures,
+        elapsed,
+        image_hash,
+        mask_hash,
+        list(names),
+        warnings=list(warned),
+        plain_filters=plain,
+    )
+
+
+def _incomplete(scan: Scan, label: int, absent: list[str], warned) -> ScanError:
+    """A label whose row would lack features the params ask for: a failure, not a short row."""
+    groups = ", ".join(g.rstrip("_") for g in absent[:5]) + (" ..." if len(absent) > 5 else "")
+    return ScanError(
+        scan.case_id,
+        "extract",
+        f"pyradiomics computed no {groups} features for this scan (pyradiomics: "
+        f"{'; '.join(warned) or 'no reason logged'})",
+        file=scan.image,
+        label=label,
+    )

@@ -147,6 +147,8 @@ def _merged(parts: list[_Packed]) -> _Packed:
         first.mask_hash,
         names,
         unchanged=all(r.unchanged for r in results),
+        warnings=list(dict.fromkeys(w for r in results for w in r.warnings)),
+        plain_filters=list(dict.fromkeys(f for r in results for f in r.plain_filters)),
     )
     return _Packed(merged, values[order])
 
@@ -398,6 +400,9 @@ def run_extract(
     writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
+    # per run: scans whose image types took execute()'s own route, and pyradiomics' warnings
+    plain_route: collections.Counter[str] = collections.Counter()
+    warned: collections.Counter[str] = collections.Counter()
 
     memory, use_resources, threads = _worker_memory(client)
     if claim_memory is not None:  # the cluster's kind knows (an adaptive one may have no worker yet)
@@ -515,6 +520,11 @@ def run_extract(
                     continue
                 if result.failures:
                     failed[result.case_id] = None
+                plain_route.update(result.plain_filters)
+                for message in result.warnings:
+                    if not warned[message]:
+                        logger.warning("pyradiomics (case %s and maybe others): %s", result.case_id, message)
+                    warned[message] += 1
                 summary.rows += len(result.rows)
                 writer.add(packed, result.failures)
     finally:
@@ -550,6 +560,10 @@ def run_extract(
             "params_hash": settings.params_hash,
             "params": settings.params_text,
             "fast_path": settings.fast,
+            # image type -> scans it was computed for per label on the whole image, as
+            # execute() does, instead of once per scan (radcluster.extract.fast)
+            "plain_route": dict(plain_route),
+            "pyradiomics_warnings": dict(warned),
             "versions": versions(),
             "cluster": cluster_info or {},
         },
@@ -585,7 +599,7 @@ def extract_job(
         engines,
     )
     store_url = job.resolve(job.store)
-    open_store(store_url, must_exist=False).check_params(params_hash)  # before any cluster starts
+    open_store(store_url, must_exist=False).check_params(settings.params_hash)  # before any cluster starts
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(connect(job.cluster))

@@ -18,7 +18,20 @@ from ... import _io
 from ...errors import ScanError
 from . import Engine, ScanImage
 
-__all__ = ["PyradiomicsEngine"]
+__all__ = ["PyradiomicsEngine", "plain_filters"]
+
+
+def _plain_path(extractor, settings, mask) -> bool:
+    """Whether the scan goes through execute() per label (the fast path assumes a scalar mask on the image grid)."""
+    return mask.GetNumberOfComponentsPerPixel() > 1 or not settings.fast or bool(extractor.settings.get("correctMask"))
+
+
+def plain_filters(extractor, settings, mask) -> list[str]:
+    """The image types that take execute()'s own route for this scan: all of them on the plain
+    path, else those the fast path computes per label as execute() does (:func:`~..fast.plain_route`)."""
+    from ..fast import plain_route
+
+    return list(extractor.enabledImagetypes) if _plain_path(extractor, settings, mask) else plain_route(extractor)
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,7 @@ class PyradiomicsEngine(Engine):
 
         extractor = get_extractor(settings.params_text)
         vector_mask = scan.mask.GetNumberOfComponentsPerPixel() > 1
-        if vector_mask or not settings.fast or extractor.settings.get("correctMask"):
+        if _plain_path(extractor, settings, scan.mask):
             present = [scan.default_label]
             if scan.scan.labels == "all" and not vector_mask:
                 present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(scan.mask)) if v != 0]
