@@ -81,6 +81,8 @@ COMPACT_BYTES = 64 << 20
 _GENERATION = re.compile(r"^_generation-(\d{6})\.json$")
 _COMPACT = re.compile(r"^compact-(\d{6})-")
 _READ_ATTEMPTS = 20
+# Rows of a row group in a merged part: about 20 MB at 1,200 features, what compaction holds.
+_ROW_GROUP_ROWS = 2048
 
 
 def _now() -> str:
@@ -505,10 +507,9 @@ class Store:
         written: list[str] = []
         try:
             for i, paths in enumerate(groups):
-                merged = ds.dataset(paths, format="parquet", filesystem=self._arrow_fs(), schema=data.schema).to_table()
-                meta = _merged_metadata([metas[p] for p in paths])
                 name = f"compact-{generation:06d}-{token}-{i:03d}.parquet"
-                self._write_atomic(f"{snap.folder}/{name}", _parquet_bytes(_with_metadata(merged, meta)))
+                schema = _with_metadata(data.schema.empty_table(), _merged_metadata([metas[p] for p in paths])).schema
+                self._write_streamed(f"{snap.folder}/{name}", paths, schema)
                 written.append(name)
             consumed = {p.rsplit("/", 1)[-1] for p in small}
             state = {
@@ -535,6 +536,38 @@ class Store:
         # and what killed compactions left behind go now.
         self._remove_garbage(self._read_consistent(table, lambda s: s))
         return len(snap.parts), len(snap.parts) - len(small) + len(written)
+
+    def _write_streamed(self, path: str, sources: Sequence[str], schema: pa.Schema) -> None:
+        """Copy the rows of ``sources`` into one Parquet file at ``path``, a row group of about
+        ``_ROW_GROUP_ROWS`` rows at a time, so the driver holds one row group, not the file.
+
+        Locally the file is written under a temporary name and renamed; on an object store it
+        is one multipart upload, which becomes visible whole when it completes.
+        """
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        target = path if not self._local else f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}"
+        fs = self._arrow_fs()
+        try:
+            with (
+                self.fs.open(target, "wb") as out,
+                pq.ParquetWriter(
+                    out, schema, compression="zstd", use_dictionary=text or False, write_statistics=[*text, "label"]
+                ) as writer,
+            ):
+                pending: list[pa.Table] = []
+                for source in sources:
+                    pending.append(ds.dataset(source, format="parquet", filesystem=fs, schema=schema).to_table())
+                    if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending).replace_schema_metadata(schema.metadata))
+                        pending = []
+                if pending:
+                    writer.write_table(pa.concat_tables(pending).replace_schema_metadata(schema.metadata))
+            if self._local:
+                os.replace(target, path)
+        except BaseException:
+            if self._local:
+                _io.remove(target)
+            raise
 
     def _remove_garbage(self, snap: _Snapshot) -> None:
         """Files of killed or beaten compactions, parts replaced by a committed one whose
