@@ -33,6 +33,7 @@ import pandas as pd
 
 from . import _io
 from .cohort import ALL_LABELS, Cohort, Scan
+from .store import latest_extractions
 
 __all__ = ["Task", "Plan", "make_plan", "part_key", "file_stat", "stat_many", "read_headers", "estimate_bytes"]
 
@@ -410,7 +411,7 @@ def _latest_by_case(stored: pd.DataFrame, params_hash: str):
     if stored.empty:
         return {}, {}
     same = stored[stored["params_hash"] == params_hash]
-    same = same[same["extracted_at"] == same.groupby("case_id")["extracted_at"].transform("max")]
+    same = same.merge(latest_extractions(same), on=["case_id", "extracted_at"])
     cols = [
         same[c] if c in same else pd.Series([None] * len(same), index=same.index)
         for c in ("image_stat", "mask_stat", "image_hash", "mask_hash")

@@ -247,7 +247,8 @@ def extract_scan(
             failures.append(_failure(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
-        absent = [g for g in groups if not any(k.startswith(g) for k in values)]
+        present = {k[: k.rindex("_") + 1] for k in values if "_" in k}  # "<image>_<class>_"
+        absent = [g for g in groups if g not in present]
         if absent:
             failures.append(_failure(_incomplete(scan, label, absent, warned)))
             continue
