@@ -14,7 +14,8 @@ so that task overhead stays small against task time, in groups that shrink towar
 of the run (guided self-scheduling); the largest scans go first, so the tail of a run is
 short. When a cohort has fewer tasks than the cluster has slots (an atlas: one scan, a
 hundred labels), each many-label scan is split into parts, part i of k extracting every k-th
-label, so no worker idles.
+label, so no worker idles; a scan with fewer labels than parts (one big CT) is split by
+filtered image instead when its params give several (LoG sigmas, wavelet sub-bands).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pandas as pd
 
 from . import _io
 from .cohort import ALL_LABELS, Cohort, Scan
+from .store import latest_extractions
 
 __all__ = ["Task", "Plan", "make_plan", "part_key", "file_stat", "stat_many", "read_headers", "estimate_bytes"]
 
@@ -359,24 +361,47 @@ def make_plan(
             group = []
     if group:
         tasks.append(_grouped(group))
-    return Plan(_split_labels(tasks, slots), skipped, new, changed, too_large, stats)
+    return Plan(
+        _split_labels(tasks, slots, _filter_units(image_types, engines)), skipped, new, changed, too_large, stats
+    )
 
 
-def _split_labels(tasks: list[Task], slots: int) -> list[Task]:
+def _filter_units(image_types: list[str], engines: Iterable) -> int:
+    """The parts a one-label scan may be split into by filtered image (1: not at all).
+
+    Only pyradiomics' fast path splits by filter (other engines would repeat their work in
+    every part), and only when the params give several filtered images: shape is one unit,
+    each image type at least one (a LoG is one per sigma, counted once here), a wavelet eight.
+    """
+    names = [getattr(e, "name", "") for e in engines]
+    if names not in ([], ["pyradiomics"]) or not (len(image_types) > 1 or {"LoG", "Wavelet"} & set(image_types)):
+        return 1
+    return 1 + len(image_types) + 7 * ("Wavelet" in image_types)
+
+
+def _split_labels(tasks: list[Task], slots: int, filter_units: int = 1) -> list[Task]:
     """Spread the slots the tasks leave idle over the many-label scans, as parts of them.
 
     Every part reads and hashes the scan again, which costs little against a label's
     features (tens of milliseconds each); the labels of an ``all`` mask are only known once
-    it is read, so a part takes every k-th of them rather than a list.
+    it is read, so a part takes every k-th of them rather than a list. With
+    ``filter_units`` > 1 a scan with fewer labels than parts is split by filtered image too
+    (:attr:`radcluster.extract.engines.ScanImage.filter_part`), into at most that many parts
+    per label.
     """
-    many = [i for i, t in enumerate(tasks) if len(t.scans) == 1 and _label_count(t.scans[0]) > 1]
+
+    def most(scan: Scan) -> float:
+        count = _label_count(scan)
+        return count if count == math.inf else count * filter_units
+
+    many = [i for i, t in enumerate(tasks) if len(t.scans) == 1 and most(t.scans[0]) > 1]
     idle = slots - len(tasks)
     if idle <= 0 or not many:
         return tasks
     parts = dict.fromkeys(many, 1)
     for n in range(idle):  # round robin, largest scans (first in the list) first
         i = many[n % len(many)]
-        parts[i] = min(parts[i] + 1, _label_count(tasks[i].scans[0]))
+        parts[i] = min(parts[i] + 1, most(tasks[i].scans[0]))
     out: list[Task] = []
     for i, task in enumerate(tasks):
         k = parts.get(i, 1)
@@ -410,7 +435,7 @@ def _latest_by_case(stored: pd.DataFrame, params_hash: str):
     if stored.empty:
         return {}, {}
     same = stored[stored["params_hash"] == params_hash]
-    same = same[same["extracted_at"] == same.groupby("case_id")["extracted_at"].transform("max")]
+    same = same.merge(latest_extractions(same), on=["case_id", "extracted_at"])
     cols = [
         same[c] if c in same else pd.Series([None] * len(same), index=same.index)
         for c in ("image_stat", "mask_stat", "image_hash", "mask_hash")

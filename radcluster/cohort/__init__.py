@@ -201,8 +201,9 @@ def read_manifest(path: str | os.PathLike) -> Cohort:
     base = os.path.dirname(source) if not _io.is_url(source) else source.rsplit("/", 1)[0]
     base = os.path.abspath(base or ".") if not _io.is_url(source) else base
     scans = []
+    id_list = ids.tolist()  # not ids.iloc[i]: a pandas lookup per row is most of a 100k-row read
     for i, rec in enumerate(frame.to_dict("records")):
-        cid = str(ids.iloc[i])
+        cid = str(id_list[i])
         paths = {}
         for col in ("image", "mask"):
             value = rec[col]

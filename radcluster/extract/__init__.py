@@ -115,21 +115,14 @@ def _masks_hash(hashes: list[str]) -> str | None:
     return xxhash.xxh3_128("|".join(hashes).encode()).hexdigest() if hashes else None
 
 
-def _layers(scan: Scan, found: ScanInput, part: tuple[int, int] | None):
-    """(scan, mask, part) to extract per label map: the manifest's labels, or a layer's ROIs.
+def _layers(scan: Scan, found: ScanInput):
+    """(scan, mask) per label map: the manifest's labels, or one layer's ROIs.
 
-    A split scan (``part``) takes every k-th label over all layers, so the parts of a DICOM
-    scan with overlapping ROIs still cover each ROI once.
+    A split task (``part``) applies within each layer: a layer with fewer ROIs than parts is
+    split by filtered image, one with more by ROI, as the plan splits a scan.
     """
-    if len(found.layers) == 1 and found.layers[0].labels is None:
-        yield scan, found.layers[0].mask, part
-        return
-    every = sorted(label for layer in found.layers for label in layer.labels or ())
-    mine = set(every[part[0] :: part[1]] if part else every)
     for layer in found.layers:
-        labels = tuple(label for label in layer.labels or () if label in mine)
-        if labels:
-            yield replace(scan, labels=labels), layer.mask, None
+        yield (scan if layer.labels is None else replace(scan, labels=layer.labels)), layer.mask
 
 
 def _as_float(value: Any) -> float:
@@ -210,6 +203,7 @@ def extract_scan(
 
     from ._radiomics import captured_warnings, expected_groups, get_extractor, versions
     from .engines.pyradiomics import PyradiomicsEngine, plain_filters
+    from .fast import group_unit, owned_units
 
     start = time.perf_counter()
     extractor = get_extractor(settings.params_text)
@@ -223,7 +217,7 @@ def extract_scan(
     failures: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
-    groups: list[str] = []
+    groups: dict[int, list[str]] = {}  # per label: the feature groups its row must have
     plain: list[str] = []
     found = None
     per_label: dict[int, Any] = {}
@@ -240,16 +234,21 @@ def extract_scan(
                 )
             failures.extend(_failure(err) for err in found.failures)
             default_label = int(extractor.settings.get("label", 1))
-            for layer_scan, mask, layer_part in _layers(scan, found, part):
+            for layer_scan, mask in _layers(scan, found):
                 _check_inputs(layer_scan, image, mask, extractor, tolerance)
+                one_read = ScanImage(layer_scan, image, mask, default_label, part, threads)
                 if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
                     # every row must have the features the params ask for: pyradiomics skips a
-                    # filter it cannot apply to a scan with only a warning
-                    groups = expected_groups(extractor, image.GetDimension())
+                    # filter it cannot apply to a scan with only a warning (a part of a scan split
+                    # by filter answers for its own units; the parts' rows are joined into one)
+                    expected = expected_groups(extractor, image.GetDimension())
+                    owned = owned_units(extractor, image.GetDimension(), one_read.filter_part)
+                    expected = [g for g in expected if owned is None or group_unit(g) in owned]
                     plain = list(dict.fromkeys([*plain, *plain_filters(extractor, settings, mask)]))
-                one_read = ScanImage(layer_scan, image, mask, default_label, layer_part, threads)
                 extracted, provenance = run_engines(settings.engine_list(), one_read, settings)
                 per_label.update(extracted)
+                if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
+                    groups.update(dict.fromkeys(extracted, expected))
         except ScanError as err:
             failures.append(_failure(err))
 
@@ -272,7 +271,8 @@ def extract_scan(
             failures.append(_failure(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
-        absent = [g for g in groups if not any(k.startswith(g) for k in values)]
+        present = {k[: k.rindex("_") + 1] for k in values if "_" in k}  # "<image>_<class>_"
+        absent = [g for g in groups.get(label, []) if g not in present]
         if absent:
             failures.append(_failure(_incomplete(scan, label, absent, warned)))
             continue

@@ -51,6 +51,8 @@ class PyradiomicsEngine(Engine):
         extractor = get_extractor(settings.params_text)
         vector_mask = scan.mask.GetNumberOfComponentsPerPixel() > 1
         if _plain_path(extractor, settings, scan.mask):
+            if scan.filter_part and scan.filter_part[0] > 0:
+                return {}  # execute() cannot be split by filter: part 0 extracts it whole
             present = [scan.default_label]
             if scan.scan.labels == "all" and not vector_mask:
                 present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(scan.mask)) if v != 0]
@@ -58,7 +60,9 @@ class PyradiomicsEngine(Engine):
         present = scan.present
         if not present:
             raise ScanError(scan.scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.scan.mask)
-        return extract_labels(scan.scan, scan.image, scan.mask, extractor, scan.labels(present), scan.boxes, present)
+        return extract_labels(
+            scan.scan, scan.image, scan.mask, extractor, scan.labels(present), scan.boxes, present, scan.filter_part
+        )
 
 
 def _plain(scan: ScanImage, extractor, label: int):
