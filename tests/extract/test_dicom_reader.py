@@ -8,6 +8,7 @@ whole 236-slice series is read by the tests marked slow.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
@@ -241,3 +242,42 @@ def test_fractional_seg_thresholded_at_half(tmp_path):
     [roi] = read_segmentation("c", str(tmp_path / "fractional.dcm"), series).rois
     mask = sitk.GetArrayViewFromImage(roi.mask) > 0
     assert mask.sum() == 3 * 10 * 10 and mask[:, 205:215, 205:215].all()
+
+
+SPLIT_PARAMS = """\
+setting:
+  binWidth: 25
+imageType:
+  Original: {}
+  Square: {}
+featureClass:
+  firstorder:
+  shape:
+"""
+
+
+def test_one_dicom_scan_split_over_two_workers_equals_one_task(tree, tmp_path, client):
+    """One SEG row and two worker slots: the plan splits it by filtered image; the parts are
+    extracted per label map (the overlapping segments) and joined into the unsplit rows."""
+    from conftest import write_manifest
+
+    from radcluster import open_store
+    from radcluster.cohort import read_manifest
+    from radcluster.jobs.extract import run_extract
+    from radcluster.plan import make_plan
+
+    manifest = write_manifest(
+        tmp_path / "c.csv", [{"case_id": "seg", "image": str(tree / "CT"), "mask": str(tree / "SEG" / "1-1.dcm")}]
+    )
+    cohort = read_manifest(manifest)
+    settings = ExtractionSettings(SPLIT_PARAMS, "split")
+    plan = make_plan(cohort, pd.DataFrame(), "split", ["Original", "Square"], slots=2)
+    assert [task.part for task in plan.tasks] == [(0, 2), (1, 2)]
+    run_extract(cohort, settings, str(tmp_path / "store"), client)
+    stored = open_store(tmp_path / "store").features().set_index("label")
+    whole = {row["label"]: row for row in extract_scan(cohort.scans[0], settings).rows}
+    assert sorted(stored.index) == [1, 2]
+    for label, row in whole.items():
+        features = [k for k in row if k.startswith(("original_", "square_"))]
+        assert len(features) > 30
+        assert [stored.loc[label, k] for k in features] == [row[k] for k in features]
