@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from . import _io
 from .errors import FAILURE_COLUMNS, StoreError
 
-__all__ = ["Store", "open_store", "ID_COLUMNS", "PROVENANCE_COLUMNS", "TABLES"]
+__all__ = ["Store", "open_store", "latest_extractions", "ID_COLUMNS", "PROVENANCE_COLUMNS", "TABLES"]
 
 ID_COLUMNS = ("case_id", "label")
 PROVENANCE_COLUMNS = (
@@ -81,6 +81,8 @@ COMPACT_BYTES = 64 << 20
 _GENERATION = re.compile(r"^_generation-(\d{6})\.json$")
 _COMPACT = re.compile(r"^compact-(\d{6})-")
 _READ_ATTEMPTS = 20
+# Rows of a row group in a merged part: about 20 MB at 1,200 features, what compaction holds.
+_ROW_GROUP_ROWS = 2048
 
 
 def _now() -> str:
@@ -280,7 +282,11 @@ class Store:
             if unknown:
                 for fragment in ds.dataset(unknown, format="parquet", filesystem=fs).get_fragments():
                     self._schemas[fragment.path] = fragment.physical_schema
-            schema = pa.unify_schemas([self._schemas[p] for p in paths], promote_options="permissive")
+            distinct: list[pa.Schema] = []  # parts of one run share theirs: unify each kind once
+            for p in paths:
+                if not any(self._schemas[p] is d or self._schemas[p].equals(d) for d in distinct):
+                    distinct.append(self._schemas[p])
+            schema = pa.unify_schemas(distinct, promote_options="permissive")
             return ds.dataset(list(paths), format="parquet", filesystem=fs, schema=schema)
         except (pa.ArrowInvalid, OSError) as err:
             raise _read_error(self.url, err) from err
@@ -360,7 +366,7 @@ class Store:
         held = self.params().get("params_hash")
         if held is not None and "params_hash" in keys:
             keys = keys[keys["params_hash"] == held]
-        return keys.groupby("case_id", sort=False, as_index=False)["extracted_at"].max()
+        return latest_extractions(keys)
 
     def features(
         self, columns: Sequence[str] | None = None, *, filters=None, all_versions: bool = False, as_dask: bool = False
@@ -436,6 +442,16 @@ class Store:
         done = self._latest()
         if not done.empty:
             later = fails["case_id"].map(done.set_index("case_id")["extracted_at"])
+            labelled = fails["label"].notna()
+            if labelled.any():
+                # a failure of one label (a DICOM ROI without contours) stands beside the rows
+                # of the scan's other labels: only a row of that label supersedes it
+                keys = self._keys()
+                current = keys.merge(done, on=["case_id", "extracted_at"], how="inner")
+                have = set(zip(current["case_id"], current["label"].astype(int), strict=True))
+                pairs = zip(fails["case_id"], fails["label"], strict=True)
+                has_row = [not pd.notna(label) or (case, int(label)) in have for case, label in pairs]
+                later = later.where(pd.Series(has_row, index=fails.index))
             fails = fails[later.isna() | (later < fails["failed_at"])]
         return fails.sort_values(["case_id", "failed_at"], kind="stable", ignore_index=True)
 
@@ -502,10 +518,9 @@ class Store:
         written: list[str] = []
         try:
             for i, paths in enumerate(groups):
-                merged = ds.dataset(paths, format="parquet", filesystem=self._arrow_fs(), schema=data.schema).to_table()
-                meta = _merged_metadata([metas[p] for p in paths])
                 name = f"compact-{generation:06d}-{token}-{i:03d}.parquet"
-                self._write_atomic(f"{snap.folder}/{name}", _parquet_bytes(_with_metadata(merged, meta)))
+                schema = _with_metadata(data.schema.empty_table(), _merged_metadata([metas[p] for p in paths])).schema
+                self._write_streamed(f"{snap.folder}/{name}", paths, schema)
                 written.append(name)
             consumed = {p.rsplit("/", 1)[-1] for p in small}
             state = {
@@ -532,6 +547,38 @@ class Store:
         # and what killed compactions left behind go now.
         self._remove_garbage(self._read_consistent(table, lambda s: s))
         return len(snap.parts), len(snap.parts) - len(small) + len(written)
+
+    def _write_streamed(self, path: str, sources: Sequence[str], schema: pa.Schema) -> None:
+        """Copy the rows of ``sources`` into one Parquet file at ``path``, a row group of about
+        ``_ROW_GROUP_ROWS`` rows at a time, so the driver holds one row group, not the file.
+
+        Locally the file is written under a temporary name and renamed; on an object store it
+        is one multipart upload, which becomes visible whole when it completes.
+        """
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        target = path if not self._local else f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}"
+        fs = self._arrow_fs()
+        try:
+            with (
+                self.fs.open(target, "wb") as out,
+                pq.ParquetWriter(
+                    out, schema, compression="zstd", use_dictionary=text or False, write_statistics=[*text, "label"]
+                ) as writer,
+            ):
+                pending: list[pa.Table] = []
+                for source in sources:
+                    pending.append(ds.dataset(source, format="parquet", filesystem=fs, schema=schema).to_table())
+                    if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending).replace_schema_metadata(schema.metadata))
+                        pending = []
+                if pending:
+                    writer.write_table(pa.concat_tables(pending).replace_schema_metadata(schema.metadata))
+            if self._local:
+                os.replace(target, path)
+        except BaseException:
+            if self._local:
+                _io.remove(target)
+            raise
 
     def _remove_garbage(self, snap: _Snapshot) -> None:
         """Files of killed or beaten compactions, parts replaced by a committed one whose
@@ -578,8 +625,8 @@ class Store:
     def _matrix_current(self):
         group = self._matrix_group()
         keys = self._matrix_keys(group)
-        latest = keys.groupby("case_id", sort=False)["extracted_at"].transform("max")
-        return group, (keys["extracted_at"] == latest).to_numpy(), keys
+        current = keys.merge(latest_extractions(keys).assign(_current=True), on=["case_id", "extracted_at"], how="left")
+        return group, current["_current"].notna().to_numpy(), keys
 
     def append_matrix(self, keys: pd.DataFrame, values: np.ndarray, names: Sequence[str]) -> int:
         """Append rows (``keys``: case_id, label, extracted_at; ``values``: rows x ``names``).
@@ -735,6 +782,16 @@ class Store:
             "rows": info["current_rows"],
             "cases": info["cases"],
         }
+
+
+def latest_extractions(keys: pd.DataFrame) -> pd.DataFrame:
+    """``case_id`` and ``extracted_at`` of each case's latest extraction in ``keys``.
+
+    A sort, not a groupby: pandas reduces text columns group by group in Python, which at
+    100k cases is seconds; sorting them is vectorised.
+    """
+    ordered = keys[["case_id", "extracted_at"]].sort_values(["case_id", "extracted_at"], kind="stable")
+    return ordered.drop_duplicates("case_id", keep="last").reset_index(drop=True)
 
 
 def _merged_metadata(metas: list[dict[str, Any]]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
 import operator
@@ -83,27 +84,89 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _merged(results: list[ScanResult]) -> ScanResult:
+@dataclass
+class _Packed:
+    """What a task returns for one scan: its ScanResult, with the feature values of its rows
+    taken out into one float64 matrix (rows x ``result.feature_names``). A quarter of the
+    bytes of a dict per row to pickle, and nothing for the driver to unpack."""
+
+    result: ScanResult  # its rows hold the other columns (ids, provenance, carried)
+    values: Any  # numpy.ndarray
+
+
+def _pack(result: ScanResult) -> _Packed:
+    import numpy as np
+
+    names = result.feature_names
+    values = np.full((len(result.rows), len(names)), np.nan)
+    get = operator.itemgetter(*names) if len(names) > 1 else None
+    for i, row in enumerate(result.rows):
+        try:
+            values[i] = get(row) if get else [row[n] for n in names]
+        except KeyError:  # a row without some feature: NaN there
+            values[i] = [row.get(n, np.nan) for n in names]
+    feature_set = set(names)
+    rows = [{k: v for k, v in row.items() if k not in feature_set} for row in result.rows]
+    return _Packed(dataclasses.replace(result, rows=rows), values)
+
+
+def _aligned(values, have: Sequence[str], want: Sequence[str]):
+    """``values`` (rows x ``have``) as rows x ``want``: NaN for a feature a row lacks."""
+    import numpy as np
+
+    if have == want:  # the usual case: every scan of a run has the same features
+        return values
+    out = np.full((len(values), len(want)), np.nan)
+    where = {n: j for j, n in enumerate(want)}
+    for j, name in enumerate(have):
+        out[:, where[name]] = values[:, j]
+    return out
+
+
+def _merged(parts: list[_Packed]) -> _Packed:
     """The parts of a split scan as the one result an unsplit task would have returned.
 
     Every part reads the scan, so a problem of the scan itself (unreadable, empty mask) is
-    reported by each: it is kept once; label failures belong to one part each.
+    reported by each: it is kept once. A scan split by label has each label in one part; a
+    scan split by filtered image has each label's features spread over the parts (in part
+    order), joined here into one row; a label that failed in any part has no row (no partial
+    rows), only its first failure.
     """
+    import numpy as np
+
+    results = [p.result for p in parts]
     first = results[0]
     failures = [f for f in first.failures if f.label is None]
-    failures += [f for r in results for f in r.failures if f.label is not None]
-    return ScanResult(
+    label_failures: dict[int, FailureRecord] = {}
+    for r in results:
+        for f in r.failures:
+            if f.label is not None:
+                label_failures.setdefault(f.label, f)
+    names = list(dict.fromkeys(n for r in results for n in r.feature_names))
+    where = {n: j for j, n in enumerate(names)}
+    rows: dict[int, dict[str, Any]] = {}
+    values: dict[int, Any] = {}
+    for part in parts:
+        columns = [where[n] for n in part.result.feature_names]
+        for row, vector in zip(part.result.rows, part.values, strict=True):
+            label = row["label"]
+            if label not in rows:  # the first part's ids and provenance
+                rows[label], values[label] = row, np.full(len(names), np.nan)
+            values[label][columns] = vector
+    labels = [label for label in sorted(rows) if label not in label_failures]
+    merged = ScanResult(
         first.case_id,
-        sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
-        failures,
+        [rows[label] for label in labels],
+        failures + list(label_failures.values()),
         max(r.seconds for r in results),
         first.image_hash,
         first.mask_hash,
-        list(dict.fromkeys(n for r in results for n in r.feature_names)),
+        names,
         unchanged=all(r.unchanged for r in results),
         warnings=list(dict.fromkeys(w for r in results for w in r.warnings)),
         plain_filters=list(dict.fromkeys(f for r in results for f in r.plain_filters)),
     )
+    return _Packed(merged, np.array([values[label] for label in labels]).reshape(len(labels), len(names)))
 
 
 FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
@@ -116,7 +179,7 @@ def run_task(
     part: tuple[int, int] | None = None,
     extract: Callable[..., ScanResult] = extract_scan,
     stats: dict[str, str | None] | None = None,
-) -> list[ScanResult]:
+) -> list[_Packed]:
     """The Dask task: extract each scan of a group (or a part of one scan's labels), recording
     the files' stats with the rows.
 
@@ -139,7 +202,7 @@ def run_task(
         result = extract(scan, settings, unchanged_if=known.get(scan.case_id), part=part, threads=_worker_threads())
         for row in result.rows:
             row.update(stat)
-        results.append(result)
+        results.append(_pack(result))
     return results
 
 
@@ -160,7 +223,8 @@ class _Writer:
     def __init__(self, store: Store, run_id: str, metadata: dict[str, Any], flush_rows: int, flush_seconds: float):
         self.store, self.run_id, self.metadata = store, run_id, metadata
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []  # the other columns of each row
+        self.blocks: list[tuple[list[str], Any]] = []  # (feature names, values) of the rows, in order
         self.failures: list[dict[str, Any]] = []
         self.features: dict[str, None] = {}
         self.seq = 0
@@ -170,6 +234,7 @@ class _Writer:
         self.parts_written = 0
         self.bytes_written = 0
         self._ibsi_cache: tuple[list[str], dict[str, str]] = ([], {})
+        self._names_seen: list[str] | None = None
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -186,11 +251,15 @@ class _Writer:
         self._ibsi_cache = (names, {a: b for a, b in zip(names, renamed, strict=True) if a != b})
         return self._ibsi_cache[1]
 
-    def add(self, result: ScanResult | None, failures: list[FailureRecord]) -> None:
+    def add(self, packed: _Packed | None, failures: list[FailureRecord]) -> None:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-        if result is not None:
-            self.features.update(dict.fromkeys(result.feature_names))
+        if packed is not None and packed.result.rows:
+            result = packed.result
+            if result.feature_names != self._names_seen:  # a list compare, cheaper than a dict update
+                self.features.update(dict.fromkeys(result.feature_names))
+                self._names_seen = result.feature_names
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
+            self.blocks.append((result.feature_names, packed.values))
         self.failures.extend(f.row(run_id=self.run_id, failed_at=now) for f in failures)
         if (
             len(self.rows) + len(self.failures) >= self.flush_rows
@@ -201,8 +270,11 @@ class _Writer:
     def flush(self) -> None:
         meta = {**self.metadata, "features": list(self.features), "ibsi_names": self._ibsi_names()}
         if self.rows:
+            import numpy as np
+
             names = list(self.features)
-            table, values = _arrow_rows(self.rows, names)
+            values = np.vstack([_aligned(v, have, names) for have, v in self.blocks])
+            table = _arrow_table(self.rows, values, names)
             self.bytes_written += self.store.write_part(
                 "features", table, run_id=self.run_id, seq=self.seq, metadata=meta
             )
@@ -214,41 +286,26 @@ class _Writer:
             self.store.write_part("failures", self.failures, run_id=self.run_id, seq=self.seq, metadata=meta)
             self.failures_written += len(self.failures)
         self.seq += 1
-        self.rows, self.failures = [], []
+        self.rows, self.blocks, self.failures = [], [], []
         self.last_flush = time.monotonic()
 
 
-def _arrow_rows(rows: Sequence[dict[str, Any]], names: Sequence[str]):
-    """The rows as an Arrow table, and their features as a float64 matrix (rows x ``names``).
-
-    Built column by column: the features (about 1,200 per row with filters) through one
-    numpy matrix, the other columns from their values; several times faster than a pandas
-    frame of dicts.
-    """
+def _arrow_table(rows: Sequence[dict[str, Any]], values, names: Sequence[str]):
+    """Rows as an Arrow table: the other columns from the rows' dicts, the features from
+    ``values`` (rows x ``names``) column by column, several times faster than a pandas frame."""
     import numpy as np
     import pyarrow as pa
 
-    feature_set = set(names)
-    # the first row's order, then what other rows add (key-set differences run in C)
-    others = [k for k in rows[0] if k not in feature_set]
-    extra = set().union(*(r.keys() - feature_set for r in rows)) - set(others)
-    others += sorted(extra)
-    get = operator.itemgetter(*names) if names else (lambda r: ())
-    try:
-        values = np.array([get(r) if len(names) != 1 else (get(r),) for r in rows], dtype="float64")
-    except KeyError:  # a row without some feature (another engine's part): NaN there
-        values = np.array([[r.get(n, np.nan) for n in names] for r in rows], dtype="float64")
-    values = values.reshape(len(rows), len(names))
-    columns, fields = [], []
+    others = list(dict.fromkeys(k for r in rows for k in r))
+    columns = []
     for k in others:
         try:
-            col = pa.array([r.get(k) for r in rows], from_pandas=True)
+            columns.append(pa.array([r.get(k) for r in rows], from_pandas=True))
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a carried column: as text
-            col = pa.array([None if r.get(k) is None else str(r.get(k)) for r in rows])
-        columns.append(col)
-        fields.append(k)
-    columns += [pa.array(values[:, j]) for j in range(len(names))]
-    return pa.Table.from_arrays(columns, names=[*fields, *names]), values
+            columns.append(pa.array([None if r.get(k) is None else str(r.get(k)) for r in rows]))
+    by_feature = np.ascontiguousarray(values.T)  # each feature's column contiguous: no strided copies
+    columns += [pa.array(by_feature[j]) for j in range(len(names))]
+    return pa.Table.from_arrays(columns, names=[*others, *names])
 
 
 def _headers_on_workers(client, paths: list[str], batch: int = 256) -> dict[str, tuple[int, int] | None]:
@@ -400,7 +457,7 @@ def run_extract(
             done.add(fut)
 
     submit_more()
-    parts: dict[str, list[ScanResult]] = {}  # split scans: the results of the parts so far
+    parts: dict[str, list[tuple[int, _Packed]]] = {}  # split scans: (part, result) so far
     iterator: Iterator[Any] = iter(done)
     if progress is not None:
         iterator = progress(iterator, len(plan.tasks))
@@ -408,7 +465,7 @@ def run_extract(
         for fut in iterator:
             task = futures.pop(fut)
             try:
-                results: list[ScanResult] = fut.result()
+                results: list[_Packed] = fut.result()
             except Exception as err:  # the task itself died (FailureRecord.from_task_error)
                 if len(task.scans) > 1:
                     # One of the group killed its worker (or hit a bug): retry each scan
@@ -439,11 +496,13 @@ def run_extract(
                 case = task.scans[0].case_id
                 if case in failed:  # another part of it died: nothing of it is written
                     continue
-                parts.setdefault(case, []).extend(results)
+                parts.setdefault(case, []).extend((task.part[0], r) for r in results)
                 if len(parts[case]) < task.part[1]:
                     continue
-                results = [_merged(parts.pop(case))]
-            for result in results:
+                # in part order, so a row split by filter has the same columns in every run
+                results = [_merged([r for _, r in sorted(parts.pop(case), key=lambda p: p[0])])]
+            for packed in results:
+                result = packed.result
                 if result.unchanged:
                     summary.skipped += 1
                     summary.changed -= 1
@@ -456,7 +515,7 @@ def run_extract(
                         logger.warning("pyradiomics (case %s and maybe others): %s", result.case_id, message)
                     warned[message] += 1
                 summary.rows += len(result.rows)
-                writer.add(result, result.failures)
+                writer.add(packed, result.failures)
     finally:
         # Whatever happened (Ctrl-C, a lost scheduler), what finished is written.
         writer.flush()
