@@ -1,17 +1,31 @@
-"""The feature store: Parquet features and failures, a Zarr matrix, run records.
+"""The feature store: Parquet features and failures, an appended Zarr matrix, run records.
 
 Layout under the store root (a local folder or an fsspec URL)::
 
-    features/part-<run>-<seq>.parquet   one row per (case, label) extraction, written as results arrive
-    failures/part-<run>-<seq>.parquet   case_id, label, stage, error_type, message, file, run_id, failed_at
-    matrix.zarr/                        X (float64, rows x features, chunked by rows), case_id, label,
-                                        feature_names; rebuilt from features/ at the end of each run
+    store.json                          the params the store holds (hash and text): one set per store
+    features/part-<run>-<seq>.parquet   rows of (case, label) extractions, written as results arrive
+    features/compact-<gen>-<id>-<n>.parquet   parts merged by compaction, live once generation <gen> names them
+    features/_generation-<gen>.json     which compacted files are live and which parts they replaced
+    failures/...                        the same, for case_id, label, stage, error_type, message, file
+    matrix.zarr/                        X (float64, rows x features), case_id, label, extracted_at: every
+                                        row of the store's params in the order it was appended
     runs/<run-id>.json                  parameters, versions, counts, timings, cluster
 
-Part files are written to a temporary name and renamed, so a reader (or a re-run after a
-crash) never sees a partial file. Rows are never rewritten: a newer extraction of the same
-(case, label) supersedes the older one when the store is read (:meth:`Store.features`), so
-nothing already written is lost and nothing appears twice.
+**Current rows.** A store holds the features of one params file (``store.json``; a run with
+other params is refused, naming both, so one matrix never mixes two settings). The current
+rows of a case are the rows of its latest successful extraction: one row per (case_id, label)
+it produced. A newer extraction supersedes every older row of the case, so a label that is no
+longer in the mask is retired with it; an image changed and then changed back is extracted
+again and its newest rows are current. Rows are never rewritten: older ones stay readable
+(``all_versions=True``) and are told apart by ``extracted_at``, which every row of one
+extraction shares. The matrix is appended, never rebuilt; which of its rows are current is
+derived when it is opened from its key arrays, so an append is complete or absent.
+
+**Atomicity.** A part is written to a temporary name and renamed (one PUT on an object store),
+so a reader never sees a partial file. Compaction writes merged files first and then commits
+them in one exclusive create of the next ``_generation-<gen>.json``, which also names the parts
+they replace; a reader takes the newest generation, and if a newer one appears while it reads
+(or a replaced part vanishes under it) it reads again, so it sees every row exactly once.
 """
 
 from __future__ import annotations
@@ -20,20 +34,24 @@ import datetime as _dt
 import io
 import json
 import os
+import re
+import time
+import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import _io
 from .errors import FAILURE_COLUMNS, StoreError
 
-__all__ = ["Store", "open_store", "ID_COLUMNS", "PROVENANCE_COLUMNS"]
+__all__ = ["Store", "open_store", "latest_extractions", "ID_COLUMNS", "PROVENANCE_COLUMNS", "TABLES"]
 
 ID_COLUMNS = ("case_id", "label")
 PROVENANCE_COLUMNS = (
@@ -49,8 +67,22 @@ PROVENANCE_COLUMNS = (
     "run_id",
     "extracted_at",
 )
+TABLES = ("features", "failures")
 _META_KEY = b"radcluster"
-_MATRIX_CHUNK_ROWS = 4096
+_KEYS = ("case_id", "label", "extracted_at")  # what identifies a stored row (and a matrix row)
+# Matrix chunks: 512 rows (5 MB at 1,200 features), so an append of a few hundred rows rewrites
+# at most two chunks; dask reads them in blocks of about 64 MB.
+_MATRIX_CHUNK_ROWS = 512
+_DASK_CHUNK_BYTES = 64 << 20
+_KEY_CHUNK_ROWS = 1 << 16
+# Compaction merges parts below half this size into files of about this size: 16 files per
+# 100k rows of 1,200 features, each small enough to rewrite in the driver's memory.
+COMPACT_BYTES = 64 << 20
+_GENERATION = re.compile(r"^_generation-(\d{6})\.json$")
+_COMPACT = re.compile(r"^compact-(\d{6})-")
+_READ_ATTEMPTS = 20
+# Rows of a row group in a merged part: about 20 MB at 1,200 features, what compaction holds.
+_ROW_GROUP_ROWS = 2048
 
 
 def _now() -> str:
@@ -58,8 +90,57 @@ def _now() -> str:
 
 
 @dataclass
+class _Snapshot:
+    """The live part files of a table at one generation, with their sizes."""
+
+    generation: int
+    parts: dict[str, int]  # path -> bytes
+    state: dict[str, Any] = field(default_factory=dict)
+    orphans: list[str] = field(default_factory=list)  # files no generation names (a killed compaction)
+    folder: str = ""
+
+
+class _Stale(Exception):
+    """A compaction committed while a snapshot was read: read again."""
+
+
+def _arrow_table(rows: Sequence[dict[str, Any]], metadata: dict[str, Any] | None) -> pa.Table:
+    frame = pd.DataFrame.from_records(list(rows))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return _with_metadata(table, metadata)
+
+
+def _with_metadata(table: pa.Table, metadata: dict[str, Any] | None) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta[_META_KEY] = json.dumps(metadata or {}).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    # Dictionary encoding and statistics only for text columns: feature values are distinct
+    # doubles, where trying a dictionary per column doubles the writing time for nothing.
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(
+        table,
+        buf,
+        compression="zstd",
+        use_dictionary=text or False,
+        write_statistics=[*text, "label"] if "label" in table.column_names else text or False,
+    )
+    return buf.getvalue()
+
+
+def _to_expression(filters):
+    """pyarrow Expression from an Expression or pandas/pyarrow's list-of-tuples form."""
+    if filters is None or isinstance(filters, ds.Expression):
+        return filters
+    return pq.filters_to_expression(filters)
+
+
+@dataclass
 class Store:
-    """A feature store at ``url``; see the module docstring for the layout.
+    """A feature store at ``url``; see the module docstring for the layout and the rules.
 
     Obtain one with :func:`open_store`.
     """
@@ -67,77 +148,194 @@ class Store:
     url: str
 
     def __post_init__(self) -> None:
+        self._schemas: dict[str, pa.Schema] = {}
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.root = self.root.rstrip("/")
+        self._local = "file" in ((self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol)
 
     # -- paths -------------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
-    def _parts(self, table: str) -> list[str]:
-        folder = self._path(table)
-        if not self.fs.exists(folder):
-            return []
-        return sorted(
-            p
-            for p in self.fs.ls(folder, detail=False)
-            if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
-        )
-
-    # -- writing -----------------------------------------------------------------------
     def _write_atomic(self, path: str, data: bytes) -> None:
         # a reader sees no file or the whole one: see _io.write_atomic
         _io.write_atomic(self.fs.unstrip_protocol(path), data)
 
+    def _arrow_fs(self):
+        import pyarrow.fs as pafs
+
+        if self._local:
+            return pafs.LocalFileSystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+
+    # -- the params of the store --------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """``store.json``: the params hash (and text) every row of the store was extracted with.
+
+        A store written before ``store.json`` existed takes the params of its newest row.
+        """
+        try:
+            return json.loads(self.fs.cat_file(self._path("store.json")))
+        except FileNotFoundError:
+            keys = self._keys(("params_hash",))
+            if keys.empty:
+                return {}
+            return {"params_hash": str(keys.sort_values("extracted_at")["params_hash"].iloc[-1])}
+
+    def check_params(self, params_hash: str) -> None:
+        """Refuse ``params_hash`` if the store holds features of other params.
+
+        Raises
+        ------
+        StoreError
+            Naming both params hashes and what to do instead.
+        """
+        held = self.params().get("params_hash")
+        if held is not None and held != params_hash:
+            raise StoreError(
+                f"store {self.url!r} holds features extracted with params {held} (see its store.json); "
+                f"these params are {params_hash}. A store holds one params set, so its matrix never mixes "
+                "features of two settings: extract into another store (--out), or use the store's params file"
+            )
+
+    def claim_params(self, params_hash: str, params_text: str = "") -> None:
+        """Make ``params_hash`` the store's params (``store.json``), or refuse as
+        :meth:`check_params` does."""
+        self.check_params(params_hash)
+        if self.fs.exists(self._path("store.json")):
+            return
+        record = {"params_hash": params_hash, "params": params_text, "created_at": _now()}
+        self.fs.makedirs(self.root, exist_ok=True)
+        try:
+            _io.create_exclusive(
+                self.fs.unstrip_protocol(self._path("store.json")), json.dumps(record, indent=2).encode()
+            )
+        except FileExistsError:  # another run claimed it first: its params are the store's
+            self.check_params(params_hash)
+
+    # -- listing: which part files are live ----------------------------------------------
+    def _snapshot(self, table: str) -> _Snapshot:
+        folder = self._path(table)
+        self.fs.invalidate_cache(folder)
+        try:
+            entries = self.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return _Snapshot(0, {}, folder=folder)
+        files = {e["name"].rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries if e.get("type") != "directory"}
+        gens = sorted(int(m.group(1)) for n in files if (m := _GENERATION.match(n)))
+        generation = gens[-1] if gens else 0
+        state: dict[str, Any] = {"compacted": [], "retired": []}
+        if generation:
+            try:
+                state = json.loads(self.fs.cat_file(f"{folder}/_generation-{generation:06d}.json"))
+            except (FileNotFoundError, json.JSONDecodeError) as err:
+                raise _Stale() from err
+        # A generation committed after the listing may have removed parts the listing lacks.
+        if self.fs.exists(f"{folder}/_generation-{generation + 1:06d}.json"):
+            raise _Stale()
+        retired, compacted = set(state["retired"]), set(state["compacted"])
+        parts, orphans = {}, []
+        for name, size in sorted(files.items()):
+            if not name.endswith(".parquet"):
+                continue
+            if name.startswith("part-") and name not in retired:
+                parts[f"{folder}/{name}"] = size
+            elif name.startswith("compact-") and name in compacted:
+                parts[f"{folder}/{name}"] = size
+            elif name.startswith("compact-") and (m := _COMPACT.match(name)) and int(m.group(1)) <= generation:
+                orphans.append(f"{folder}/{name}")
+        missing = compacted - {p.rsplit("/", 1)[-1] for p in parts}
+        if missing:
+            raise StoreError(
+                f"store {self.url!r}: generation {generation} of {table}/ names "
+                f"{sorted(missing)[:3]}, which do not exist"
+            )
+        return _Snapshot(generation, parts, state, orphans, folder)
+
+    def _read_consistent(self, table: str, read):
+        """``read(snapshot)``, again from a new snapshot if a compaction changed it meanwhile."""
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                snap = self._snapshot(table)
+                result = read(snap)
+                if self.fs.exists(self._path(table, f"_generation-{snap.generation + 1:06d}.json")):
+                    continue  # committed while we read: parts we read may be gone or doubled
+                return result
+            except (_Stale, FileNotFoundError):
+                time.sleep(0.05)
+        raise StoreError(
+            f"store {self.url!r}: {table}/ kept changing under the reader "
+            f"({_READ_ATTEMPTS} attempts); is a compaction looping?"
+        )
+
+    def _dataset(self, paths: Sequence[str]) -> ds.Dataset | None:
+        """The parts as one pyarrow dataset under one schema: parts of different runs may
+        differ in columns (carried columns, an all-empty column typed null), and a column a
+        part lacks reads as nulls."""
+        if not paths:
+            return None
+        fs = self._arrow_fs()
+        try:
+            # A part never changes once written: its schema (a footer read, slow for 1,200
+            # columns) is read once per Store.
+            unknown = [p for p in paths if p not in self._schemas]
+            if unknown:
+                for fragment in ds.dataset(unknown, format="parquet", filesystem=fs).get_fragments():
+                    self._schemas[fragment.path] = fragment.physical_schema
+            distinct: list[pa.Schema] = []  # parts of one run share theirs: unify each kind once
+            for p in paths:
+                if not any(self._schemas[p] is d or self._schemas[p].equals(d) for d in distinct):
+                    distinct.append(self._schemas[p])
+            schema = pa.unify_schemas(distinct, promote_options="permissive")
+            return ds.dataset(list(paths), format="parquet", filesystem=fs, schema=schema)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise _read_error(self.url, err) from err
+
+    def _read(self, table: str, columns: Sequence[str] | None = None, filters=None) -> pd.DataFrame:
+        expr = _to_expression(filters)
+
+        def read(snap: _Snapshot) -> pd.DataFrame:
+            data = self._dataset(list(snap.parts))
+            if data is None:
+                return pd.DataFrame(columns=list(columns) if columns else [])
+            wanted = None if columns is None else [c for c in columns if c in data.schema.names]
+            try:
+                return data.to_table(columns=wanted, filter=expr).to_pandas()
+            except (pa.ArrowInvalid, OSError) as err:
+                raise _read_error(self.url, err) from err
+
+        return self._read_consistent(table, read)
+
+    # -- writing -----------------------------------------------------------------------
     def write_part(
         self,
         table: str,
-        rows: Sequence[dict[str, Any]],
+        rows: Sequence[dict[str, Any]] | pa.Table,
         *,
         run_id: str,
         seq: int,
         metadata: dict[str, Any] | None = None,
-    ) -> str | None:
-        """Write ``rows`` as one Parquet part of ``table`` (``features`` or ``failures``).
+    ) -> int:
+        """Write ``rows`` (dicts or an Arrow table) as one Parquet part of ``table``.
 
         The part's schema metadata records ``metadata`` (feature names, params hash,
-        versions) so a part is self-describing.
+        versions) so a part is self-describing. Returns its size in bytes (0: no rows, no part).
         """
-        if not rows:
-            return None
-        frame = pd.DataFrame.from_records(list(rows))
-        table_ = pa.Table.from_pandas(frame, preserve_index=False)
-        meta = dict(table_.schema.metadata or {})
-        meta[_META_KEY] = json.dumps(metadata or {}).encode()
-        table_ = table_.replace_schema_metadata(meta)
-        buf = io.BytesIO()
-        pq.write_table(table_, buf, compression="zstd")
+        if not len(rows):
+            return 0
+        data = _with_metadata(rows, metadata) if isinstance(rows, pa.Table) else _arrow_table(rows, metadata)
         path = self._path(table, f"part-{run_id}-{seq:06d}.parquet")
-        self._write_atomic(path, buf.getvalue())
-        return path
+        payload = _parquet_bytes(data)
+        self._write_atomic(path, payload)
+        return len(payload)
 
     def write_run(self, run_id: str, record: dict[str, Any]) -> None:
         self._write_atomic(self._path("runs", f"{run_id}.json"), _io.json_bytes(record))
 
     # -- reading -----------------------------------------------------------------------
-    def _read(self, table: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        frames = []
-        for path in self._parts(table):
-            with self.fs.open(path, "rb") as f:
-                try:
-                    pf = pq.ParquetFile(f)
-                    wanted = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
-                    part = pf.read(columns=wanted)
-                except (pa.ArrowInvalid, OSError) as err:
-                    raise StoreError(f"store {self.url!r}: part {path!r} is not readable Parquet: {err}") from err
-            frames.append(part.to_pandas())
-        if not frames:
-            return pd.DataFrame(columns=list(columns) if columns else [])
-        return pd.concat(frames, ignore_index=True, sort=False)
-
     def _part_metadata(self) -> Iterator[dict[str, Any]]:
         """radcluster's metadata of each features part (schema only, no rows are read)."""
-        for path in self._parts("features"):
+        for path in self._read_consistent("features", lambda snap: list(snap.parts)):
             with self.fs.open(path, "rb") as f:
                 yield json.loads((pq.read_schema(f).metadata or {}).get(_META_KEY, b"{}"))
 
@@ -157,35 +355,83 @@ class Store:
             names.update(meta.get("ibsi_names", {}))
         return names
 
-    def features(self, columns: Sequence[str] | None = None, *, all_versions: bool = False) -> pd.DataFrame:
-        """The current features: one row per (case_id, label), the newest extraction of each.
+    def _keys(self, extra: Sequence[str] = ()) -> pd.DataFrame:
+        return self._read("features", columns=list(dict.fromkeys([*_KEYS, "params_hash", *extra])))
 
-        ``columns`` reads only those columns (plus the row keys) from the Parquet parts;
-        ``all_versions=True`` returns every row ever written, superseded ones included.
+    def _latest(self, keys: pd.DataFrame | None = None) -> pd.DataFrame:
+        """case_id -> extracted_at of each case's current extraction (see the module docstring)."""
+        keys = self._keys() if keys is None else keys
+        if keys.empty:
+            return pd.DataFrame({"case_id": pd.Series(dtype=str), "extracted_at": pd.Series(dtype=str)})
+        held = self.params().get("params_hash")
+        if held is not None and "params_hash" in keys:
+            keys = keys[keys["params_hash"] == held]
+        return latest_extractions(keys)
+
+    def features(
+        self, columns: Sequence[str] | None = None, *, filters=None, all_versions: bool = False, as_dask: bool = False
+    ):
+        """The current features: one row per (case_id, label) of each case's latest extraction.
+
+        Parameters
+        ----------
+        columns : list of str, optional
+            Read only these columns (plus the row keys) from the parts: columns not asked for
+            are never read.
+        filters : pyarrow Expression or list of (column, op, value) tuples, optional
+            Rows to keep (``[("label", "==", 1)]``, ``pyarrow.compute.field("site") == "A"``),
+            applied while reading, part by part; which rows are current is decided over all
+            rows first, so a filter never brings back a superseded row.
+        all_versions : bool
+            Every row ever written, superseded ones included.
+        as_dask : bool
+            A dask dataframe, one partition per part file, read lazily.
         """
-        wanted = None if columns is None else list(dict.fromkeys([*ID_COLUMNS, "extracted_at", *columns]))
-        frame = self._read("features", columns=wanted)
-        if frame.empty or all_versions:
+        wanted = None if columns is None else list(dict.fromkeys([*_KEYS, *columns]))
+        latest = None if all_versions else self._latest()
+        if as_dask:
+            return self._features_dask(wanted, _to_expression(filters), latest)
+        frame = self._read("features", columns=wanted, filters=filters)
+        if frame.empty:
             return frame
-        frame = frame.sort_values("extracted_at", kind="stable")
-        frame = frame.drop_duplicates(list(ID_COLUMNS), keep="last")
+        if latest is not None:
+            frame = frame.merge(latest, on=["case_id", "extracted_at"], how="inner", sort=False)
         return frame.sort_values(list(ID_COLUMNS), kind="stable", ignore_index=True)
+
+    def _features_dask(self, columns, expr, latest: pd.DataFrame | None):
+        import dask.dataframe as dd
+
+        snap = self._read_consistent("features", lambda s: s)
+        data = self._dataset(list(snap.parts))
+        if data is None:
+            raise StoreError(f"store {self.url!r} has no features")
+        schema = (
+            data.schema
+            if columns is None
+            else pa.schema([data.schema.field(c) for c in columns if c in data.schema.names])
+        )
+        meta = schema.empty_table().to_pandas()
+        return dd.from_map(
+            _read_part,
+            list(snap.parts),
+            schema=schema,
+            filesystem=self._arrow_fs(),
+            expr=expr,
+            latest=latest,
+            meta=meta,
+            enforce_metadata=False,
+        )
 
     def row_keys(self) -> pd.DataFrame:
         """Key columns of every stored row (cheap: reads only those columns)."""
-        return self._read(
-            "features",
-            columns=(
-                "case_id",
-                "label",
-                "image_hash",
-                "mask_hash",
-                "params_hash",
-                "image_stat",
-                "mask_stat",
-                "extracted_at",
-            ),
-        )
+        return self._keys(("image_hash", "mask_hash", "image_stat", "mask_stat"))
+
+    def current_keys(self) -> pd.DataFrame:
+        """:meth:`row_keys` of the current rows only."""
+        keys = self.row_keys()
+        if keys.empty:
+            return keys
+        return keys.merge(self._latest(keys), on=["case_id", "extracted_at"], how="inner")
 
     def failures(self) -> pd.DataFrame:
         """Failures not superseded by a later successful extraction of the same case
@@ -193,10 +439,19 @@ class Store:
         fails = self._read("failures", columns=(*FAILURE_COLUMNS, "run_id", "failed_at"))
         if fails.empty:
             return fails
-        done = self.row_keys()
+        done = self._latest()
         if not done.empty:
-            last_ok = done.groupby("case_id")["extracted_at"].max()
-            later = fails["case_id"].map(last_ok)
+            later = fails["case_id"].map(done.set_index("case_id")["extracted_at"])
+            labelled = fails["label"].notna()
+            if labelled.any():
+                # a failure of one label (a DICOM ROI without contours) stands beside the rows
+                # of the scan's other labels: only a row of that label supersedes it
+                keys = self._keys()
+                current = keys.merge(done, on=["case_id", "extracted_at"], how="inner")
+                have = set(zip(current["case_id"], current["label"].astype(int), strict=True))
+                pairs = zip(fails["case_id"], fails["label"], strict=True)
+                has_row = [not pd.notna(label) or (case, int(label)) in have for case, label in pairs]
+                later = later.where(pd.Series(has_row, index=fails.index))
             fails = fails[later.isna() | (later < fails["failed_at"])]
         return fails.sort_values(["case_id", "failed_at"], kind="stable", ignore_index=True)
 
@@ -204,107 +459,368 @@ class Store:
         folder = self._path("runs")
         if not self.fs.exists(folder):
             return []
-        out = []
-        for path in sorted(self.fs.ls(folder, detail=False)):
-            if path.endswith(".json") and not path.rsplit("/", 1)[-1].startswith(".tmp-"):
-                with self.fs.open(path, "rb") as f:
-                    out.append(json.loads(f.read()))
+        paths = [
+            p
+            for p in sorted(self.fs.ls(folder, detail=False))
+            if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")
+        ]
+        out = [json.loads(data) for data in self.fs.cat(paths).values()] if paths else []
         return sorted(out, key=lambda r: r.get("started_at", ""))
 
-    # -- the matrix ---------------------------------------------------------------------
-    def build_matrix(self) -> int:
-        """(Re)write ``matrix.zarr`` from the current features; returns its row count.
+    # -- compaction ---------------------------------------------------------------------
+    def parts(self, table: str = "features") -> dict[str, int]:
+        """The live part files of ``table`` and their sizes in bytes."""
+        return self._read_consistent(table, lambda snap: dict(snap.parts))
 
-        Rows follow :meth:`features` (sorted by case_id, label); columns are
-        :meth:`feature_names`; a feature a row lacks (other params) is NaN.
+    def compact(self, *, target_bytes: int = COMPACT_BYTES, min_parts: int = 2) -> dict[str, tuple[int, int]]:
+        """Merge the small parts of each table into files of about ``target_bytes``.
+
+        Nothing happens to a table with fewer than ``min_parts`` small parts. Rows are copied
+        unchanged (superseded ones too). The merged files become live, and the parts they
+        replace retired, in one exclusive create of the next generation file; a compaction
+        killed before it leaves only unnamed files (removed by the next one), one killed after
+        it leaves replaced parts that no reader uses (also removed by the next). Of two
+        concurrent compactions one commits, the other removes what it wrote.
+
+        Returns ``{table: (parts before, parts after)}``.
         """
-        import zarr
+        out = {}
+        for table in TABLES:
+            out[table] = self._compact_table(table, target_bytes, min_parts)
+        return out
 
-        current = self.features()
-        # columns of the params that produced the current rows, not of superseded extractions
-        names = self.feature_names(current["params_hash"].unique().tolist() if len(current) else [])
-        path = self._path("matrix.zarr")
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
-        group = zarr.open_group(store=self._zarr_store(path), mode="w")
-        n = len(current)
-        x = group.create_array(
-            "X",
-            shape=(n, len(names)),
-            dtype="float64",
-            chunks=(min(max(n, 1), _MATRIX_CHUNK_ROWS), max(len(names), 1)),
-            fill_value=np.nan,
-        )
-        for start in range(0, n, _MATRIX_CHUNK_ROWS):
-            block = current.iloc[start : start + _MATRIX_CHUNK_ROWS].reindex(columns=names)
-            x[start : start + len(block)] = block.to_numpy(dtype="float64", na_value=np.nan)
-        case_ids = current["case_id"].astype(str).tolist() if n else []
-        group.create_array("case_id", shape=(n,), dtype=str, chunks=(max(n, 1),))[:] = np.array(case_ids, dtype=str)
-        group.create_array("label", shape=(n,), dtype="int64", chunks=(max(n, 1),))[:] = (
-            current["label"].to_numpy(dtype="int64") if n else np.zeros(0, "int64")
-        )
-        group.attrs.update(
-            {
-                "feature_names": names,
-                "rows": n,
-                "params_hashes": sorted(current["params_hash"].dropna().unique().tolist()) if n else [],
-                "built_at": _now(),
+    def _compact_table(self, table: str, target_bytes: int, min_parts: int) -> tuple[int, int]:
+        snap = self._read_consistent(table, lambda s: s)
+        self._remove_garbage(snap)
+        small = [p for p, size in snap.parts.items() if size < target_bytes // 2]
+        if len(small) < max(min_parts, 2):
+            return len(snap.parts), len(snap.parts)
+        data = self._dataset(small)
+        metas = {
+            f.path: json.loads((f.physical_schema.metadata or {}).get(_META_KEY, b"{}")) for f in data.get_fragments()
+        }
+        # parts of one params set are merged together, so a merged file describes its rows
+        by_params: dict[Any, list[str]] = {}
+        for path in small:
+            by_params.setdefault(metas[path].get("params_hash"), []).append(path)
+        groups: list[list[str]] = []
+        for paths in by_params.values():
+            group, size = [], 0
+            for path in paths:
+                group.append(path)
+                size += snap.parts[path]
+                if size >= target_bytes:
+                    groups.append(group)
+                    group, size = [], 0
+            if group:
+                groups.append(group)
+        generation, token = snap.generation + 1, uuid.uuid4().hex[:8]
+        written: list[str] = []
+        try:
+            for i, paths in enumerate(groups):
+                name = f"compact-{generation:06d}-{token}-{i:03d}.parquet"
+                schema = _with_metadata(data.schema.empty_table(), _merged_metadata([metas[p] for p in paths])).schema
+                self._write_streamed(f"{snap.folder}/{name}", paths, schema)
+                written.append(name)
+            consumed = {p.rsplit("/", 1)[-1] for p in small}
+            state = {
+                "generation": generation,
+                "compacted": sorted((set(snap.state["compacted"]) - consumed) | set(written)),
+                # named until they are gone, so a part whose delete failed is never live again
+                "retired": sorted(consumed - set(snap.state["compacted"])),
+                "committed_at": _now(),
             }
-        )
-        return n
+            _io.create_exclusive(
+                self.fs.unstrip_protocol(f"{snap.folder}/_generation-{generation:06d}.json"),
+                json.dumps(state, indent=1).encode(),
+            )
+        except FileExistsError:  # another compaction committed this generation first
+            for name in written:
+                _io.remove(self.fs.unstrip_protocol(f"{snap.folder}/{name}"))
+            return len(snap.parts), len(self.parts(table))
+        except BaseException:
+            for name in written:
+                _io.remove(self.fs.unstrip_protocol(f"{snap.folder}/{name}"))
+            raise
+        # Committed: whoever lists from now on reads the merged files; a reader that listed
+        # before sees the new generation (or a part gone) and reads again. The replaced parts
+        # and what killed compactions left behind go now.
+        self._remove_garbage(self._read_consistent(table, lambda s: s))
+        return len(snap.parts), len(snap.parts) - len(small) + len(written)
 
+    def _write_streamed(self, path: str, sources: Sequence[str], schema: pa.Schema) -> None:
+        """Copy the rows of ``sources`` into one Parquet file at ``path``, a row group of about
+        ``_ROW_GROUP_ROWS`` rows at a time, so the driver holds one row group, not the file.
+
+        Locally the file is written under a temporary name and renamed; on an object store it
+        is one multipart upload, which becomes visible whole when it completes.
+        """
+        text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        target = path if not self._local else f"{path.rsplit('/', 1)[0]}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}"
+        fs = self._arrow_fs()
+        try:
+            with (
+                self.fs.open(target, "wb") as out,
+                pq.ParquetWriter(
+                    out, schema, compression="zstd", use_dictionary=text or False, write_statistics=[*text, "label"]
+                ) as writer,
+            ):
+                pending: list[pa.Table] = []
+                for source in sources:
+                    pending.append(ds.dataset(source, format="parquet", filesystem=fs, schema=schema).to_table())
+                    if sum(t.num_rows for t in pending) >= _ROW_GROUP_ROWS:
+                        writer.write_table(pa.concat_tables(pending).replace_schema_metadata(schema.metadata))
+                        pending = []
+                if pending:
+                    writer.write_table(pa.concat_tables(pending).replace_schema_metadata(schema.metadata))
+            if self._local:
+                os.replace(target, path)
+        except BaseException:
+            if self._local:
+                _io.remove(target)
+            raise
+
+    def _remove_garbage(self, snap: _Snapshot) -> None:
+        """Files of killed or beaten compactions, parts replaced by a committed one whose
+        compaction was killed before removing them, and generation files no reader needs."""
+        retired = [f"{snap.folder}/{n}" for n in snap.state.get("retired", [])]
+        for path in snap.orphans + retired:
+            _io.remove(self.fs.unstrip_protocol(path))
+        for gen in range(max(snap.generation - 8, 1), snap.generation - 1):  # keep the last two
+            _io.remove(self.fs.unstrip_protocol(f"{snap.folder}/_generation-{gen:06d}.json"))
+
+    # -- the matrix ---------------------------------------------------------------------
     def _zarr_store(self, path: str):
         from zarr.storage import FsspecStore, LocalStore
 
-        if self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol:
+        if self._local:
             return LocalStore(path)
         return FsspecStore.from_url(self.fs.unstrip_protocol(path))
 
-    def matrix_attrs(self) -> dict[str, Any]:
-        """The matrix's attributes (feature_names, rows, params_hashes, built_at); {} without one."""
+    def _matrix_group(self, mode: str = "r"):
         import zarr
 
-        if not self.has_matrix():
-            return {}
-        return dict(zarr.open_group(store=self._zarr_store(self._path("matrix.zarr")), mode="r").attrs)
+        return zarr.open_group(store=self._zarr_store(self._path("matrix.zarr")), mode=mode)
 
     def has_matrix(self) -> bool:
         return self.fs.exists(self._path("matrix.zarr", "zarr.json"))
 
+    def matrix_attrs(self) -> dict[str, Any]:
+        """The matrix's attributes (feature_names, rows, params_hashes, ...); {} without one."""
+        if not self.has_matrix():
+            return {}
+        return dict(self._matrix_group().attrs)
+
     def matrix_rows(self) -> int:
-        return int(self.matrix_attrs()["rows"])
+        """Rows of the matrix that are current."""
+        if not self.has_matrix():
+            return 0
+        return int(self._matrix_current()[1].sum())
+
+    def _matrix_keys(self, group=None) -> pd.DataFrame:
+        group = self._matrix_group() if group is None else group
+        n = int(group.attrs["rows"])
+        return pd.DataFrame({k: group[k][:n] for k in _KEYS})
+
+    def _matrix_current(self):
+        group = self._matrix_group()
+        keys = self._matrix_keys(group)
+        current = keys.merge(latest_extractions(keys).assign(_current=True), on=["case_id", "extracted_at"], how="left")
+        return group, current["_current"].notna().to_numpy(), keys
+
+    def append_matrix(self, keys: pd.DataFrame, values: np.ndarray, names: Sequence[str]) -> int:
+        """Append rows (``keys``: case_id, label, extracted_at; ``values``: rows x ``names``).
+
+        The rows' data is written first and the row count committed last, so a reader (and
+        the next append) sees the append whole or not at all. Returns the matrix's row count.
+        """
+        import zarr
+
+        m = len(keys)
+        if not m:
+            return self.matrix_rows()
+        if not self.has_matrix():
+            group = zarr.open_group(store=self._zarr_store(self._path("matrix.zarr")), mode="w")
+            p = max(len(names), 1)
+            group.create_array(
+                "X", shape=(0, len(names)), dtype="float64", chunks=(_MATRIX_CHUNK_ROWS, p), fill_value=np.nan
+            )
+            group.create_array("case_id", shape=(0,), dtype=str, chunks=(_KEY_CHUNK_ROWS,))
+            group.create_array("label", shape=(0,), dtype="int64", chunks=(_KEY_CHUNK_ROWS,))
+            group.create_array("extracted_at", shape=(0,), dtype=str, chunks=(_KEY_CHUNK_ROWS,))
+            held = self.params().get("params_hash")
+            group.attrs.update(
+                {"feature_names": list(names), "rows": 0, "params_hashes": [held] if held else [], "created_at": _now()}
+            )
+        group = self._matrix_group("r+")
+        n = int(group.attrs["rows"])
+        stored = list(group.attrs["feature_names"])
+        have = set(stored)
+        new = [c for c in names if c not in have]
+        columns = stored + new
+        x = group["X"]
+        if x.shape != (n + m, len(columns)):
+            x.resize((n + m, len(columns)))
+        order = pd.Index(list(names)).get_indexer(columns)
+        block = np.full((m, len(columns)), np.nan)
+        present = order >= 0
+        block[:, present] = np.asarray(values, dtype="float64")[:, order[present]]
+        x[n : n + m] = block
+        for k in _KEYS:
+            arr = group[k]
+            arr.resize((n + m,))
+            col = keys[k].to_numpy()
+            arr[n : n + m] = col.astype("int64") if k == "label" else col.astype(str)
+        group.attrs.update({"feature_names": columns, "rows": n + m, "appended_at": _now()})
+        return n + m
+
+    def sync_matrix(self, batch_rows: int = 4096) -> int:
+        """Append to the matrix the stored rows of the store's params it lacks (all of them
+        when there is no matrix; after a run killed between a part and its append, those);
+        returns how many were appended. Rows are streamed a batch at a time."""
+        held = self.params().get("params_hash")
+        for _ in range(_READ_ATTEMPTS):
+            try:
+                return self._sync_once(held, batch_rows)
+            except (_Stale, FileNotFoundError):  # a compaction replaced parts: what is appended stays
+                time.sleep(0.05)
+        raise StoreError(f"store {self.url!r}: features/ kept changing while the matrix was synced")
+
+    def _sync_once(self, held: str | None, batch_rows: int) -> int:
+        snap = self._snapshot("features")
+        data = self._dataset(list(snap.parts))
+        if data is None:
+            return 0
+        keys = data.to_table(columns=[*_KEYS, "params_hash"]).to_pandas()
+        if held is not None:
+            keys = keys[keys["params_hash"] == held]
+        if self.has_matrix():
+            have = pd.MultiIndex.from_frame(self._matrix_keys().astype({"label": "int64"}))
+            keys = keys[~pd.MultiIndex.from_frame(keys[list(_KEYS)].astype({"label": "int64"})).isin(have)]
+        if keys.empty:
+            return 0
+        missing = pd.MultiIndex.from_frame(keys[list(_KEYS)].astype({"label": "int64"}))
+        names = self.feature_names([held] if held else None)
+        wanted = [*_KEYS, *[n for n in names if n in data.schema.names]]
+        added = 0
+        for batch in data.to_batches(columns=wanted, batch_size=batch_rows):
+            frame = batch.to_pandas()
+            frame = frame[pd.MultiIndex.from_frame(frame[list(_KEYS)].astype({"label": "int64"})).isin(missing)]
+            if len(frame):
+                self.append_matrix(
+                    frame[list(_KEYS)], frame.reindex(columns=names).to_numpy("float64", na_value=np.nan), names
+                )
+                added += len(frame)
+        return added
+
+    def build_matrix(self) -> int:
+        """Write ``matrix.zarr`` anew from the stored rows; returns its count of current rows."""
+        path = self._path("matrix.zarr")
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+        self.sync_matrix()
+        return self.matrix_rows()
 
     def matrix(self):
-        """The feature matrix as a dask array, with its row ids and feature names.
+        """The current rows of the feature matrix as a dask array, with their ids and names.
 
         Returns
         -------
         X : dask.array.Array
-            float64, (rows, features), chunked by rows as stored; nothing is loaded.
+            float64, (current rows, features), in the order the rows were appended; nothing
+            of it is loaded.
         rows : pandas.DataFrame
             ``case_id`` and ``label`` of each row.
         feature_names : list of str
         """
         import dask.array as da
-        import zarr
 
-        path = self._path("matrix.zarr")
-        if not self.fs.exists(path):
+        if not self.has_matrix():
             raise StoreError(f"store {self.url!r} has no matrix.zarr; run `radcluster extract` first")
-        group = zarr.open_group(store=self._zarr_store(path), mode="r")
-        x = da.from_zarr(group["X"])
-        rows = pd.DataFrame({"case_id": group["case_id"][:], "label": group["label"][:]})
+        group, current, keys = self._matrix_current()
+        arr = group["X"]
+        n, p = len(keys), arr.shape[1]
+        block = max(_MATRIX_CHUNK_ROWS, _DASK_CHUNK_BYTES // max(8 * p, 1) // _MATRIX_CHUNK_ROWS * _MATRIX_CHUNK_ROWS)
+        x = da.from_zarr(arr, chunks=(block, p))[:n]
+        if not current.all():
+            x = x[np.flatnonzero(current)]
+        rows = keys.loc[current, ["case_id", "label"]].reset_index(drop=True)
         return x, rows, list(group.attrs["feature_names"])
 
-    def summary(self) -> dict[str, Any]:
-        keys = self.row_keys()
+    def info(self) -> dict[str, Any]:
+        """What ``radcluster store info`` prints: rows, parts and sizes, params, matrix, runs."""
+        keys = self._keys()
+        latest = self._latest(keys)
+        current = keys.merge(latest, on=["case_id", "extracted_at"], how="inner") if len(keys) else keys
+        tables = {}
+        for table in TABLES:
+            snap = self._read_consistent(table, lambda s: s)
+            tables[table] = {
+                "parts": len(snap.parts),
+                "bytes": sum(snap.parts.values()),
+                "compacted": len(snap.state.get("compacted", [])),
+                "generation": snap.generation,
+            }
+        params = self.params()
         return {
             "store": self.url,
-            "rows": int(len(keys.drop_duplicates(list(ID_COLUMNS)))) if not keys.empty else 0,
-            "cases": int(keys["case_id"].nunique()) if not keys.empty else 0,
-            "failed_cases": int(self.failures()["case_id"].nunique()) if len(self._parts("failures")) else 0,
+            "params_hash": params.get("params_hash"),
+            "rows": int(len(keys)),
+            "current_rows": int(len(current)),
+            "cases": int(current["case_id"].nunique()) if len(current) else 0,
+            "failed_cases": int(self.failures()["case_id"].nunique()) if tables["failures"]["parts"] else 0,
+            "tables": tables,
+            "matrix_rows": int(self.matrix_attrs().get("rows", 0)),
+            "matrix_current_rows": self.matrix_rows(),
+            "features": len(self.matrix_attrs().get("feature_names", [])),
             "runs": len(self.runs()),
         }
+
+    def summary(self) -> dict[str, Any]:
+        info = self.info()
+        return {k: info[k] for k in ("store", "failed_cases", "runs")} | {
+            "rows": info["current_rows"],
+            "cases": info["cases"],
+        }
+
+
+def latest_extractions(keys: pd.DataFrame) -> pd.DataFrame:
+    """``case_id`` and ``extracted_at`` of each case's latest extraction in ``keys``.
+
+    A sort, not a groupby: pandas reduces text columns group by group in Python, which at
+    100k cases is seconds; sorting them is vectorised.
+    """
+    ordered = keys[["case_id", "extracted_at"]].sort_values(["case_id", "extracted_at"], kind="stable")
+    return ordered.drop_duplicates("case_id", keep="last").reset_index(drop=True)
+
+
+def _merged_metadata(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """One part's metadata for rows merged from parts: their feature names and IBSI names
+    together, the rest of the newest part's."""
+    out = dict(metas[-1])
+    out["features"] = list(dict.fromkeys(n for m in metas for n in m.get("features", [])))
+    out["ibsi_names"] = {k: v for m in metas for k, v in m.get("ibsi_names", {}).items()}
+    return out
+
+
+def _read_error(url: str, err: Exception) -> Exception:
+    """A part that vanished (a compaction removed it: read again) or a StoreError."""
+    text = str(err)
+    if isinstance(err, FileNotFoundError) or "No such file" in text or "NoSuchKey" in text or "Not Found" in text:
+        return FileNotFoundError(text)
+    return StoreError(f"store {url!r}: a part is not readable Parquet: {err}")
+
+
+def _read_part(path: str, *, schema: pa.Schema, filesystem, expr, latest: pd.DataFrame | None) -> pd.DataFrame:
+    """One partition of :meth:`Store.features` with ``as_dask=True``: a part's current rows."""
+    frame = (
+        ds.dataset(path, format="parquet", filesystem=filesystem, schema=schema)
+        .to_table(columns=schema.names, filter=expr)
+        .to_pandas()
+    )
+    if latest is not None:
+        frame = frame.merge(latest, on=["case_id", "extracted_at"], how="inner", sort=False)
+    return frame
 
 
 def open_store(url: str | os.PathLike, *, must_exist: bool = True) -> Store:
@@ -312,9 +828,9 @@ def open_store(url: str | os.PathLike, *, must_exist: bool = True) -> Store:
 
     Examples
     --------
-    >>> store = open_store("store/")                      # doctest: +SKIP
-    >>> store.features().filter(like="glcm").describe()   # doctest: +SKIP
-    >>> X, rows, names = store.matrix()                   # doctest: +SKIP
+    >>> store = open_store("store/")                                  # doctest: +SKIP
+    >>> store.features(["original_firstorder_Mean"], filters=[("label", "==", 1)])  # doctest: +SKIP
+    >>> X, rows, names = store.matrix()                               # doctest: +SKIP
     """
     store = Store(os.fspath(url))
     if must_exist and not store.fs.exists(store.root):

@@ -7,6 +7,7 @@ because starting one costs seconds on a 2-core machine.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +28,29 @@ def case_paths(case: str) -> tuple[Path, Path]:
     if not image.exists():
         pytest.skip(f"{case} is not one of radcluster's samples and {SHARED_CASES} is not present")
     return image, mask
+
+
+def same_value(a: float, b: float, rtol: float) -> bool:
+    """Equal, or within rtol of the larger magnitude; NaN equals only NaN."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b or abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+def feature_differences(row: dict, reference: dict[str, float], rtol: float = 1e-12) -> list[str]:
+    """Every feature of ``reference`` that ``row`` lacks or gives differently, as text."""
+    out = [f"{k}: missing" for k in reference if k not in row]
+    for k, v in reference.items():
+        if k in row and not same_value(float(row[k]), float(v), rtol):
+            out.append(f"{k}: radcluster {row[k]!r}, reference {v!r}")
+    return out
+
+
+def assert_same_features(row: dict, reference: dict[str, float], rtol: float = 1e-12) -> None:
+    """Every value compared (a NaN where the reference has a number fails, and vice versa)."""
+    assert reference, "reference produced no features"
+    differences = feature_differences(row, reference, rtol)
+    assert not differences, f"{len(differences)} of {len(reference)} features differ: " + "; ".join(differences[:10])
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import radcluster
 from radcluster import load_job, run_job
 from radcluster.spec import LocalClusterSpec
 
@@ -46,7 +47,8 @@ def test_every_local_job_runs_on_the_demo_cohort(demo, client):
     root, _ = demo
     jobs = {p.name: load_job(p) for p in sorted((root / "jobs").glob("*.yaml"))}
     local = [name for name, job in jobs.items() if isinstance(job.cluster, LocalClusterSpec)]
-    assert set(local) == {"extract.yaml", "train.yaml", "retrain.yaml", "predict.yaml"}
+    # extract_deep.yaml runs in test_the_deep_extraction_job_runs_on_the_demo_cohort
+    assert set(local) == {"extract.yaml", "extract_deep.yaml", "train.yaml", "retrain.yaml", "predict.yaml"}
 
     summary = run_job(jobs["extract.yaml"], client=client)  # the demo extracted everything already
     assert summary.ok and summary.skipped == summary.scans and summary.rows == 0
@@ -57,6 +59,22 @@ def test_every_local_job_runs_on_the_demo_cohort(demo, client):
     predicted = run_job(jobs["predict.yaml"], client=client)
     frame = pd.read_parquet(predicted.output)
     assert len(frame) == summary.scans and frame["probability"].between(0, 1).all()
+
+
+def test_the_deep_extraction_job_runs_on_the_demo_cohort(demo, client):
+    """jobs/extract_deep.yaml with a small encoder where it expects the user's (models/encoder.onnx)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from _onnx_models import encoder
+
+    root, _ = demo
+    (root / "models").mkdir(exist_ok=True)
+    encoder(root / "models" / "encoder.onnx", channels=4)
+    summary = run_job(load_job(root / "jobs" / "extract_deep.yaml"), client=client)
+    assert summary.ok and summary.rows == summary.scans
+    features = radcluster.open_store(root / "radcluster-demo" / "store-deep").features()
+    assert {f"deep_fmcib_{i}" for i in range(4)} <= set(features.columns)
+    assert "original_firstorder_Mean" in features.columns
 
 
 @pytest.mark.parametrize(("name", "shows"), [("extract_slurm.yaml", "#SBATCH"), ("extract_k8s.yaml", "kind: DaskJob")])

@@ -291,12 +291,17 @@ def test_radcluster_rules_reject_mismatched_worker_memory_and_unpinned_images():
     literal = copy.deepcopy(job)
     args = worker(literal)["args"]
     args[args.index("$(WORKER_MEMORY_LIMIT)")] = "4GiB"  # = 4Gi: fine as a literal
+    args[args.index("MEMORY=$(WORKER_MEMORY_LIMIT)")] = "MEMORY=4GiB"
     assert validate.check_radcluster_rules(literal) == []
     args[args.index("4GiB")] = "3GiB"
     assert any("--memory-limit 3GiB" in e for e in validate.check_radcluster_rules(literal))
     uneven = copy.deepcopy(job)
     worker(uneven)["resources"]["requests"]["memory"] = "2Gi"
     assert any("memory request" in e for e in validate.check_radcluster_rules(uneven))
+    unclaimed = copy.deepcopy(job)  # no MEMORY resource: tasks could not claim their scan's memory
+    args = worker(unclaimed)["args"]
+    del args[args.index("--resources") : args.index("--resources") + 2]
+    assert any("--resources MEMORY=$(WORKER_MEMORY_LIMIT)" in e for e in validate.check_radcluster_rules(unclaimed))
     threads = copy.deepcopy(job)
     args = worker(threads)["args"]
     args[args.index("--nthreads") + 1] = "4"

@@ -120,3 +120,15 @@ def test_tasks_claim_memory_only_where_a_worker_runs_several(client):
         with connect(spec) as local:
             memory, claim, threads = _worker_memory(local)
         assert (memory, claim, threads) == (2 * 2**30, expected, n_threads)
+
+
+def test_batch_workers_claim_memory_before_any_has_joined():
+    """An adaptive SLURM/PBS cluster starts with no worker: whether tasks claim memory comes
+    from the spec (threads per worker process), not from the workers connected at the start."""
+    from radcluster.jobs.extract import _claims_memory
+    from radcluster.spec import AddressClusterSpec, LocalClusterSpec, PBSClusterSpec, SlurmClusterSpec
+
+    assert _claims_memory(SlurmClusterSpec(cores=4, processes=2, memory="8GiB")) is True
+    assert _claims_memory(PBSClusterSpec(cores=2, processes=2, memory="8GiB")) is False
+    assert _claims_memory(LocalClusterSpec(threads_per_worker=2)) is None
+    assert _claims_memory(AddressClusterSpec(address="tcp://127.0.0.1:8786")) is None

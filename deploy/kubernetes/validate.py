@@ -8,7 +8,8 @@
   properties of an object, and cluster names checked against dask-kubernetes' own rule.
 * Any other kind is an error: nothing reaches a cluster unchecked.
 * radcluster's rules (:func:`check_radcluster_rules`): every Dask worker runs ``--nthreads 1`` with a
-  ``--memory-limit`` equal to its container's memory limit (literally or through the downward API) and
+  ``--memory-limit`` equal to its container's memory limit (literally or through the downward API),
+  advertised as its ``--resources MEMORY=`` too, and
   memory requests equal to limits; images are pinned (no ``:latest``, no bare name); job-spec ConfigMaps
   hold a job YAML that ``radcluster.spec.build_job`` accepts.
 
@@ -381,6 +382,13 @@ def _check_worker(container: Mapping[str, Any], where: str) -> list[str]:
         errs.append(
             f"{where}: --memory-limit {mem} ({_dask_bytes(mem)} bytes) != container memory limit "
             f"{limit} ({quantity_bytes(limit)} bytes)"
+        )
+    # radcluster's tasks claim their scan's memory from a MEMORY resource: a worker without
+    # it takes tasks whatever their size, one with another amount than its limit misjudges them
+    if mem is not None and _arg(args, "--resources") != f"MEMORY={mem}":
+        errs.append(
+            f"{where}: worker needs '--resources MEMORY={mem}' (its memory limit as the resource "
+            f"radcluster's tasks claim), got {_arg(args, '--resources')!r}"
         )
     return errs
 

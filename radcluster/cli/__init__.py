@@ -2,9 +2,9 @@
 
 Thin by design: every sub-command parses its flags into a job spec or calls one library
 function, and prints what happened. One module per command group: :mod:`.jobs` (extract,
-run, retrain, demo), :mod:`.store` (cohort, failures, export), :mod:`.models` (train,
-predict, report, models), :mod:`.ibsi`; :mod:`.common` holds what they share. This is the only
-package that configures logging.
+run, retrain, demo), :mod:`.cohort` (cohort scan, check), :mod:`.store` (store info, compact,
+failures, export), :mod:`.models` (train, predict, report, models), :mod:`.ibsi`;
+:mod:`.common` holds what they share. This is the only package that configures logging.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import RadclusterError
-from . import ibsi, jobs, models, screen, store
+from . import cohort, ibsi, jobs, models, screen, store
 from .common import EXIT_OK, exit_code
 
 __all__ = ["main", "build_parser"]
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
     jobs.add_commands(sub)
+    cohort.add_commands(sub)
     store.add_commands(sub)
     ibsi.add_command(sub)
     models.add_commands(sub)
@@ -56,16 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Dask logs every worker start and stop at INFO, and pyradiomics warns once per scan
-    # about settings it will use anyway; both are for -v. Dask reads DASK_LOGGING__* at
-    # import in this process and in every worker process it starts (they inherit the
+    # Dask logs every worker start and stop at INFO: that is for -v. Dask reads DASK_LOGGING__*
+    # at import in this process and in every worker process it starts (they inherit the
     # environment), so this quiets the workers too.
     os.environ.setdefault(
         "DASK_LOGGING__DISTRIBUTED", logging.getLevelName(level if args.verbose >= 2 else logging.WARNING).lower()
     )
-    os.environ.setdefault(
-        "DASK_LOGGING__RADIOMICS", logging.getLevelName(level if args.verbose else logging.ERROR).lower()
-    )
+    if args.verbose:
+        # pyradiomics' own log, printed by every worker. Without -v its warnings still reach
+        # the user: each scan returns them and the run logs each distinct one once.
+        os.environ.setdefault("DASK_LOGGING__RADIOMICS", logging.getLevelName(level).lower())
     try:
         return args.func(args)
     except RadclusterError as err:

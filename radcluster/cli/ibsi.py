@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-from ..ibsi.report import write_compliance_report
-
 
 def add_command(subparsers) -> None:
     """Register ``radcluster ibsi`` on ``subparsers``."""
@@ -43,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     # pyradiomics warns on every deprecated feature enabled and every symmetric GLCM; the
     # report lists what matters, so keep its log to errors while the command runs
     from ..extract import _radiomics  # noqa: F401  (pyradiomics resets its logger's level when imported)
+    from ..ibsi.report import write_compliance_report
 
     radiomics_log = logging.getLogger("radiomics")
     previous = radiomics_log.level

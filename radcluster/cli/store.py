@@ -1,38 +1,48 @@
-"""``radcluster cohort scan|check``, ``failures`` and ``export``: the cohort before a run, the store after."""
+"""``radcluster store info|compact``, ``failures`` and ``export``: what a feature store holds, merging its
+part files, its failed scans, its features as a table."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK
+from .common import EXIT_FAILURES, EXIT_OK
 
 
-def cmd_cohort_scan(args: argparse.Namespace) -> int:
-    from ..cohort.discover import scan_directory
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
 
-    frame = scan_directory(args.folder)
-    out = Path(args.output)
-    root = Path(args.folder).resolve()
-    # Paths relative to the manifest's own folder, as the manifest reader expects.
-    for col in ("image", "mask"):
-        frame[col] = [os.path.relpath(root / p, out.resolve().parent) for p in frame[col]]
-    frame.to_csv(out, index=False)
-    print(f"wrote {out}: {len(frame)} case(s)")
+
+def cmd_store_info(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    info = open_store(args.store).info()
+    print(f"store     {info['store']}")
+    print(f"params    {info['params_hash'] or '-'}")
+    print(f"rows      {info['current_rows']} current ({info['cases']} case(s)), {info['rows']} stored in all")
+    print(
+        f"matrix    {info['matrix_current_rows']} current of {info['matrix_rows']} row(s) x {info['features']} features"
+    )
+    for table, t in info["tables"].items():
+        print(
+            f"{table:9s} {t['parts']} part file(s), {_size(t['bytes'])} ({t['compacted']} compacted, generation "
+            f"{t['generation']})"
+        )
+    print(f"failed    {info['failed_cases']} case(s)")
+    print(f"runs      {info['runs']}")
     return EXIT_OK
 
 
-def cmd_cohort_check(args: argparse.Namespace) -> int:
-    from ..cohort import read_manifest
-    from ..cohort.check import check_cohort
+def cmd_store_compact(args: argparse.Namespace) -> int:
+    from ..store import open_store
 
-    cohort = read_manifest(args.manifest)
-    problems = check_cohort(cohort, tolerance=args.tolerance, check_labels=not args.headers_only)
-    for p in problems:
-        print(f"case {p.case_id!r}: {p.file}: {p.reason}")
-    print(f"{len(cohort)} case(s) checked, {len({p.case_id for p in problems})} with problems")
-    return EXIT_INVALID if problems else EXIT_OK
+    result = open_store(args.store).compact(target_bytes=int(args.target_mb * 2**20), min_parts=2)
+    for table, (before, after) in result.items():
+        print(f"{table}: {before} -> {after} part file(s)")
+    return EXIT_OK
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
@@ -70,23 +80,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    """Register ``cohort``, ``failures`` and ``export`` on ``subparsers``."""
-    cohort = subparsers.add_parser("cohort", help="build or check a manifest").add_subparsers(
-        dest="cohort_cmd", required=True
+    """Register ``store info|compact``, ``failures`` and ``export`` on ``subparsers``."""
+    store = subparsers.add_parser("store", help="inspect or compact a feature store").add_subparsers(
+        dest="store_cmd", required=True
     )
-    p = cohort.add_parser("scan", help="build a manifest from a folder of images and masks")
-    p.add_argument("folder")
-    p.add_argument("-o", "--output", required=True)
-    p.set_defaults(func=cmd_cohort_scan)
-    p = cohort.add_parser("check", help="check every case of a manifest before running it")
-    p.add_argument("manifest")
-    p.add_argument("--tolerance", type=float, default=1e-6, help="geometry tolerance (ITK's rule)")
-    p.add_argument(
-        "--headers-only",
-        action="store_true",
-        help="read only file headers: skip the voxel checks (labels, NaN/inf, truncation)",
+    p = store.add_parser("info", help="rows, part files and sizes, params, matrix, runs")
+    p.add_argument("store", help="store folder or URL")
+    p.set_defaults(func=cmd_store_info)
+    p = store.add_parser(
+        "compact",
+        help="merge small part files into large ones (atomic: a reader never sees a row twice or not at all)",
     )
-    p.set_defaults(func=cmd_cohort_check)
+    p.add_argument("store", help="store folder or URL")
+    p.add_argument("--target-mb", type=float, default=64, help="size of a merged part file (default 64 MiB)")
+    p.set_defaults(func=cmd_store_compact)
 
     p = subparsers.add_parser("failures", help="list the failed scans of a store")
     p.add_argument("store")

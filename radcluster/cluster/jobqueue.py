@@ -16,6 +16,10 @@ def _jobqueue_kwargs(spec: SlurmClusterSpec | PBSClusterSpec) -> dict[str, Any]:
         "job_extra_directives": list(spec.job_extra_directives),
         "job_script_prologue": list(spec.job_script_prologue),
         "scheduler_options": {"dashboard_address": spec.dashboard_address},
+        # Each worker process advertises its share of the job's memory as a Dask resource;
+        # radcluster's tasks claim their scan's estimated need from it, so a large scan does
+        # not run beside others on a worker (of several threads) that cannot hold them.
+        "worker_extra_args": ["--resources", f"MEMORY={worker_memory(spec)}"],
     }
     optional = {
         "queue": spec.queue,
@@ -26,6 +30,14 @@ def _jobqueue_kwargs(spec: SlurmClusterSpec | PBSClusterSpec) -> dict[str, Any]:
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     return kwargs
+
+
+def worker_memory(spec: SlurmClusterSpec | PBSClusterSpec) -> int:
+    """Bytes of memory of one worker process: the job's memory split over its processes, as
+    dask-jobqueue sets each worker's ``--memory-limit``."""
+    from dask.utils import parse_bytes
+
+    return parse_bytes(spec.memory) // spec.processes
 
 
 def make_jobqueue_cluster(spec: SlurmClusterSpec | PBSClusterSpec):

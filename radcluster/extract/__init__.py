@@ -7,8 +7,8 @@ a problem of the scan itself (unreadable file, geometry mismatch, empty mask, ab
 pyradiomics error): those become failure records naming the case, the file and the reason.
 It knows nothing of Dask or of the store; the scheduler only calls it.
 
-The pyradiomics engine has two paths that give the same features (relative difference
-<= 1e-6, asserted by the tests):
+The pyradiomics engine has two paths that give the same features (every feature equal or
+within 1e-12 relative, NaN where execute() gives NaN: tests/extract/test_parity_matrix.py):
 
 * the fast path (default, :mod:`.fast`) reads image and mask once, hashes the decoded voxels once, and
   runs pyradiomics' own pipeline steps (``checkMask``, ``resampleImage``, the image-type
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from ..cohort import Scan
 from ..cohort.check import check_scan
 from ..errors import FailureRecord, ScanError
 from .engines import ScanImage, run_engines
+from .readers import ScanInput, read_scan
 
 __all__ = ["ExtractionSettings", "ScanResult", "extract_scan"]
 
@@ -74,6 +75,10 @@ class ScanResult:
     mask_hash: str | None = None
     feature_names: list[str] = field(default_factory=list)
     unchanged: bool = False
+    # pyradiomics' warnings for this scan (distinct, in order), for the driver to log
+    warnings: list[str] = field(default_factory=list)
+    # image types that took execute()'s own route instead of the fast path's (engines/pyradiomics.py)
+    plain_filters: list[str] = field(default_factory=list)
 
 
 def _content_hash(image) -> str:
@@ -88,10 +93,23 @@ def _content_hash(image) -> str:
     return h.hexdigest()
 
 
-def _read(case_id: str, path: str, role: str):
-    from ..cohort.images import read_image
+def _masks_hash(hashes: list[str]) -> str | None:
+    """One mask's content hash, or a hash of the hashes of a scan's several label maps."""
+    import xxhash
 
-    return read_image(case_id, path, role)
+    if len(hashes) == 1:
+        return hashes[0]
+    return xxhash.xxh3_128("|".join(hashes).encode()).hexdigest() if hashes else None
+
+
+def _layers(scan: Scan, found: ScanInput):
+    """(scan, mask) per label map: the manifest's labels, or one layer's ROIs.
+
+    A split task (``part``) applies within each layer: a layer with fewer ROIs than parts is
+    split by filtered image, one with more by ROI, as the plan splits a scan.
+    """
+    for layer in found.layers:
+        yield (scan if layer.labels is None else replace(scan, labels=layer.labels)), layer.mask
 
 
 def _as_float(value: Any) -> float:
@@ -170,7 +188,9 @@ def extract_scan(
     """
     import SimpleITK as sitk
 
-    from ._radiomics import get_extractor, versions
+    from ._radiomics import captured_warnings, expected_groups, get_extractor, versions
+    from .engines.pyradiomics import PyradiomicsEngine, plain_filters
+    from .fast import group_unit, owned_units
 
     start = time.perf_counter()
     extractor = get_extractor(settings.params_text)
@@ -184,18 +204,40 @@ def extract_scan(
     failures: list[FailureRecord] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
-    try:
-        image = _read(scan.case_id, scan.image, "image")
-        mask = _read(scan.case_id, scan.mask, "mask")
-        image_hash, mask_hash = _content_hash(image), _content_hash(mask)
-        if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
-            return ScanResult(scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True)
-        _check_inputs(scan, image, mask, extractor, tolerance)
-        one_read = ScanImage(scan, image, mask, int(extractor.settings.get("label", 1)), part, threads)
-        per_label, provenance = run_engines(settings.engine_list(), one_read, settings)
-    except ScanError as err:
-        failures.append(FailureRecord.from_scan_error(err))
-        per_label, provenance = {}, {}
+    groups: dict[int, list[str]] = {}  # per label: the feature groups its row must have
+    plain: list[str] = []
+    found = None
+    per_label: dict[int, Any] = {}
+    provenance: dict[str, Any] = {}
+    with captured_warnings() as warned:
+        try:
+            found = read_scan(scan)
+            image = found.image
+            image_hash = _content_hash(image)
+            mask_hash = _masks_hash([_content_hash(layer.mask) for layer in found.layers])
+            if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
+                return ScanResult(
+                    scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True
+                )
+            failures.extend(FailureRecord.from_scan_error(err) for err in found.failures)
+            default_label = int(extractor.settings.get("label", 1))
+            for layer_scan, mask in _layers(scan, found):
+                _check_inputs(layer_scan, image, mask, extractor, tolerance)
+                one_read = ScanImage(layer_scan, image, mask, default_label, part, threads)
+                if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
+                    # every row must have the features the params ask for: pyradiomics skips a
+                    # filter it cannot apply to a scan with only a warning (a part of a scan split
+                    # by filter answers for its own units; the parts' rows are joined into one)
+                    expected = expected_groups(extractor, image.GetDimension())
+                    owned = owned_units(extractor, image.GetDimension(), one_read.filter_part)
+                    expected = [g for g in expected if owned is None or group_unit(g) in owned]
+                    plain = list(dict.fromkeys([*plain, *plain_filters(extractor, settings, mask)]))
+                extracted, provenance = run_engines(settings.engine_list(), one_read, settings)
+                per_label.update(extracted)
+                if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
+                    groups.update(dict.fromkeys(extracted, expected))
+        except ScanError as err:
+            failures.append(FailureRecord.from_scan_error(err))
 
     elapsed = time.perf_counter() - start
     base = {
@@ -208,6 +250,7 @@ def extract_scan(
         "scan_seconds": elapsed,
         **versions(),
         **provenance,
+        **(found.provenance if found else {}),
     }
     names: dict[str, None] = {}
     for label, features in per_label.items():
@@ -215,6 +258,36 @@ def extract_scan(
             failures.append(FailureRecord.from_scan_error(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
+        present = {k[: k.rindex("_") + 1] for k in values if "_" in k}  # "<image>_<class>_"
+        absent = [g for g in groups.get(label, []) if g not in present]
+        if absent:
+            failures.append(FailureRecord.from_scan_error(_incomplete(scan, label, absent, warned)))
+            continue
         names.update(dict.fromkeys(values))
-        rows.append({"label": int(label), "label_name": settings.label_names.get(int(label)), **base, **values})
-    return ScanResult(scan.case_id, rows, failures, elapsed, image_hash, mask_hash, list(names))
+        label = int(label)
+        name = found.label_names.get(label) or settings.label_names.get(label)
+        rows.append({"label": label, "label_name": name, **base, **found.per_label.get(label, {}), **values})
+    return ScanResult(
+        scan.case_id,
+        rows,
+        failures,
+        elapsed,
+        image_hash,
+        mask_hash,
+        list(names),
+        warnings=list(warned),
+        plain_filters=plain,
+    )
+
+
+def _incomplete(scan: Scan, label: int, absent: list[str], warned) -> ScanError:
+    """A label whose row would lack features the params ask for: a failure, not a short row."""
+    groups = ", ".join(g.rstrip("_") for g in absent[:5]) + (" ..." if len(absent) > 5 else "")
+    return ScanError(
+        scan.case_id,
+        "extract",
+        f"pyradiomics computed no {groups} features for this scan (pyradiomics: "
+        f"{'; '.join(warned) or 'no reason logged'})",
+        file=scan.image,
+        label=label,
+    )

@@ -10,9 +10,12 @@ not once per scan.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import logging
 import re
+import threading
 from importlib import metadata
 
 import yaml
@@ -31,7 +34,7 @@ radiomics.logger.setLevel(_level_before_import)
 # docs recommend for libraries, satisfies it and leaves the output to the application.
 logging.getLogger("pykwalify.core").addHandler(logging.NullHandler())
 
-__all__ = ["get_extractor", "validate_params", "versions", "RADIOMICS_DIST"]
+__all__ = ["get_extractor", "validate_params", "versions", "expected_groups", "captured_warnings", "RADIOMICS_DIST"]
 
 
 def _radiomics_distribution() -> str:
@@ -46,10 +49,43 @@ def _radiomics_distribution() -> str:
 RADIOMICS_DIST = _radiomics_distribution()
 
 
-def _scipy_has_sph_harm() -> bool:
+def _interpolator_numbers() -> set[int]:
+    """The numbers this SimpleITK gives the interpolators pyradiomics names."""
+    import SimpleITK as sitk
+
+    names = (
+        "NearestNeighbor",
+        "Linear",
+        "BSpline",
+        "Gaussian",
+        "LabelGaussian",
+        "HammingWindowedSinc",
+        "CosineWindowedSinc",
+        "WelchWindowedSinc",
+        "LanczosWindowedSinc",
+        "BlackmanWindowedSinc",
+    )
+    return {getattr(sitk, f"sitk{name}") for name in names}
+
+
+def _missing_for(image_type: str) -> str | None:
+    """The package an image type needs that this installation lacks, or None.
+
+    pyradiomics imports these inside the filter and, when one is missing, logs a warning and
+    yields no image: every scan's row would silently lack that filter's features.
+    """
+    import importlib.util
+
     import scipy.special
 
-    return hasattr(scipy.special, "sph_harm")
+    if image_type == "LBP2D" and importlib.util.find_spec("skimage") is None:
+        return "scikit-image"
+    if image_type == "LBP3D":
+        if importlib.util.find_spec("trimesh") is None:
+            return "trimesh"
+        if not hasattr(scipy.special, "sph_harm"):
+            return "scipy<1.17 (scipy.special.sph_harm was removed in SciPy 1.17)"
+    return None
 
 
 def validate_params(text: str, *, source: str) -> None:
@@ -77,11 +113,21 @@ def validate_params(text: str, *, source: str) -> None:
     except Exception as err:  # pykwalify raises its own SchemaError; pyradiomics raises ValueError
         reason = getattr(err, "msg", None) or str(err)
         raise SpecError(f"params file {source!r} rejected by pyradiomics' schema: {reason.strip()}") from None
-    if "LBP3D" in extractor.enabledImagetypes and not _scipy_has_sph_harm():
+    interpolator = extractor.settings.get("interpolator")
+    if isinstance(interpolator, int) and interpolator not in _interpolator_numbers():
+        # pyradiomics' schema allows 1-10, SimpleITK's numbering of its day; 3 (then B-spline)
+        # is no interpolator in SimpleITK 2, and every scan would fail in the resampler
         raise SpecError(
-            f"params file {source!r} enables imageType LBP3D, which needs scipy.special.sph_harm "
-            "(removed in SciPy 1.17); install 'scipy<1.17' or remove LBP3D"
+            f"params file {source!r}: interpolator {interpolator} is not an interpolator in this SimpleITK; "
+            "give its name (e.g. 'sitkBSpline', 'sitkLinear')"
         )
+    for image_type in extractor.enabledImagetypes:
+        missing = _missing_for(image_type)
+        if missing:
+            raise SpecError(
+                f"params file {source!r} enables imageType {image_type}, which needs the package "
+                f"{missing!r}, not installed here; install it or remove {image_type}"
+            )
     if extractor.settings.get("voxelBased"):
         raise SpecError(f"params file {source!r}: voxel-based extraction (voxelSetting) is not supported")
 
@@ -181,3 +227,68 @@ def versions() -> dict[str, str]:
         "pyradiomics_version": RADIOMICS_DIST,
         "simpleitk_version": sitk.Version_VersionString(),
     }
+
+
+def image_type_names(name: str, args: dict, ndim: int) -> list[str]:
+    """The names pyradiomics gives the images one enabled image type yields (imageoperations)."""
+    if name == "LoG":
+        return [f"log-sigma-{str(sigma).replace('.', '-')}-mm-3D" for sigma in args.get("sigma", [])]
+    if name == "Wavelet":
+        axes = ndim - (1 if args.get("force2D", False) else 0)
+        details = ["".join(c) for c in itertools.product("LH", repeat=axes)][1:]
+        level = args.get("level", 1)
+        prefixes = ["wavelet-" if i == 1 else f"wavelet{i}-" for i in range(1, level + 1)]
+        return [p + d for p in prefixes for d in details] + [prefixes[-1] + "L" * axes]
+    if name == "LBP2D":
+        return ["lbp-2D"]
+    if name == "LBP3D":
+        return [f"lbp-3D-m{i}" for i in range(1, args.get("lbp3DLevels", 2) + 1)] + ["lbp-3D-k"]
+    return [name.lower()]
+
+
+def expected_groups(extractor, ndim: int) -> list[str]:
+    """The column prefixes (``<image>_<class>_``) every row extracted with these params must have.
+
+    pyradiomics skips a filter it cannot apply to a scan (a LoG sigma larger than the image, a
+    missing package, shape2D without force2D) with only a log warning; comparing a row with
+    these prefixes turns that into a failure instead of a row with fewer columns.
+    """
+    classes = [c for c in extractor.enabledFeatures if not c.startswith("shape")]
+    # pyradiomics computes shape for 3D input and shape2D for 2D input or with force2D (both are
+    # enabled when the params name no class); a 2D scan with shape enabled is refused earlier
+    groups = [f"original_{c}_" for c in ("shape", "shape2D") if c in extractor.enabledFeatures]
+    if ndim == 3 and not extractor.settings.get("force2D"):
+        groups = [g for g in groups if g != "original_shape2D_"]
+    for name, custom in extractor.enabledImagetypes.items():
+        args = {**extractor.settings, **custom}
+        groups += [f"{image}_{c}_" for image in image_type_names(name, args, ndim) for c in classes]
+    return groups
+
+
+class _Capture(logging.Handler):
+    """Collects the warnings pyradiomics logs in one thread (Dask runs a task per thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: dict[str, None] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages[record.getMessage()] = None
+
+
+@contextlib.contextmanager
+def captured_warnings():
+    """The distinct warnings pyradiomics logs in this thread inside the block, in order.
+
+    They are returned with the scan's result, so the process that runs the extraction (a
+    worker) need not show them: the driver logs them once per run through radcluster's logger.
+    """
+    handler = _Capture()
+    logger = logging.getLogger("radiomics")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)

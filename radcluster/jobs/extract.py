@@ -1,21 +1,29 @@
 """Turning a cohort into Dask tasks and streaming their results into the store.
 
-:func:`plan` orders the scans (largest first, so the last task to finish is a short one);
-:func:`run_extract` submits one task per scan, and as each finishes writes its rows and
-failures into Parquet part files in batches. The client holds at most one batch of rows;
-voxels never reach it. Scheduling, retries and worker loss are Dask's own
-(``as_completed``, ``retries``, ``allowed-failures``).
+:func:`run_extract` plans the run (:mod:`radcluster.plan`), keeps a bounded window of tasks
+submitted (a few per worker thread, so the client's memory and the scheduler's task count do
+not grow with the cohort), and as each task finishes writes its rows and failures into Parquet
+part files in batches, appending the rows to the store's matrix with each part. The client
+holds at most one batch of rows; voxels never reach it.
+
+Worker loss is Dask's: the tasks of a lost worker are rescheduled, and a task whose workers
+die ``distributed.scheduler.allowed-failures`` times raises ``KilledWorker``. A group of tiny
+scans that does so is split into one task per scan, so only the scan that kills its worker on
+its own is recorded as failed and its neighbours are extracted.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import datetime as _dt
 import logging
+import operator
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +33,20 @@ from ..cohort import Cohort, Scan, read_label_table, read_manifest
 from ..errors import FailureRecord
 from ..extract import ExtractionSettings, ScanResult, extract_scan
 from ..extract.engines import combined_key, from_spec
-from ..plan import Plan, file_stat, make_plan, part_key
+from ..plan import Plan, Task, file_stat, make_plan, part_key, read_headers
 from ..spec import JobSpec, read_params
 from ..store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunSummary", "run_task", "run_extract", "extract_job"]
+
+# Tasks kept submitted: this many per worker thread, and at least _MIN_WINDOW, so an adaptive
+# cluster that starts with no workers still sees enough queued work to scale up.
+_WINDOW_PER_SLOT = 4
+_MIN_WINDOW = 64
+# A run that leaves more small part files than this compacts the store at its end.
+AUTO_COMPACT_PARTS = 64
 
 
 @dataclass
@@ -69,25 +84,89 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _merged(results: list[ScanResult]) -> ScanResult:
+@dataclass
+class _Packed:
+    """What a task returns for one scan: its ScanResult, with the feature values of its rows
+    taken out into one float64 matrix (rows x ``result.feature_names``). A quarter of the
+    bytes of a dict per row to pickle, and nothing for the driver to unpack."""
+
+    result: ScanResult  # its rows hold the other columns (ids, provenance, carried)
+    values: Any  # numpy.ndarray
+
+
+def _pack(result: ScanResult) -> _Packed:
+    import numpy as np
+
+    names = result.feature_names
+    values = np.full((len(result.rows), len(names)), np.nan)
+    get = operator.itemgetter(*names) if len(names) > 1 else None
+    for i, row in enumerate(result.rows):
+        try:
+            values[i] = get(row) if get else [row[n] for n in names]
+        except KeyError:  # a row without some feature: NaN there
+            values[i] = [row.get(n, np.nan) for n in names]
+    feature_set = set(names)
+    rows = [{k: v for k, v in row.items() if k not in feature_set} for row in result.rows]
+    return _Packed(dataclasses.replace(result, rows=rows), values)
+
+
+def _aligned(values, have: Sequence[str], want: Sequence[str]):
+    """``values`` (rows x ``have``) as rows x ``want``: NaN for a feature a row lacks."""
+    import numpy as np
+
+    if have == want:  # the usual case: every scan of a run has the same features
+        return values
+    out = np.full((len(values), len(want)), np.nan)
+    where = {n: j for j, n in enumerate(want)}
+    for j, name in enumerate(have):
+        out[:, where[name]] = values[:, j]
+    return out
+
+
+def _merged(parts: list[_Packed]) -> _Packed:
     """The parts of a split scan as the one result an unsplit task would have returned.
 
     Every part reads the scan, so a problem of the scan itself (unreadable, empty mask) is
-    reported by each: it is kept once; label failures belong to one part each.
+    reported by each: it is kept once. A scan split by label has each label in one part; a
+    scan split by filtered image has each label's features spread over the parts (in part
+    order), joined here into one row; a label that failed in any part has no row (no partial
+    rows), only its first failure.
     """
+    import numpy as np
+
+    results = [p.result for p in parts]
     first = results[0]
     failures = [f for f in first.failures if f.label is None]
-    failures += [f for r in results for f in r.failures if f.label is not None]
-    return ScanResult(
+    label_failures: dict[int, FailureRecord] = {}
+    for r in results:
+        for f in r.failures:
+            if f.label is not None:
+                label_failures.setdefault(f.label, f)
+    names = list(dict.fromkeys(n for r in results for n in r.feature_names))
+    where = {n: j for j, n in enumerate(names)}
+    rows: dict[int, dict[str, Any]] = {}
+    values: dict[int, Any] = {}
+    for part in parts:
+        columns = [where[n] for n in part.result.feature_names]
+        for row, vector in zip(part.result.rows, part.values, strict=True):
+            label = row["label"]
+            if label not in rows:  # the first part's ids and provenance
+                rows[label], values[label] = row, np.full(len(names), np.nan)
+            values[label][columns] = vector
+    labels = [label for label in sorted(rows) if label not in label_failures]
+    merged = ScanResult(
         first.case_id,
-        sorted((row for r in results for row in r.rows), key=lambda row: row["label"]),
-        failures,
+        [rows[label] for label in labels],
+        failures + list(label_failures.values()),
         max(r.seconds for r in results),
         first.image_hash,
         first.mask_hash,
-        list(dict.fromkeys(n for r in results for n in r.feature_names)),
+        names,
         unchanged=all(r.unchanged for r in results),
+        warnings=list(dict.fromkeys(w for r in results for w in r.warnings)),
+        plain_filters=list(dict.fromkeys(f for r in results for f in r.plain_filters)),
     )
+    return _Packed(merged, np.array([values[label] for label in labels]).reshape(len(labels), len(names)))
 
 
 FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
@@ -98,9 +177,16 @@ def run_task(
     settings: ExtractionSettings,
     known: dict[str, tuple[str, str]],
     part: tuple[int, int] | None = None,
-) -> list[ScanResult]:
+    extract: Callable[..., ScanResult] = extract_scan,
+    stats: dict[str, str | None] | None = None,
+) -> list[_Packed]:
     """The Dask task: extract each scan of a group (or a part of one scan's labels), recording
-    the files' stats with the rows."""
+    the files' stats with the rows.
+
+    ``extract`` is the per-scan function (:func:`radcluster.extract.extract_scan`; the
+    orchestration benchmark passes a cost model of known compute). ``stats`` are the files'
+    stats the plan took in bulk (a request per file saved on object stores); files missing
+    from it are stat-ed here."""
     fault = os.environ.get(FAULT_ENV)
     results = []
     for scan in scans:
@@ -108,13 +194,15 @@ def run_task(
             # Fault injection for the crash tests: a scan that kills its worker process every
             # time, as a segfault in a native library would.
             os._exit(70)
-        stats = {"image_stat": file_stat(scan.image), "mask_stat": file_stat(scan.mask)}
-        result = extract_scan(
-            scan, settings, unchanged_if=known.get(scan.case_id), part=part, threads=_worker_threads()
-        )
+        stats = stats or {}
+        stat = {
+            "image_stat": stats[scan.image] if scan.image in stats else file_stat(scan.image),
+            "mask_stat": stats[scan.mask] if scan.mask in stats else file_stat(scan.mask),
+        }
+        result = extract(scan, settings, unchanged_if=known.get(scan.case_id), part=part, threads=_worker_threads())
         for row in result.rows:
-            row.update(stats)
-        results.append(result)
+            row.update(stat)
+        results.append(_pack(result))
     return results
 
 
@@ -135,13 +223,18 @@ class _Writer:
     def __init__(self, store: Store, run_id: str, metadata: dict[str, Any], flush_rows: int, flush_seconds: float):
         self.store, self.run_id, self.metadata = store, run_id, metadata
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []  # the other columns of each row
+        self.blocks: list[tuple[list[str], Any]] = []  # (feature names, values) of the rows, in order
         self.failures: list[dict[str, Any]] = []
         self.features: dict[str, None] = {}
         self.seq = 0
         self.last_flush = time.monotonic()
         self.rows_written = 0
         self.failures_written = 0
+        self.parts_written = 0
+        self.bytes_written = 0
+        self._ibsi_cache: tuple[list[str], dict[str, str]] = ([], {})
+        self._names_seen: list[str] | None = None
 
     def _ibsi_names(self) -> dict[str, str]:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
@@ -150,16 +243,23 @@ class _Writer:
         from ..ibsi.names import to_ibsi_names
 
         names = list(self.features)
+        if self._ibsi_cache[0] == names:  # the same features part after part: mapped once
+            return self._ibsi_cache[1]
         renamed = to_ibsi_names(
             pd.DataFrame(columns=names), aggregation=self.metadata.get("ibsi_aggregation"), unmapped="keep"
         ).columns
-        return {a: b for a, b in zip(names, renamed, strict=True) if a != b}
+        self._ibsi_cache = (names, {a: b for a, b in zip(names, renamed, strict=True) if a != b})
+        return self._ibsi_cache[1]
 
-    def add(self, result: ScanResult | None, failures: list[FailureRecord]) -> None:
+    def add(self, packed: _Packed | None, failures: list[FailureRecord]) -> None:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-        if result is not None:
-            self.features.update(dict.fromkeys(result.feature_names))
+        if packed is not None and packed.result.rows:
+            result = packed.result
+            if result.feature_names != self._names_seen:  # a list compare, cheaper than a dict update
+                self.features.update(dict.fromkeys(result.feature_names))
+                self._names_seen = result.feature_names
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
+            self.blocks.append((result.feature_names, packed.values))
         self.failures.extend(f.row(run_id=self.run_id, failed_at=now) for f in failures)
         if (
             len(self.rows) + len(self.failures) >= self.flush_rows
@@ -170,14 +270,66 @@ class _Writer:
     def flush(self) -> None:
         meta = {**self.metadata, "features": list(self.features), "ibsi_names": self._ibsi_names()}
         if self.rows:
-            self.store.write_part("features", self.rows, run_id=self.run_id, seq=self.seq, metadata=meta)
+            import numpy as np
+
+            names = list(self.features)
+            values = np.vstack([_aligned(v, have, names) for have, v in self.blocks])
+            table = _arrow_table(self.rows, values, names)
+            self.bytes_written += self.store.write_part(
+                "features", table, run_id=self.run_id, seq=self.seq, metadata=meta
+            )
+            self.parts_written += 1
+            # after the part: a run killed in between leaves rows the next run's sync appends
+            self.store.append_matrix(table.select(["case_id", "label", "extracted_at"]).to_pandas(), values, names)
             self.rows_written += len(self.rows)
         if self.failures:
             self.store.write_part("failures", self.failures, run_id=self.run_id, seq=self.seq, metadata=meta)
             self.failures_written += len(self.failures)
         self.seq += 1
-        self.rows, self.failures = [], []
+        self.rows, self.blocks, self.failures = [], [], []
         self.last_flush = time.monotonic()
+
+
+def _arrow_table(rows: Sequence[dict[str, Any]], values, names: Sequence[str]):
+    """Rows as an Arrow table: the other columns from the rows' dicts, the features from
+    ``values`` (rows x ``names``) column by column, several times faster than a pandas frame."""
+    import numpy as np
+    import pyarrow as pa
+
+    others = list(dict.fromkeys(k for r in rows for k in r))
+    columns = []
+    for k in others:
+        try:
+            columns.append(pa.array([r.get(k) for r in rows], from_pandas=True))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a carried column: as text
+            columns.append(pa.array([None if r.get(k) is None else str(r.get(k)) for r in rows]))
+    by_feature = np.ascontiguousarray(values.T)  # each feature's column contiguous: no strided copies
+    columns += [pa.array(by_feature[j]) for j in range(len(names))]
+    return pa.Table.from_arrays(columns, names=[*others, *names])
+
+
+def _headers_on_workers(client, paths: list[str], batch: int = 256) -> dict[str, tuple[int, int] | None]:
+    """Voxel counts from the image headers of ``paths``, read by the workers in batches (a
+    header read is a decompression or a ranged request; 100k of them one by one in the
+    client would delay the first task by minutes)."""
+    if not paths:
+        return {}
+    batches = [paths[i : i + batch] for i in range(0, len(paths), batch)]
+    out: dict[str, tuple[int, int] | None] = {}
+    for part in client.gather(client.map(read_headers, batches, pure=False)):
+        out.update(part)
+    return out
+
+
+def _claims_memory(spec) -> bool | None:
+    """Whether the batch workers radcluster starts run several tasks at once (they advertise
+    ``MEMORY``): known from the spec before an adaptive cluster has any worker. None where the
+    workers connected at the start tell (local ones, a running cluster's)."""
+    from ..spec import PBSClusterSpec, SlurmClusterSpec
+
+    if isinstance(spec, SlurmClusterSpec | PBSClusterSpec):
+        return spec.cores // spec.processes > 1
+    return None
 
 
 def _worker_memory(client) -> tuple[int | None, bool, int]:
@@ -210,13 +362,23 @@ def run_extract(
     flush_rows: int = 256,
     flush_seconds: float = 30.0,
     cluster_info: dict[str, Any] | None = None,
+    extract: Callable[..., ScanResult] = extract_scan,
+    claim_memory: bool | None = None,
 ) -> RunSummary:
     """Extract what the store does not hold yet of ``cohort`` into the store at ``store_url``.
 
     Scans already extracted with the same params from unchanged files are skipped (see
     :mod:`radcluster.plan`); results are written as they arrive, so an interrupted run keeps
     every batch already flushed and a re-run goes on from there. Returns the run's
-    :class:`RunSummary` (also saved under ``runs/``).
+    :class:`RunSummary` (also saved under ``runs/``). ``extract`` is the per-scan function
+    (see :func:`run_task`). ``claim_memory`` says whether tasks claim their scans' memory from
+    the workers' ``MEMORY`` resource; by default, if the workers connected now advertise it and
+    run several tasks at once (see :func:`_worker_memory`).
+
+    Raises
+    ------
+    StoreError
+        The store holds features of other params (see :meth:`radcluster.store.Store.claim_params`).
     """
     from distributed import as_completed
 
@@ -235,18 +397,26 @@ def run_extract(
         **versions(),
         "ibsi_aggregation": aggregation_from_settings(parsed.get("setting") or {}),
     }
+    store.claim_params(settings.params_hash, settings.params_text)
+    store.sync_matrix()  # rows a killed run wrote but did not append
     writer = _Writer(store, run_id, meta, flush_rows, flush_seconds)
     summary = RunSummary(run_id, store_url, len(cohort))
     failed: dict[str, None] = {}
+    # per run: scans whose image types took execute()'s own route, and pyradiomics' warnings
+    plain_route: collections.Counter[str] = collections.Counter()
+    warned: collections.Counter[str] = collections.Counter()
 
     memory, use_resources, threads = _worker_memory(client)
+    if claim_memory is not None:  # the cluster's kind knows (an adaptive one may have no worker yet)
+        use_resources = claim_memory
     plan: Plan = make_plan(
         cohort,
-        store.row_keys(),
+        store.current_keys(),
         settings.params_hash,
         get_extractor(settings.params_text).enabledImagetypes,
         worker_memory=memory,
         slots=threads,
+        headers=lambda paths: _headers_on_workers(client, paths),
         engines=settings.engine_list(),
     )
     logger.info(
@@ -263,37 +433,62 @@ def run_extract(
         writer.add(None, [FailureRecord.too_large(scan.case_id, scan.image, need, memory)])
         failed[scan.case_id] = None
 
-    futures = {}
-    parts: dict[str, list[ScanResult]] = {}  # split scans: the results of the parts so far
-    for task in plan.tasks:
-        fut = client.submit(
-            run_task,
-            task.scans,
-            settings,
-            task.known,
-            task.part,
-            pure=False,
-            key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
-            resources={"MEMORY": task.memory} if use_resources else None,
-        )
-        futures[fut] = task
-    iterator: Iterator[Any] = as_completed(futures)
+    futures: dict[Any, Task] = {}
+    pending = collections.deque(plan.tasks)
+    window = max(_MIN_WINDOW, _WINDOW_PER_SLOT * threads)
+    done = as_completed()
+
+    def submit_more() -> None:
+        while pending and len(futures) < window:
+            task = pending.popleft()
+            fut = client.submit(
+                run_task,
+                task.scans,
+                settings,
+                task.known,
+                task.part,
+                extract,
+                {p: plan.stats.get(p) for scan in task.scans for p in (scan.image, scan.mask)},
+                pure=False,
+                key=f"extract-{task.key}-{uuid.uuid4().hex[:8]}",
+                resources={"MEMORY": task.memory} if use_resources else None,
+            )
+            futures[fut] = task
+            done.add(fut)
+
+    submit_more()
+    parts: dict[str, list[tuple[int, _Packed]]] = {}  # split scans: (part, result) so far
+    iterator: Iterator[Any] = iter(done)
     if progress is not None:
-        iterator = progress(iterator, len(futures))
+        iterator = progress(iterator, len(plan.tasks))
     try:
         for fut in iterator:
             task = futures.pop(fut)
             try:
-                results: list[ScanResult] = fut.result()
+                results: list[_Packed] = fut.result()
             except Exception as err:  # the task itself died (FailureRecord.from_task_error)
+                if len(task.scans) > 1:
+                    # One of the group killed its worker (or hit a bug): retry each scan
+                    # alone, first, so only the culprit is given up.
+                    logger.warning(
+                        "task %s failed (%s): retrying its %d scans one per task",
+                        task.key,
+                        type(err).__name__,
+                        len(task.scans),
+                    )
+                    pending.extendleft(Task((scan,), task.known, task.memory) for scan in reversed(task.scans))
+                    submit_more()
+                    continue
                 for scan in task.scans:
                     if scan.case_id not in failed:  # the other parts of a split scan: once
                         writer.add(None, [FailureRecord.from_task_error(scan.case_id, scan.image, err)])
                     failed[scan.case_id] = None
                     parts.pop(scan.case_id, None)
+                submit_more()
                 continue
             finally:
                 fut.release()
+            submit_more()
             if task.part:
                 # A split scan is written as one result once every part is in, as if it had
                 # been one task: all its labels or, when a part died, none (and the next run
@@ -301,19 +496,26 @@ def run_extract(
                 case = task.scans[0].case_id
                 if case in failed:  # another part of it died: nothing of it is written
                     continue
-                parts.setdefault(case, []).extend(results)
+                parts.setdefault(case, []).extend((task.part[0], r) for r in results)
                 if len(parts[case]) < task.part[1]:
                     continue
-                results = [_merged(parts.pop(case))]
-            for result in results:
+                # in part order, so a row split by filter has the same columns in every run
+                results = [_merged([r for _, r in sorted(parts.pop(case), key=lambda p: p[0])])]
+            for packed in results:
+                result = packed.result
                 if result.unchanged:
                     summary.skipped += 1
                     summary.changed -= 1
                     continue
                 if result.failures:
                     failed[result.case_id] = None
+                plain_route.update(result.plain_filters)
+                for message in result.warnings:
+                    if not warned[message]:
+                        logger.warning("pyradiomics (case %s and maybe others): %s", result.case_id, message)
+                    warned[message] += 1
                 summary.rows += len(result.rows)
-                writer.add(result, result.failures)
+                writer.add(packed, result.failures)
     finally:
         # Whatever happened (Ctrl-C, a lost scheduler), what finished is written.
         writer.flush()
@@ -321,7 +523,8 @@ def run_extract(
             fut.cancel()
     summary.failures = writer.failures_written
     summary.failed_cases = list(failed)
-    summary.matrix_rows = store.build_matrix() if writer.rows_written or not store.has_matrix() else store.matrix_rows()
+    compacted = store.compact(min_parts=AUTO_COMPACT_PARTS) if writer.rows_written or writer.failures_written else {}
+    summary.matrix_rows = store.matrix_rows()
     summary.seconds = time.perf_counter() - started
     summary.dashboard = (cluster_info or {}).get("dashboard")
     store.write_run(
@@ -339,11 +542,17 @@ def run_extract(
             "changed": summary.changed,
             "skipped": summary.skipped,
             "tasks": len(plan.tasks),
+            "parts": {"features": writer.parts_written, "features_bytes": writer.bytes_written},
+            "compaction": compacted,
             "failures": summary.failures,
             "failed_cases": summary.failed_cases,
             "params_hash": settings.params_hash,
             "params": settings.params_text,
             "fast_path": settings.fast,
+            # image type -> scans it was computed for per label on the whole image, as
+            # execute() does, instead of once per scan (radcluster.extract.fast)
+            "plain_route": dict(plain_route),
+            "pyradiomics_warnings": dict(warned),
             "versions": versions(),
             "cluster": cluster_info or {},
         },
@@ -363,6 +572,7 @@ def extract_job(
 
     cohort, settings = _prepare(job)
     store_url = job.resolve(job.store)
+    open_store(store_url, must_exist=False).check_params(settings.params_hash)  # before any cluster starts
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(connect(job.cluster))
@@ -379,6 +589,7 @@ def extract_job(
             flush_rows=job.extraction.flush_rows,
             flush_seconds=job.extraction.flush_seconds,
             cluster_info=info,
+            claim_memory=_claims_memory(job.cluster),
         )
 
 
@@ -410,7 +621,7 @@ def plan_job(job: JobSpec) -> Plan:
     store = open_store(job.resolve(job.store), must_exist=False)
     return make_plan(
         cohort,
-        store.row_keys(),
+        store.current_keys(),
         settings.params_hash,
         get_extractor(settings.params_text).enabledImagetypes,
         engines=settings.engine_list(),

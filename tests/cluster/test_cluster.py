@@ -35,6 +35,10 @@ def test_sbatch_script_renders_without_submitting():
     assert "#SBATCH -p debug" in script and "#SBATCH -A rad" in script
     assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH -t 00:30:00" in script
     assert "#SBATCH --gres=tmp:10G" in script and "--memory-limit 3.00GiB" in script
+    # the worker advertises its memory as the resource radcluster's tasks claim
+    assert f"--resources MEMORY={3 * 2**30}" in script
+    two = render_job_script(SlurmClusterSpec(cores=4, memory="8GiB", processes=2))
+    assert f"--resources MEMORY={4 * 2**30}" in two and "--memory-limit 4.00GiB" in two
 
 
 def test_unreachable_scheduler_is_a_cluster_error():

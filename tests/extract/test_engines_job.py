@@ -14,7 +14,7 @@ pytest.importorskip("onnx")
 from _onnx_models import encoder  # noqa: E402
 
 from radcluster.demo import prepare_demo  # noqa: E402
-from radcluster.errors import SpecError  # noqa: E402
+from radcluster.errors import SpecError, StoreError  # noqa: E402
 from radcluster.jobs.extract import extract_job  # noqa: E402
 from radcluster.spec import build_job  # noqa: E402
 from radcluster.store import open_store  # noqa: E402
@@ -47,7 +47,7 @@ def _job(tmp_path: Path, manifest: Path, model: str, **onnx) -> object:
 
 
 def test_pyradiomics_and_onnx_on_the_demo_cohort_from_one_read(tmp_path: Path, threads_client, monkeypatch) -> None:
-    import radcluster.extract as extract
+    import radcluster.extract.readers as extract  # where a scan's files are read
     from radcluster.extract.engines import onnx as onnx_engine
 
     manifest = prepare_demo(tmp_path / "demo", n_cases=6)
@@ -83,6 +83,9 @@ def test_pyradiomics_and_onnx_on_the_demo_cohort_from_one_read(tmp_path: Path, t
     # the same job again: nothing to extract, the engines' hash is stable
     again = extract_job(_job(tmp_path, manifest, "enc.onnx"), client=threads_client)
     assert again.skipped == summary.scans and again.rows == 0
+    # another preprocessing is another params set: refused before any task, naming both
+    with pytest.raises(StoreError, match="holds features extracted with params .*-onnx-enc-"):
+        extract_job(_job(tmp_path, manifest, "enc.onnx", margin=6), client=threads_client)
 
 
 def test_a_model_that_does_not_fit_is_refused_before_any_cluster_starts(tmp_path: Path, monkeypatch) -> None:

@@ -269,13 +269,12 @@ def test_the_engines_memory_estimate_joins_the_scans(tmp_path: Path) -> None:
     encoder(tmp_path / "enc.onnx", size=(16, 16, 16))
     text, digest = read_params(None)
     engine = make_engine("onnx", OnnxEngineSpec(name="m", model=str(tmp_path / "enc.onnx"), batch=4)).prepare(text)
-    scan = read_manifest(manifest).scans[0]
     size = (tmp_path / "c1_image.nrrd").stat().st_size
     voxels = size * 4 // 2  # a small file: four times its size in 2-byte voxels (plan.estimate_bytes)
     extra = engine.memory_bytes(voxels)
     # the session (twice the model file), a call's input with its activations, the crop's copies
     assert extra == 2 * engine.model.size_bytes + 4 * 16**3 * 4 * 64 + 8 * voxels
-    assert estimate_bytes(scan, ["Original"], size, [engine]) == estimate_bytes(scan, ["Original"], size) + extra
+    assert estimate_bytes(["Original"], size, None, [engine]) == estimate_bytes(["Original"], size, None) + extra
     plain = make_plan(read_manifest(manifest), pd.DataFrame(), digest, ["Original"])
     deep = make_plan(read_manifest(manifest), pd.DataFrame(), digest, ["Original"], engines=[engine])
     assert deep.tasks[0].memory == plain.tasks[0].memory + extra

@@ -81,8 +81,11 @@ def test_matrix_matches_parquet_rows(client, sample_manifest, tmp_path):
     assert isinstance(X, da.Array) and X.dtype == np.float64
     assert X.shape == (3, 100) and len(names) == 100
     assert names[0].startswith("original_shape_")
-    features = store.features()
-    assert rows["case_id"].tolist() == features["case_id"].tolist()
+    # matrix rows are in the order they were appended; the same rows as the Parquet parts
+    features = (
+        store.features().set_index(["case_id", "label"]).loc[list(zip(rows["case_id"], rows["label"], strict=True))]
+    )
+    assert sorted(rows["case_id"]) == sorted(SMALL_CASES)
     np.testing.assert_array_equal(X.compute(), features[names].to_numpy(dtype="float64"))
     group = zarr.open_group(str(store_dir / "matrix.zarr"), mode="r")
     assert group.attrs["feature_names"] == names
@@ -137,12 +140,12 @@ def test_incremental_reruns_extract_only_what_changed(client, tmp_path):
         < store.features(all_versions=True).query("case_id == 'breast1'")["original_shape_VoxelVolume"].max()
     )
 
-    other = run_extract(read_manifest(manifest), _settings("exampleCT.yaml"), store_dir, client)
-    assert (other.changed, other.rows) == (3, 3)
-    current = open_store(store_dir).features()
-    assert len(current) == 3 and current["params_hash"].nunique() == 1
+    # other params: refused, naming both, and nothing of the store changes
+    with pytest.raises(StoreError, match=f"holds features extracted with params {_settings().params_hash}"):
+        run_extract(read_manifest(manifest), _settings("exampleCT.yaml"), store_dir, client)
+    assert len(open_store(store_dir).features(all_versions=True)) == 4
     X, _, names = open_store(store_dir).matrix()
-    assert X.shape == (3, 1218) and len(names) == 1218
+    assert X.shape == (3, 100) and len(names) == 100
 
 
 def test_open_store_errors(tmp_path):
@@ -208,3 +211,60 @@ def test_cli_rejects_bad_params_before_starting_a_cluster(tmp_path, sample_manif
     assert "bad.yaml" in proc.stderr and "binWidth" in proc.stderr
     assert "Dask dashboard" not in proc.stdout
     assert not (tmp_path / "s").exists()
+
+
+def test_current_rows_follow_each_cases_latest_extraction(client, tmp_path):
+    """A label removed from the mask is retired; an image changed and changed back is current
+    again with its first values; the matrix holds exactly the current rows."""
+    import shutil
+
+    from radcluster.synth import make_atlas
+
+    image, mask, _ = make_atlas(tmp_path / "atlas", n_labels=3, seed=5, shape=(24, 40, 36))
+    brain, brain_mask = case_paths("brain1")
+    shutil.copy(brain, tmp_path / "brain.nrrd")
+    manifest = write_manifest(
+        tmp_path / "cohort.csv",
+        [
+            {"case_id": "atlas", "image": str(image), "mask": str(mask), "label": "all"},
+            {"case_id": "brain", "image": str(tmp_path / "brain.nrrd"), "mask": str(brain_mask), "label": ""},
+        ],
+    )
+    store_dir = str(tmp_path / "store")
+    run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    first = open_store(store_dir).features()
+    assert list(zip(first["case_id"], first["label"], strict=True)) == [
+        ("atlas", 1),
+        ("atlas", 2),
+        ("atlas", 3),
+        ("brain", 1),
+    ]
+
+    # label 3 removed from the mask; the brain image changed
+    atlas = sitk.ReadImage(str(mask))
+    arr = sitk.GetArrayFromImage(atlas)
+    arr[arr == 3] = 0
+    edited = sitk.GetImageFromArray(arr)
+    edited.CopyInformation(atlas)
+    sitk.WriteImage(edited, str(mask))
+    img = sitk.ReadImage(str(brain))
+    brighter = sitk.Cast(img, sitk.sitkFloat32) * 1.5
+    sitk.WriteImage(sitk.Cast(brighter, img.GetPixelID()), str(tmp_path / "brain.nrrd"))
+    second = run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    assert (second.changed, second.rows) == (2, 3)
+    now = open_store(store_dir).features()
+    assert list(zip(now["case_id"], now["label"], strict=True)) == [("atlas", 1), ("atlas", 2), ("brain", 1)]
+    mean = "original_firstorder_Mean"
+    assert now[mean].iloc[2] != first[mean].iloc[3]
+
+    shutil.copy(brain, tmp_path / "brain.nrrd")  # the image changed back
+    third = run_extract(read_manifest(manifest), _settings(), store_dir, client)
+    assert (third.changed, third.skipped, third.rows) == (1, 1, 1)
+    back = open_store(store_dir).features()
+    assert back[mean].iloc[2] == first[mean].iloc[3]
+    assert len(open_store(store_dir).features(all_versions=True)) == 8
+
+    X, rows, names = open_store(store_dir).matrix()
+    assert sorted(zip(rows["case_id"], rows["label"], strict=True)) == [("atlas", 1), ("atlas", 2), ("brain", 1)]
+    by_key = back.set_index(["case_id", "label"]).loc[list(zip(rows["case_id"], rows["label"], strict=True))]
+    np.testing.assert_array_equal(X.compute(), by_key[names].to_numpy(dtype="float64"))
