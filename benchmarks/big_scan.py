@@ -65,7 +65,7 @@ def make_big_ct(
 
     radius = (3 * lesion_cm3 * 1000 / (4 * np.pi)) ** (1 / 3)
     step = np.array([dz, dy, dx])
-    centre = np.array([(nz - 1) / 2, (ny - 1) / 2, (nx - 1) / 2 + 75.0 / dx])  # (z, y, x) voxels
+    centre = np.array([(nz - 1) / 2, (ny - 1) / 2, (nx - 1) / 2 + 0.2 * nx])  # (z, y, x); 77 mm right at 512
     lo = np.floor(centre - radius / step).astype(int) - 1
     hi = np.ceil(centre + radius / step).astype(int) + 2
     window = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))

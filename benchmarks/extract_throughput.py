@@ -41,6 +41,8 @@ from _common import (
 )
 
 TARGETS = {"Params.yaml": 4.0, "exampleCT.yaml": 1.5}
+# Against pyradiomics without its busy-waiting driver (--split-peer), issue 17's targets.
+SPLIT_TARGETS = {"Params.yaml": 5.0, "exampleCT.yaml": 3.0}
 
 
 def _real_cohort(folder: Path, data: Path, n_scans: int) -> tuple[Path, Path, list[Path]]:
@@ -180,8 +182,8 @@ def compare_tools(args: argparse.Namespace) -> None:
                         f"{pair.split.wall:.1f}",
                         f"{n / pair.split.wall:.2f}",
                         f"{pair.split_ratio:.2f}x",
-                        f">= {TARGETS.get(params, math.nan)}x",
-                        verdict(pair.split_ratio, TARGETS.get(params, math.nan)),
+                        f">= {SPLIT_TARGETS.get(params, math.nan)}x",
+                        verdict(pair.split_ratio, SPLIT_TARGETS.get(params, math.nan)),
                     ]
                     for name, params, n, pair in results
                 ],

@@ -14,7 +14,8 @@ so that task overhead stays small against task time, in groups that shrink towar
 of the run (guided self-scheduling); the largest scans go first, so the tail of a run is
 short. When a cohort has fewer tasks than the cluster has slots (an atlas: one scan, a
 hundred labels), each many-label scan is split into parts, part i of k extracting every k-th
-label, so no worker idles.
+label, so no worker idles; a scan with fewer labels than parts (one big CT) is split by
+filtered image instead when its params give several (LoG sigmas, wavelet sub-bands).
 """
 
 from __future__ import annotations
@@ -87,8 +88,14 @@ def _stat_text(info: dict[str, Any]) -> str:
 
 
 def file_stat(path: str) -> str | None:
-    """A cheap identity of a file: size and modification time (or ETag) without reading it."""
+    """A cheap identity of a file: size and modification time (or ETag) without reading it.
+
+    A folder (a DICOM series) is identified by its files' total size and a hash of every
+    file's name, size and modification time, so an added, removed or rewritten slice shows.
+    """
     try:
+        if path.endswith("/") or (not _io.is_url(path) and os.path.isdir(path)):
+            return _folder_stat(path)
         if _io.is_url(path):
             fs, p = fsspec.core.url_to_fs(path)
             return _stat_text(fs.info(p))
@@ -98,6 +105,19 @@ def file_stat(path: str) -> str | None:
         return None
 
 
+def _folder_stat(path: str) -> str:
+    import hashlib
+
+    from .cohort.dicom import url_fs
+
+    fs, root = url_fs(path)
+    found = fs.find(root, detail=True)
+    h = hashlib.sha256()
+    for name in sorted(found):
+        h.update(f"{name}|{_stat_text(found[name])}\n".encode())
+    return f"{sum(int(i.get('size') or 0) for i in found.values())}:{h.hexdigest()[:16]}"
+
+
 def stat_many(paths: Iterable[str]) -> dict[str, str | None]:
     """:func:`file_stat` of many files: local ones one ``stat`` each (microseconds), remote
     ones from listings of their folders (one request per 1,000 objects instead of one per
@@ -105,7 +125,7 @@ def stat_many(paths: Iterable[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     remote: dict[str, list[str]] = {}
     for path in dict.fromkeys(paths):
-        if _io.is_url(path):
+        if _io.is_url(path) and not path.endswith("/"):  # a folder (DICOM series): file_stat
             remote.setdefault(path.split("://", 1)[0], []).append(path)
         else:
             out[path] = file_stat(path)
@@ -303,11 +323,16 @@ def make_plan(
 
     # Memory estimates from the headers of the scans to extract (on the workers when the
     # caller passes ``headers``), then the scans no worker can hold are set aside.
-    wanted = list(dict.fromkeys(scan.image for scan, size, _ in todo if _needs_header(scan.image, size)))
+    wanted = list(
+        dict.fromkeys(scan.image for scan, size, _ in todo if not scan.dicom and _needs_header(scan.image, size))
+    )
     header = (headers or read_headers)(wanted) if wanted else {}
     sized: list[tuple[Scan, int, int, dict]] = []
     for scan, size, known in todo:
-        need = estimate_bytes(image_types, size, header.get(scan.image), engines)
+        # a DICOM series folder: mostly uncompressed 16-bit slices, stacked as 32-bit (rescaled
+        # CT) and copied once into SimpleITK
+        voxels = (max(size, 1) // 2, 8) if scan.dicom else header.get(scan.image)
+        need = estimate_bytes(image_types, size, voxels, engines)
         if worker_memory is not None and need > worker_memory:
             too_large.append((scan, need))
             continue
@@ -336,24 +361,47 @@ def make_plan(
             group = []
     if group:
         tasks.append(_grouped(group))
-    return Plan(_split_labels(tasks, slots), skipped, new, changed, too_large, stats)
+    return Plan(
+        _split_labels(tasks, slots, _filter_units(image_types, engines)), skipped, new, changed, too_large, stats
+    )
 
 
-def _split_labels(tasks: list[Task], slots: int) -> list[Task]:
+def _filter_units(image_types: list[str], engines: Iterable) -> int:
+    """The parts a one-label scan may be split into by filtered image (1: not at all).
+
+    Only pyradiomics' fast path splits by filter (other engines would repeat their work in
+    every part), and only when the params give several filtered images: shape is one unit,
+    each image type at least one (a LoG is one per sigma, counted once here), a wavelet eight.
+    """
+    names = [getattr(e, "name", "") for e in engines]
+    if names not in ([], ["pyradiomics"]) or not (len(image_types) > 1 or {"LoG", "Wavelet"} & set(image_types)):
+        return 1
+    return 1 + len(image_types) + 7 * ("Wavelet" in image_types)
+
+
+def _split_labels(tasks: list[Task], slots: int, filter_units: int = 1) -> list[Task]:
     """Spread the slots the tasks leave idle over the many-label scans, as parts of them.
 
     Every part reads and hashes the scan again, which costs little against a label's
     features (tens of milliseconds each); the labels of an ``all`` mask are only known once
-    it is read, so a part takes every k-th of them rather than a list.
+    it is read, so a part takes every k-th of them rather than a list. With
+    ``filter_units`` > 1 a scan with fewer labels than parts is split by filtered image too
+    (:attr:`radcluster.extract.engines.ScanImage.filter_part`), into at most that many parts
+    per label.
     """
-    many = [i for i, t in enumerate(tasks) if len(t.scans) == 1 and _label_count(t.scans[0]) > 1]
+
+    def most(scan: Scan) -> float:
+        count = _label_count(scan)
+        return count if count == math.inf else count * filter_units
+
+    many = [i for i, t in enumerate(tasks) if len(t.scans) == 1 and most(t.scans[0]) > 1]
     idle = slots - len(tasks)
     if idle <= 0 or not many:
         return tasks
     parts = dict.fromkeys(many, 1)
     for n in range(idle):  # round robin, largest scans (first in the list) first
         i = many[n % len(many)]
-        parts[i] = min(parts[i] + 1, _label_count(tasks[i].scans[0]))
+        parts[i] = min(parts[i] + 1, most(tasks[i].scans[0]))
     out: list[Task] = []
     for i, task in enumerate(tasks):
         k = parts.get(i, 1)

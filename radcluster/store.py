@@ -441,6 +441,16 @@ class Store:
         done = self._latest()
         if not done.empty:
             later = fails["case_id"].map(done.set_index("case_id")["extracted_at"])
+            labelled = fails["label"].notna()
+            if labelled.any():
+                # a failure of one label (a DICOM ROI without contours) stands beside the rows
+                # of the scan's other labels: only a row of that label supersedes it
+                keys = self._keys()
+                current = keys.merge(done, on=["case_id", "extracted_at"], how="inner")
+                have = set(zip(current["case_id"], current["label"].astype(int), strict=True))
+                pairs = zip(fails["case_id"], fails["label"], strict=True)
+                has_row = [not pd.notna(label) or (case, int(label)) in have for case, label in pairs]
+                later = later.where(pd.Series(has_row, index=fails.index))
             fails = fails[later.isna() | (later < fails["failed_at"])]
         return fails.sort_values(["case_id", "failed_at"], kind="stable", ignore_index=True)
 

@@ -17,6 +17,7 @@ import yaml
 
 from ..cluster.local import prestart_local_workers
 from ..errors import RadclusterError
+from . import dicom as cli_dicom
 from .common import EXIT_FAILURES, EXIT_INVALID, EXIT_OK, EXIT_RUNTIME
 from .common import add_cluster_flags as _add_cluster_flags
 from .common import cluster_overrides as _cluster_overrides
@@ -92,8 +93,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort_scan(args: argparse.Namespace) -> int:
+    from ..cohort.dicom import is_dicom_tree
     from ..cohort.discover import scan_directory
 
+    if is_dicom_tree(args.folder):
+        return cli_dicom.scan_dicom_tree(args)
     frame = scan_directory(args.folder)
     out = Path(args.output)
     root = Path(args.folder).resolve()
@@ -116,7 +120,10 @@ def cmd_cohort_check(args: argparse.Namespace) -> int:
     from ..cohort.check import check_cohort
 
     cohort = read_manifest(args.manifest)
-    problems = check_cohort(cohort, tolerance=args.tolerance, check_labels=not args.headers_only)
+    notes: list[str] = []
+    problems = check_cohort(cohort, tolerance=args.tolerance, check_labels=not args.headers_only, notes=notes)
+    for line in notes:
+        print(f"note: {line}")
     for line in problems:
         print(line)
     bad = {line.split("'")[1] for line in problems if line.startswith("case '")}
@@ -243,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     cohort = sub.add_parser("cohort", help="build or check a manifest").add_subparsers(dest="cohort_cmd", required=True)
-    p = cohort.add_parser("scan", help="build a manifest from a folder of images and masks")
+    p = cohort.add_parser("scan", help="build a manifest from a folder of images and masks, or a DICOM tree")
     p.add_argument("folder")
     p.add_argument("-o", "--output", required=True)
+    cli_dicom.add_arguments(p)
     p.set_defaults(func=cmd_cohort_scan)
+    cli_dicom.add_commands(cohort)
     p = cohort.add_parser("check", help="check every case of a manifest before running it")
     p.add_argument("manifest")
     p.add_argument("--tolerance", type=float, default=1e-6, help="geometry tolerance (ITK's rule)")

@@ -61,8 +61,17 @@ RESERVED_COLUMNS = frozenset(
         "mask_path",
         "image_stat",
         "mask_stat",
+        # provenance of DICOM rows (series_uid, a manifest column, is written back too)
+        "segmentation_uid",
+        "roi_number",
+        "roi_name",
+        "instances_hash",
+        "mask_reoriented",  # a mask stored with flipped axes, resampled onto the image grid
     }
 )
+# Columns of DICOM rows (cohort.dicom writes them): the image series in the ``image`` folder,
+# and the selector of the segmentation's ROIs (cohort.dicom.select_rois).
+DICOM_COLUMNS = ("series_uid", "roi")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,16 @@ class Scan:
     labels: tuple[int, ...] | Literal["all"] | None = None
     patient_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    series_uid: str | None = None
+    roi: str | None = None
+
+    @property
+    def dicom(self) -> bool:
+        """A DICOM image series (a folder or URL prefix) with an RTSTRUCT or SEG as ``mask``."""
+        if self.series_uid is not None or self.roi is not None or self.image.endswith("/"):
+            return True
+        local = _io.local_path(self.image)
+        return local is not None and os.path.isdir(local)
 
 
 @dataclass(frozen=True)
@@ -134,6 +153,12 @@ def _restore_numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+        return None
+    return str(value).strip()
+
+
 def read_manifest(path: str | os.PathLike) -> Cohort:
     """Read and validate a manifest's structure (not its files: see :func:`check_cohort`).
 
@@ -158,7 +183,7 @@ def read_manifest(path: str | os.PathLike) -> Cohort:
         problems.append(f"missing required column(s) {', '.join(missing)}; found {', '.join(frame.columns) or 'none'}")
         raise ManifestError(source, problems)
 
-    carried = [c for c in frame.columns if c not in (*REQUIRED_COLUMNS, "label", "patient_id")]
+    carried = [c for c in frame.columns if c not in (*REQUIRED_COLUMNS, "label", "patient_id", *DICOM_COLUMNS)]
     clash = sorted(set(carried) & RESERVED_COLUMNS)
     if clash:
         problems.append(f"column(s) {', '.join(clash)} are written by radcluster itself; rename them")
@@ -192,10 +217,12 @@ def read_manifest(path: str | os.PathLike) -> Cohort:
         except (ValueError, json.JSONDecodeError) as err:
             problems.append(f"case {cid!r}: label {rec.get('label')!r} is not a label, a list or 'all' ({err})")
             labels = None
-        pid = rec.get("patient_id")
-        pid = None if pid is None or (isinstance(pid, float) and math.isnan(pid)) else str(pid)
+        pid, series_uid, roi = (_text(rec.get(c)) for c in ("patient_id", *DICOM_COLUMNS))
         extra = {c: (None if isinstance(rec[c], float) and math.isnan(rec[c]) else rec[c]) for c in carried}
-        scans.append(Scan(cid, paths["image"], paths["mask"], labels, pid, extra))
+        scan = Scan(cid, paths["image"], paths["mask"], labels, pid, extra, series_uid, roi)
+        if scan.dicom and labels is not None:
+            problems.append(f"case {cid!r}: 'label' does not apply to a DICOM series; select its ROIs with 'roi'")
+        scans.append(scan)
     if problems:
         raise ManifestError(source, problems)
     return Cohort(tuple(scans), source, tuple(carried))

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ScanError
 from . import ALL_LABELS, Cohort, Scan
-from .images import components, geometry_mismatch, read_image
+from .images import components, geometry_mismatch, read_image, reorientation
 
 
 def check_scan(scan: Scan, image, mask, *, tolerance: float = 1e-6, geometry: bool = True) -> None:
@@ -50,7 +50,12 @@ def check_scan(scan: Scan, image, mask, *, tolerance: float = 1e-6, geometry: bo
 
 
 def check_cohort(
-    cohort: Cohort, *, tolerance: float = 1e-6, default_label: int = 1, check_labels: bool = True
+    cohort: Cohort,
+    *,
+    tolerance: float = 1e-6,
+    default_label: int = 1,
+    check_labels: bool = True,
+    notes: list[str] | None = None,
 ) -> list[str]:
     """Every problem of every scan, one line per problem, without extracting anything.
 
@@ -58,12 +63,18 @@ def check_cohort(
     scan is reported here for the reason its extraction would fail. With ``check_labels``
     (the default) both files are read whole: images for truncated data and NaN or infinite
     voxels, masks for integer values and the requested labels (present, more than one voxel);
-    without it only headers are read (existence, format, dimensions, grid).
+    without it only headers are read (existence, format, dimensions, grid). A DICOM series
+    and its RTSTRUCT or SEG are always read whole, as extraction reads them. What extraction
+    handles but a user should know (a mask stored with flipped axes, resampled onto the
+    image's grid) is appended to ``notes``.
     """
     import SimpleITK as sitk
 
     problems: list[str] = []
     for scan in cohort.scans:
+        if scan.dicom:
+            problems.extend(_check_dicom(scan))
+            continue
         files, errors = {}, []
         for role, path in (("image", scan.image), ("mask", scan.mask)):
             try:
@@ -71,14 +82,33 @@ def check_cohort(
             except ScanError as err:
                 errors.append(err)
         if not errors:
+            flipped = geometry_mismatch(files["image"], files["mask"], tolerance) and reorientation(
+                files["image"], files["mask"]
+            )
+            if flipped and notes is not None:
+                notes.append(
+                    f"case {scan.case_id!r}: {scan.mask}: mask is stored with {flipped} relative to the image; "
+                    "extraction resamples it onto the image grid (nearest neighbour)"
+                )
             try:
-                check_scan(scan, files["image"], files["mask"], tolerance=tolerance)
+                check_scan(scan, files["image"], files["mask"], tolerance=tolerance, geometry=not flipped)
                 if check_labels and components(files["mask"]) == 1:
                     _check_labels(scan, sitk.GetArrayViewFromImage(files["mask"]), default_label)
             except ScanError as err:
                 errors.append(err)
         problems.extend(f"case {scan.case_id!r}: {err.file}: {err.reason}" for err in errors)
     return problems
+
+
+def _check_dicom(scan: Scan) -> list[str]:
+    """The DICOM reader's own failures: reading is the check (series, references, ROIs)."""
+    from ..extract.readers import read_scan  # the readers hold the DICOM checks; cohort has no copy
+
+    try:
+        errors = read_scan(scan).failures
+    except ScanError as err:
+        errors = [err]
+    return [f"case {scan.case_id!r}: {err.file}: {err.reason}" for err in errors]
 
 
 def _check_labels(scan: Scan, arr: np.ndarray, default_label: int) -> None:

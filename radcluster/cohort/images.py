@@ -65,6 +65,9 @@ def read_image(case_id: str, path: str, role: str, *, header_only: bool = False)
             reader.ReadImageInformation()
         except RuntimeError as err:
             raise unusable(f"{role} is not a readable image ({itk_error_reason(err)})") from err
+        conflict = nifti_transform_conflict(local, reader) if local.lower().endswith((".nii", ".nii.gz")) else None
+        if conflict:
+            raise unusable(f"{role}: {conflict}")
         if header_only:
             return reader
         from ..extract.readers.fastread import read_gzip_voxels
@@ -85,6 +88,88 @@ def read_image(case_id: str, path: str, role: str, *, header_only: bool = False)
         if short:
             raise unusable(f"{role} file is truncated or corrupt: {short}")
     return image
+
+
+_XFORM_CODES = {1: "scanner", 2: "aligned", 3: "talairach", 4: "mni", 5: "template"}
+# qform and sform are stored as float32 (the qform as a quaternion): a file written from one
+# affine differs by ~1e-5 between them; beyond these they describe different positions.
+_XFORM_MM = 1e-3
+_XFORM_COSINE = 1e-4
+
+
+def nifti_transform_conflict(local: str, image) -> str | None:
+    """Why a NIfTI file's qform and sform disagree (and which one SimpleITK used), or None.
+
+    ``image`` is the SimpleITK image or reader of the file. Both transforms must be set
+    (non-zero codes) to disagree; the message gives how far apart the origins and the axes
+    are, so a user can tell a rounding quirk from a different position.
+    """
+    import nibabel
+
+    try:
+        header = nibabel.load(local).header
+    except Exception:  # nibabel raises many types for files it cannot parse; ITK read it
+        return None
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    if not qcode or not scode or qform is None or sform is None:
+        return None
+    lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI is RAS, ITK LPS
+    forms = {"qform": lps @ np.asarray(qform)[:3], "sform": lps @ np.asarray(sform)[:3]}
+    q, s = forms["qform"], forms["sform"]
+    shift = float(np.abs(q[:, 3] - s[:, 3]).max())
+    qaxes, saxes = q[:, :3] / np.linalg.norm(q[:, :3], axis=0), s[:, :3] / np.linalg.norm(s[:, :3], axis=0)
+    cosines = np.clip(np.sum(qaxes * saxes, axis=0), -1, 1)
+    scale = float(np.abs(np.linalg.norm(q[:, :3], axis=0) / np.linalg.norm(s[:, :3], axis=0) - 1).max())
+    if shift <= _XFORM_MM and float((1 - cosines).max()) <= _XFORM_COSINE and scale <= _XFORM_COSINE:
+        return None
+    origin = np.asarray(image.GetOrigin())[:3]
+    used = min(forms, key=lambda k: float(np.abs(forms[k][:, 3][: origin.size] - origin).max()))
+    degrees = float(np.degrees(np.arccos(cosines)).max())
+    return (
+        f"the NIfTI qform (code {int(qcode)}, {_XFORM_CODES.get(int(qcode), '?')}) and sform (code {int(scode)}, "
+        f"{_XFORM_CODES.get(int(scode), '?')}) disagree: origins {shift:.3f} mm apart, axes up to {degrees:.2f} "
+        f"degrees, spacings up to {100 * scale:.2f}%; SimpleITK used the {used}. Make them agree (or set the "
+        "wrong one's code to 0) before extracting"
+    )
+
+
+def reorientation(image, mask, tolerance: float = 1e-4) -> str | None:
+    """How ``mask``'s index axes are flipped or permuted relative to ``image``'s on the same grid, or None.
+
+    None also when the grids differ otherwise (other voxel centres or extent): then the mask
+    cannot be put on the image's grid without interpolation. A result such as ``"x flipped"``
+    or ``"axes (y, x, z)"`` means nearest-neighbour resampling onto the image grid moves each
+    mask voxel onto exactly one image voxel.
+    """
+    if image.GetDimension() != mask.GetDimension():
+        return None
+    dim = image.GetDimension()
+    di = np.array(image.GetDirection()).reshape(dim, dim) * np.array(image.GetSpacing())
+    dm = np.array(mask.GetDirection()).reshape(dim, dim) * np.array(mask.GetSpacing())
+    try:
+        a = np.linalg.solve(dm, di)  # image index step -> mask index step
+        b = np.linalg.solve(dm, np.array(image.GetOrigin()) - np.array(mask.GetOrigin()))
+    except np.linalg.LinAlgError:
+        return None
+    r = np.round(a)
+    if np.abs(a - r).max() > tolerance or np.abs(b - np.round(b)).max() > tolerance:
+        return None
+    if not all(sorted(np.abs(r[i]).tolist()) == [0.0] * (dim - 1) + [1.0] for i in range(dim)):
+        return None
+    ends = [r @ np.array(c, dtype=float) + np.round(b) for c in (np.zeros(dim), np.array(image.GetSize()) - 1)]
+    low, high = np.minimum(*ends), np.maximum(*ends)
+    if (low != 0).any() or (high != np.array(mask.GetSize()) - 1).any() or np.array_equal(r, np.eye(dim)):
+        return None
+    axes = "xyz"[:dim]
+    order = [axes[int(np.flatnonzero(r[:, i])[0])] for i in range(dim)]
+    flipped = [axes[i] for i in range(dim) if r[:, i].sum() < 0]
+    parts = []
+    if order != list(axes):
+        parts.append(f"axes ({', '.join(order)})")
+    if flipped:
+        parts.append(f"{', '.join(flipped)} flipped")
+    return " and ".join(parts)
 
 
 def _cut_short(local: str) -> str | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from ..cohort import Scan
 from ..cohort.check import check_scan
 from ..errors import ScanError
 from .engines import ScanImage, run_engines
+from .readers import ScanInput, read_scan
 
 __all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
 
@@ -105,10 +106,23 @@ def _content_hash(image) -> str:
     return h.hexdigest()
 
 
-def _read(case_id: str, path: str, role: str):
-    from ..cohort.images import read_image
+def _masks_hash(hashes: list[str]) -> str | None:
+    """One mask's content hash, or a hash of the hashes of a scan's several label maps."""
+    import xxhash
 
-    return read_image(case_id, path, role)
+    if len(hashes) == 1:
+        return hashes[0]
+    return xxhash.xxh3_128("|".join(hashes).encode()).hexdigest() if hashes else None
+
+
+def _layers(scan: Scan, found: ScanInput):
+    """(scan, mask) per label map: the manifest's labels, or one layer's ROIs.
+
+    A split task (``part``) applies within each layer: a layer with fewer ROIs than parts is
+    split by filtered image, one with more by ROI, as the plan splits a scan.
+    """
+    for layer in found.layers:
+        yield (scan if layer.labels is None else replace(scan, labels=layer.labels)), layer.mask
 
 
 def _as_float(value: Any) -> float:
@@ -189,6 +203,7 @@ def extract_scan(
 
     from ._radiomics import captured_warnings, expected_groups, get_extractor, versions
     from .engines.pyradiomics import PyradiomicsEngine, plain_filters
+    from .fast import group_unit, owned_units
 
     start = time.perf_counter()
     extractor = get_extractor(settings.params_text)
@@ -202,28 +217,40 @@ def extract_scan(
     failures: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
-    groups: list[str] = []
+    groups: dict[int, list[str]] = {}  # per label: the feature groups its row must have
     plain: list[str] = []
+    found = None
+    per_label: dict[int, Any] = {}
+    provenance: dict[str, Any] = {}
     with captured_warnings() as warned:
         try:
-            image = _read(scan.case_id, scan.image, "image")
-            mask = _read(scan.case_id, scan.mask, "mask")
-            image_hash, mask_hash = _content_hash(image), _content_hash(mask)
+            found = read_scan(scan)
+            image = found.image
+            image_hash = _content_hash(image)
+            mask_hash = _masks_hash([_content_hash(layer.mask) for layer in found.layers])
             if unchanged_if is not None and (image_hash, mask_hash) == tuple(unchanged_if):
                 return ScanResult(
                     scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True
                 )
-            _check_inputs(scan, image, mask, extractor, tolerance)
-            if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
-                # every row must have the features the params ask for: pyradiomics skips a
-                # filter it cannot apply to a scan with only a warning
-                groups = expected_groups(extractor, image.GetDimension())
-                plain = plain_filters(extractor, settings, mask)
-            one_read = ScanImage(scan, image, mask, int(extractor.settings.get("label", 1)), part, threads)
-            per_label, provenance = run_engines(settings.engine_list(), one_read, settings)
+            failures.extend(_failure(err) for err in found.failures)
+            default_label = int(extractor.settings.get("label", 1))
+            for layer_scan, mask in _layers(scan, found):
+                _check_inputs(layer_scan, image, mask, extractor, tolerance)
+                one_read = ScanImage(layer_scan, image, mask, default_label, part, threads)
+                if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
+                    # every row must have the features the params ask for: pyradiomics skips a
+                    # filter it cannot apply to a scan with only a warning (a part of a scan split
+                    # by filter answers for its own units; the parts' rows are joined into one)
+                    expected = expected_groups(extractor, image.GetDimension())
+                    owned = owned_units(extractor, image.GetDimension(), one_read.filter_part)
+                    expected = [g for g in expected if owned is None or group_unit(g) in owned]
+                    plain = list(dict.fromkeys([*plain, *plain_filters(extractor, settings, mask)]))
+                extracted, provenance = run_engines(settings.engine_list(), one_read, settings)
+                per_label.update(extracted)
+                if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
+                    groups.update(dict.fromkeys(extracted, expected))
         except ScanError as err:
             failures.append(_failure(err))
-            per_label, provenance = {}, {}
 
     elapsed = time.perf_counter() - start
     base = {
@@ -236,6 +263,7 @@ def extract_scan(
         "scan_seconds": elapsed,
         **versions(),
         **provenance,
+        **(found.provenance if found else {}),
     }
     names: dict[str, None] = {}
     for label, features in per_label.items():
@@ -244,12 +272,14 @@ def extract_scan(
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
         present = {k[: k.rindex("_") + 1] for k in values if "_" in k}  # "<image>_<class>_"
-        absent = [g for g in groups if g not in present]
+        absent = [g for g in groups.get(label, []) if g not in present]
         if absent:
             failures.append(_failure(_incomplete(scan, label, absent, warned)))
             continue
         names.update(dict.fromkeys(values))
-        rows.append({"label": int(label), "label_name": settings.label_names.get(int(label)), **base, **values})
+        label = int(label)
+        name = found.label_names.get(label) or settings.label_names.get(label)
+        rows.append({"label": label, "label_name": name, **base, **found.per_label.get(label, {}), **values})
     return ScanResult(
         scan.case_id,
         rows,

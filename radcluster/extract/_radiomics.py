@@ -232,7 +232,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _image_type_names(name: str, args: dict, ndim: int) -> list[str]:
+def image_type_names(name: str, args: dict, ndim: int) -> list[str]:
     """The names pyradiomics gives the images one enabled image type yields (imageoperations)."""
     if name == "LoG":
         return [f"log-sigma-{str(sigma).replace('.', '-')}-mm-3D" for sigma in args.get("sigma", [])]
@@ -264,7 +264,7 @@ def expected_groups(extractor, ndim: int) -> list[str]:
         groups = [g for g in groups if g != "original_shape2D_"]
     for name, custom in extractor.enabledImagetypes.items():
         args = {**extractor.settings, **custom}
-        groups += [f"{image}_{c}_" for image in _image_type_names(name, args, ndim) for c in classes]
+        groups += [f"{image}_{c}_" for image in image_type_names(name, args, ndim) for c in classes]
     return groups
 
 

@@ -134,8 +134,70 @@ def _crop(image, lower: np.ndarray, upper: np.ndarray, pad: np.ndarray | int):
     return sitk.RegionOfInterest(image, (hi - lo + 1).tolist(), lo.tolist())
 
 
-def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], objects, present: list[int]):
-    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once."""
+def owned_units(extractor, ndim: int, part: tuple[int, int] | None) -> set[str] | None:
+    """The units part (i, k) of a scan split by filter extracts; None: all (not split).
+
+    The units are ``shape`` and then every image pyradiomics' filters give, by name (each
+    LoG sigma, each wavelet sub-band, ...), dealt round-robin: part i takes every k-th from
+    the i-th. Every part derives the same list from the params, so each unit is computed by
+    exactly one part.
+    """
+    from ._radiomics import image_type_names
+
+    if part is None:
+        return None
+    units = ["shape"]
+    for name, custom in extractor.enabledImagetypes.items():
+        units += image_type_names(name, {**extractor.settings, **custom}, ndim)
+    return {u for j, u in enumerate(units) if j % part[1] == part[0]}
+
+
+def group_unit(group: str) -> str:
+    """The unit a column group (``<image>_<class>_``) belongs to: ``shape`` or its image's name."""
+    image, cls = group.split("_")[:2]
+    return "shape" if cls.startswith("shape") else image
+
+
+def _filtered(image, mask, types: dict, settings: dict, owned: set[str] | None):
+    """pyradiomics' filtered images of ``image`` (the ``get<Type>Image`` generators, in order),
+    or only those named in ``owned`` (:func:`owned_units`); a LoG sigma's image is computed
+    only by the part that owns it (pyradiomics computes each sigma's image on its own too)."""
+    from radiomics import imageoperations
+
+    from ._radiomics import image_type_names
+
+    for name, custom in types.items():
+        args = dict(settings, **custom)
+        calls = [args]
+        if owned is not None and name == "LoG":
+            calls = [
+                dict(args, sigma=[s])
+                for s in args.get("sigma", [])
+                if set(image_type_names(name, dict(args, sigma=[s]), image.GetDimension())) & owned
+            ]
+        elif owned is not None and not set(image_type_names(name, args, image.GetDimension())) & owned:
+            calls = []
+        for call in calls:
+            for filtered, type_name, type_kw in getattr(imageoperations, f"get{name}Image")(image, mask, **call):
+                if owned is None or type_name in owned:
+                    yield filtered, type_name, type_kw
+
+
+def extract_labels(
+    scan: Scan,
+    image,
+    mask,
+    extractor,
+    labels: list[int],
+    objects,
+    present: list[int],
+    filter_part: tuple[int, int] | None = None,
+):
+    """pyradiomics' ``execute`` steps on per-label crops, with shared work done once.
+
+    ``filter_part`` (i, k) extracts, for every label, only the shape / filtered-image units
+    :func:`owned_units` gives that part: one part of a big scan split by filter.
+    """
     import SimpleITK as sitk
     from radiomics import imageoperations
 
@@ -156,6 +218,7 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
     whole_image = _filters_whole_image(base)
     per_label = {n: types[n] for n in plain_route(extractor)} if whole_image else dict(types)
     shared = {n: c for n, c in types.items() if n not in per_label}
+    owned = owned_units(extractor, image.GetDimension(), filter_part)
 
     out: dict[int, Any] = {}
     state: dict[int, tuple] = {}
@@ -198,21 +261,20 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
                 reseg = imageoperations.resegmentMask(image_l, mask_l, **kw)
                 bbox, _ = imageoperations.checkMask(image_l, reseg, **kw)
             shape_mask = reseg if (reseg is not None and base.get("resegmentShape")) else mask_l
-            features = collections.OrderedDict(extractor.computeShape(image_l, shape_mask, bbox, **kw))
+            features = collections.OrderedDict()
+            if owned is None or "shape" in owned:
+                features.update(extractor.computeShape(image_l, shape_mask, bbox, **kw))
             feature_mask = reseg if reseg is not None else mask_l
             filter_image, filter_mask = image_l, feature_mask
             if whole_image and per_label:
                 filter_image, filter_mask = image, whole_mask
                 if reseg is not None:  # the thresholds come from the label's voxels: the same on the crop
                     filter_mask = imageoperations.resegmentMask(image, whole_mask, **kw)
-            for name, custom in per_label.items():
-                args = dict(kw, **custom)
-                gen = getattr(imageoperations, f"get{name}Image")(filter_image, filter_mask, **args)
-                for filtered, type_name, type_kw in gen:
-                    if filter_image is image:
-                        filtered = _crop(filtered, lower, upper, 1)
-                    img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
-                    features.update(compute_features(extractor, img_c, msk_c, type_name, **type_kw))
+            for filtered, type_name, type_kw in _filtered(filter_image, filter_mask, per_label, kw, owned):
+                if filter_image is image:
+                    filtered = _crop(filtered, lower, upper, 1)
+                img_c, msk_c = imageoperations.cropToTumorMask(filtered, feature_mask, bbox)
+                features.update(compute_features(extractor, img_c, msk_c, type_name, **type_kw))
             out[label] = features
             state[label] = (lower, upper, bbox, feature_mask)
         except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
@@ -221,18 +283,14 @@ def extract_labels(scan: Scan, image, mask, extractor, labels: list[int], object
     if shared and state:
         # Each filtered image is computed once on the whole (normalised) image, as
         # pyradiomics does per call, then cropped for every label.
-        for name, custom in shared.items():
-            args = dict(base, **custom)
-            for filtered, type_name, type_kw in getattr(imageoperations, f"get{name}Image")(image, mask, **args):
-                for label, (lower, upper, bbox, feature_mask) in list(state.items()):
-                    try:
-                        img_c, msk_c = imageoperations.cropToTumorMask(
-                            _crop(filtered, lower, upper, 1), feature_mask, bbox
-                        )
-                        out[label].update(
-                            compute_features(extractor, img_c, msk_c, type_name, **dict(type_kw, label=label))
-                        )
-                    except Exception as err:
-                        out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
-                        del state[label]
+        for filtered, type_name, type_kw in _filtered(image, mask, shared, base, owned):
+            for label, (lower, upper, bbox, feature_mask) in list(state.items()):
+                try:
+                    img_c, msk_c = imageoperations.cropToTumorMask(_crop(filtered, lower, upper, 1), feature_mask, bbox)
+                    out[label].update(
+                        compute_features(extractor, img_c, msk_c, type_name, **dict(type_kw, label=label))
+                    )
+                except Exception as err:
+                    out[label] = ScanError.wrap(scan.case_id, err, file=scan.mask, label=label)
+                    del state[label]
     return out

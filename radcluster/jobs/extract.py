@@ -126,22 +126,37 @@ def _merged(parts: list[_Packed]) -> _Packed:
     """The parts of a split scan as the one result an unsplit task would have returned.
 
     Every part reads the scan, so a problem of the scan itself (unreadable, empty mask) is
-    reported by each: it is kept once; label failures belong to one part each.
+    reported by each: it is kept once. A scan split by label has each label in one part; a
+    scan split by filtered image has each label's features spread over the parts (in part
+    order), joined here into one row; a label that failed in any part has no row (no partial
+    rows), only its first failure.
     """
     import numpy as np
 
     results = [p.result for p in parts]
     first = results[0]
     failures = [f for f in first.failures if f["label"] is None]
-    failures += [f for r in results for f in r.failures if f["label"] is not None]
+    label_failures: dict[int, dict[str, Any]] = {}
+    for r in results:
+        for f in r.failures:
+            if f["label"] is not None:
+                label_failures.setdefault(f["label"], f)
     names = list(dict.fromkeys(n for r in results for n in r.feature_names))
-    rows = [row for r in results for row in r.rows]
-    values = np.vstack([_aligned(p.values, p.result.feature_names, names) for p in parts])
-    order = sorted(range(len(rows)), key=lambda i: rows[i]["label"])
+    where = {n: j for j, n in enumerate(names)}
+    rows: dict[int, dict[str, Any]] = {}
+    values: dict[int, Any] = {}
+    for part in parts:
+        columns = [where[n] for n in part.result.feature_names]
+        for row, vector in zip(part.result.rows, part.values, strict=True):
+            label = row["label"]
+            if label not in rows:  # the first part's ids and provenance
+                rows[label], values[label] = row, np.full(len(names), np.nan)
+            values[label][columns] = vector
+    labels = [label for label in sorted(rows) if label not in label_failures]
     merged = ScanResult(
         first.case_id,
-        [rows[i] for i in order],
-        failures,
+        [rows[label] for label in labels],
+        failures + list(label_failures.values()),
         max(r.seconds for r in results),
         first.image_hash,
         first.mask_hash,
@@ -150,7 +165,7 @@ def _merged(parts: list[_Packed]) -> _Packed:
         warnings=list(dict.fromkeys(w for r in results for w in r.warnings)),
         plain_filters=list(dict.fromkeys(f for r in results for f in r.plain_filters)),
     )
-    return _Packed(merged, values[order])
+    return _Packed(merged, np.array([values[label] for label in labels]).reshape(len(labels), len(names)))
 
 
 def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
@@ -469,7 +484,7 @@ def run_extract(
             done.add(fut)
 
     submit_more()
-    parts: dict[str, list[_Packed]] = {}  # split scans: the results of the parts so far
+    parts: dict[str, list[tuple[int, _Packed]]] = {}  # split scans: (part, result) so far
     iterator: Iterator[Any] = iter(done)
     if progress is not None:
         iterator = progress(iterator, len(plan.tasks))
@@ -508,10 +523,11 @@ def run_extract(
                 case = task.scans[0].case_id
                 if case in failed:  # another part of it died: nothing of it is written
                     continue
-                parts.setdefault(case, []).extend(results)
+                parts.setdefault(case, []).extend((task.part[0], r) for r in results)
                 if len(parts[case]) < task.part[1]:
                     continue
-                results = [_merged(parts.pop(case))]
+                # in part order, so a row split by filter has the same columns in every run
+                results = [_merged([r for _, r in sorted(parts.pop(case), key=lambda p: p[0])])]
             for packed in results:
                 result = packed.result
                 if result.unchanged:

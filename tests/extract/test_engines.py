@@ -166,7 +166,7 @@ def test_the_default_engine_keeps_the_params_hash(tmp_path: Path) -> None:
 
 
 def test_an_entry_point_engine_runs_beside_pyradiomics_on_one_read(tmp_path: Path, plugin, monkeypatch) -> None:
-    import radcluster.extract as extract
+    import radcluster.extract.readers as extract  # where a scan's files are read
 
     assert "voxels" in engine_names()
     job = build_job({"extraction": {"engines": ["pyradiomics", {"voxels": {"scale": 2}}]}})

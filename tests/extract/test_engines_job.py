@@ -47,7 +47,7 @@ def _job(tmp_path: Path, manifest: Path, model: str, **onnx) -> object:
 
 
 def test_pyradiomics_and_onnx_on_the_demo_cohort_from_one_read(tmp_path: Path, threads_client, monkeypatch) -> None:
-    import radcluster.extract as extract
+    import radcluster.extract.readers as extract  # where a scan's files are read
     from radcluster.extract.engines import onnx as onnx_engine
 
     manifest = prepare_demo(tmp_path / "demo", n_cases=6)

@@ -96,7 +96,20 @@ class ScanImage:
             labels = [self.default_label]
         else:
             labels = list(self.scan.labels)
-        return labels[self.part[0] :: self.part[1]] if self.part else labels
+        return labels[self.part[0] :: self.part[1]] if self.part and not self.filter_part else labels
+
+    @property
+    def filter_part(self) -> tuple[int, int] | None:
+        """(i, k) when this part splits the scan by filtered image rather than by label.
+
+        The plan splits a scan whose manifest names fewer labels than parts (one big CT) only
+        for the pyradiomics engine; each part then extracts every label, and of each label
+        every k-th shape / filtered-image unit (:func:`radcluster.extract.fast.extract_labels`).
+        An ``all`` mask is always split by label (its labels are unknown to the plan).
+        """
+        if not self.part or self.scan.labels == ALL_LABELS:
+            return None
+        return self.part if len(self.scan.labels or [self.default_label]) < self.part[1] else None
 
     def absent(self, label: int, present: Sequence[int]) -> ScanError:
         return ScanError(

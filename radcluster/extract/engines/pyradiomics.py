@@ -16,6 +16,7 @@ import numpy as np
 
 from ... import _io
 from ...errors import ScanError
+from ..readers import REORIENTED
 from . import Engine, ScanImage
 
 __all__ = ["PyradiomicsEngine", "plain_filters"]
@@ -50,6 +51,8 @@ class PyradiomicsEngine(Engine):
         extractor = get_extractor(settings.params_text)
         vector_mask = scan.mask.GetNumberOfComponentsPerPixel() > 1
         if _plain_path(extractor, settings, scan.mask):
+            if scan.filter_part and scan.filter_part[0] > 0:
+                return {}  # execute() cannot be split by filter: part 0 extracts it whole
             present = [scan.default_label]
             if scan.scan.labels == "all" and not vector_mask:
                 present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(scan.mask)) if v != 0]
@@ -57,11 +60,16 @@ class PyradiomicsEngine(Engine):
         present = scan.present
         if not present:
             raise ScanError(scan.scan.case_id, "check", "mask is empty (no non-zero voxel)", file=scan.scan.mask)
-        return extract_labels(scan.scan, scan.image, scan.mask, extractor, scan.labels(present), scan.boxes, present)
+        return extract_labels(
+            scan.scan, scan.image, scan.mask, extractor, scan.labels(present), scan.boxes, present, scan.filter_part
+        )
 
 
 def _plain(scan: ScanImage, extractor, label: int):
     try:
+        if scan.scan.dicom or scan.mask.HasMetaDataKey(REORIENTED):
+            # pyradiomics reads no DICOM series, and a reoriented mask is not its file
+            return extractor.execute(scan.image, scan.mask, label=label)
         with _io.local_file(scan.scan.image) as img, _io.local_file(scan.scan.mask) as msk:
             return extractor.execute(img, msk, label=label)
     except Exception as err:  # pyradiomics raises ValueError, AssertionError, RuntimeError
