@@ -7,12 +7,14 @@ Credentials and endpoints of remote storage come from the environment (``AWS_ACC
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import fsspec
 
@@ -32,6 +34,10 @@ __all__ = [
     "put_files",
     "get_files",
     "storage_errors",
+    "json_bytes",
+    "write_json",
+    "read_json",
+    "read_table",
 ]
 
 # Backends whose exclusive create is a conditional write checked by the server (S3's
@@ -123,19 +129,72 @@ def write_atomic(path: str, data: bytes) -> None:
         fs, p = fsspec.core.url_to_fs(path)
         fs.pipe_file(p, data)
         return
+    os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+    with _written_beside(local, data) as tmp:
+        os.replace(tmp, local)  # atomic on POSIX
+
+
+@contextlib.contextmanager
+def _written_beside(local: str, data: bytes) -> Iterator[str]:
+    """``data`` in a fsynced temporary file in ``local``'s folder, one rename or link away from
+    ``local``; the temporary name is gone on exit."""
     folder, name = os.path.split(os.path.abspath(local))
-    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, local)  # atomic on POSIX
-    except BaseException:
-        with contextlib.suppress(OSError):
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # renamed into place
             os.unlink(tmp)
-        raise
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as standard JSON (NaN and infinity as null, numpy values as Python ones), indented."""
+    return (json.dumps(_plain(data), indent=2, default=str, allow_nan=False) + "\n").encode()
+
+
+def _plain(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON (:func:`json_bytes`) to ``path``, atomically (:func:`write_atomic`)."""
+    write_atomic(os.fspath(path), json_bytes(data))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON file at ``path``, or None when there is none."""
+    try:
+        return json.loads(read_bytes(os.fspath(path)))
+    except FileNotFoundError:
+        return None
+
+
+def read_table(path: str, **csv: Any):
+    """The table at ``path`` (a local path or an fsspec URL) as a DataFrame: Parquet
+    (``.parquet``, ``.pq``), tab-separated (``.tsv``) or CSV; ``csv``: ``pandas.read_csv``
+    options (Parquet keeps its own types)."""
+    import pandas as pd
+
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep="\t" if lower.endswith(".tsv") else ",", **csv)
 
 
 def create_exclusive(path: str, data: bytes) -> None:
@@ -150,16 +209,8 @@ def create_exclusive(path: str, data: bytes) -> None:
     if local is not None:
         # Written under a temporary name and hard-linked to ``path`` (link fails if it exists):
         # as exclusive as O_EXCL, and a reader never sees the file half written.
-        folder, name = os.path.split(os.path.abspath(local))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        with _written_beside(local, data) as tmp:
             os.link(tmp, local)
-        finally:
-            os.unlink(tmp)
         return
     fs, p = fsspec.core.url_to_fs(path)
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)

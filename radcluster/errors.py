@@ -1,11 +1,19 @@
-"""The whole exception tree of radcluster.
+"""The whole exception tree of radcluster, and the one record of a failed scan.
 
 Every error radcluster raises derives from :class:`RadclusterError`, so a caller can catch
 the package's errors in one clause. Messages name the thing that is wrong and where
 (the key of a job spec, the case and file of a scan), and say what would be accepted.
+
+A scan that cannot be extracted becomes a :class:`FailureRecord` (never a row of NaNs),
+whichever way it failed: a :class:`ScanError` inside the task, a task that died, or a scan
+too large for any worker. Its fields are the columns of the store's ``failures/`` table.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 __all__ = [
     "RadclusterError",
@@ -16,7 +24,20 @@ __all__ = [
     "ClusterError",
     "ModelError",
     "RegistryError",
+    "FailureRecord",
+    "FAILURE_COLUMNS",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: object, choices: Iterable[str], *, listing: str = "valid") -> str:
+    """The fix of an unknown name, for every "unknown ..." message: the closest of ``choices``
+    (``did you mean 'x'?``), or all of them when none is close (``valid: a, b``)."""
+    import difflib
+
+    choices = list(choices)
+    close = difflib.get_close_matches(str(word), choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"{listing}: {', '.join(choices)}"
 
 
 class RadclusterError(Exception):
@@ -86,3 +107,52 @@ class ModelError(RadclusterError):
 
 class RegistryError(RadclusterError):
     """A model version is missing, incomplete, or unsafe to load."""
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """Why one scan, or one label of it, has no feature row: a row of the ``failures/`` table."""
+
+    case_id: str
+    label: int | None
+    stage: str  # read, check, extract (inside the task); task, worker (the task died); plan
+    error_type: str
+    message: str
+    file: str | None
+
+    @classmethod
+    def from_scan_error(cls, err: ScanError) -> FailureRecord:
+        """A problem of the scan found inside the extraction task; ``error_type`` is the library's."""
+        cause = err.__cause__
+        return cls(
+            err.case_id,
+            err.label,
+            err.stage,
+            type(cause).__name__ if cause is not None else "ScanError",
+            str(err),
+            err.file,
+        )
+
+    @classmethod
+    def from_task_error(cls, case_id: str, file: str, err: BaseException) -> FailureRecord:
+        """A task that raised instead of returning its result: the worker died on it
+        repeatedly (``KilledWorker``) or radcluster itself has a bug; either way it is recorded."""
+        stage = "worker" if type(err).__name__ == "KilledWorker" else "task"
+        return cls(case_id, None, stage, type(err).__name__, f"case {case_id!r}: {stage} failed ({file}): {err}", file)
+
+    @classmethod
+    def too_large(cls, case_id: str, file: str, need: int, largest_worker: int) -> FailureRecord:
+        """A scan the plan keeps off the cluster: it would not fit in the largest worker's memory."""
+        message = (
+            f"case {case_id!r}: plan failed ({file}): needs about {need / 2**30:.1f} GiB to extract, the largest "
+            f"worker has {largest_worker / 2**30:.1f} GiB; use workers with more memory (--memory-limit, or fewer "
+            "threads per worker)"
+        )
+        return cls(case_id, None, "plan", "ScanTooLarge", message, file)
+
+    def row(self, **extra: Any) -> dict[str, Any]:
+        """The store row: :data:`FAILURE_COLUMNS` in order, then ``extra`` (run id, time)."""
+        return {**asdict(self), **extra}
+
+
+FAILURE_COLUMNS = tuple(FailureRecord.__dataclass_fields__)

@@ -49,7 +49,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import _io
-from .errors import StoreError
+from .errors import FAILURE_COLUMNS, StoreError
 
 __all__ = ["Store", "open_store", "latest_extractions", "ID_COLUMNS", "PROVENANCE_COLUMNS", "TABLES"]
 
@@ -330,7 +330,7 @@ class Store:
         return len(payload)
 
     def write_run(self, run_id: str, record: dict[str, Any]) -> None:
-        self._write_atomic(self._path("runs", f"{run_id}.json"), json.dumps(record, indent=2, default=str).encode())
+        self._write_atomic(self._path("runs", f"{run_id}.json"), _io.json_bytes(record))
 
     # -- reading -----------------------------------------------------------------------
     def _part_metadata(self) -> Iterator[dict[str, Any]]:
@@ -434,8 +434,9 @@ class Store:
         return keys.merge(self._latest(keys), on=["case_id", "extracted_at"], how="inner")
 
     def failures(self) -> pd.DataFrame:
-        """Failures not superseded by a later successful extraction of the same case."""
-        fails = self._read("failures")
+        """Failures not superseded by a later successful extraction of the same case
+        (:data:`~radcluster.errors.FAILURE_COLUMNS`, ``run_id`` and ``failed_at``; no rows when none)."""
+        fails = self._read("failures", columns=(*FAILURE_COLUMNS, "run_id", "failed_at"))
         if fails.empty:
             return fails
         done = self._latest()

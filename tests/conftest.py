@@ -13,18 +13,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from radcluster.demo import SAMPLE_CASES as SMALL_CASES
+from radcluster.demo import SAMPLES
+
 DATA = Path(__file__).parent / "data"
 PARAMS = DATA / "params"
 SHARED_CASES = Path(__file__).resolve().parents[2] / "shared" / "data" / "pyradiomics-cases"
-SMALL_CASES = ("brain1", "brain2", "breast1")
 
 
 def case_paths(case: str) -> tuple[Path, Path]:
-    """Image and mask of a real case: shipped ones from tests/data, CT ones from ../shared."""
-    folder = DATA if case in SMALL_CASES else SHARED_CASES
+    """Image and mask of a real case: the package's samples (radcluster/data/samples), CT ones from ../shared."""
+    folder = SAMPLES if case in SMALL_CASES else SHARED_CASES
     image, mask = folder / f"{case}_image.nrrd", folder / f"{case}_label.nrrd"
     if not image.exists():
-        pytest.skip(f"{case} is not shipped in tests/data and {SHARED_CASES} is not present")
+        pytest.skip(f"{case} is not one of radcluster's samples and {SHARED_CASES} is not present")
     return image, mask
 
 

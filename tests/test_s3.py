@@ -244,7 +244,8 @@ def s3_version(s3_env, s3_cluster, tmp_path_factory):
 
 
 def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3_cluster, s3_version, tmp_path, capsys):
-    from radcluster.jobs.retrain import read_champion, retrain_job
+    from radcluster.jobs.retrain import retrain_job
+    from radcluster.registry.champion import read_champion
     from radcluster.registry.versions import list_versions, open_version
     from radcluster.spec import load_job
 
@@ -355,7 +356,7 @@ def test_a_modified_s3_version_is_refused(s3_env, s3_version):
 def test_retrain_lock_on_s3_is_exclusive(s3_env):
     from radcluster import _io
     from radcluster.errors import RegistryError
-    from radcluster.jobs.retrain import registry_lock
+    from radcluster.registry.champion import registry_lock
 
     fs = _s3()
     fs.mkdir("locks")

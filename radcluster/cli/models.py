@@ -3,23 +3,20 @@
 :func:`add_commands` registers them on the sub-parsers of ``radcluster``'s parser
 (:func:`radcluster.cli.build_parser`). Each handler parses its flags into a job spec or calls
 one library function and prints what happened; errors propagate to ``cli.main``, which maps
-them to exit codes, except input problems found before any work started, which return
-``EXIT_INVALID`` here.
+them to exit codes (:data:`radcluster.cli.common.EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_INVALID, EXIT_OK, print_dashboard
+from .common import EXIT_OK, fmt_score, run
 from .common import add_cluster_flags as _add_cluster_flags
 from .common import cluster_overrides as _cluster_overrides
 
-__all__ = ["add_commands", "run_train", "run_predict"]
+__all__ = ["add_commands"]
 
 
 def _abs(path: str | None) -> str | None:
@@ -37,10 +34,6 @@ def _build(args: argparse.Namespace, kind: str, overrides: dict[str, Any]):
     return build_job({}, overrides=overrides, source="command line")
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "-"
-
-
 # --- train -----------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     flags = {
@@ -54,111 +47,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train.cv.test_fraction": args.test_fraction,
         "train.cv.seed": args.seed,
         "train.preprocess.combat": args.combat,
-        "train.preprocess.pca": _pca_value(args.pca) if args.pca is not None else None,
+        "train.preprocess.pca": args.pca,
         "train.shuffle_target": True if args.shuffle_target else None,
         "train.features": args.features.split(",") if args.features else None,
         "train.report": False if args.no_report else None,
     }
-    job = _build(args, "train", {"store": _abs(args.store), "registry": _abs(args.registry), **flags})
-    if args.pca is not None and args.pca.lower() in ("none", "off"):
-        job = job.model_copy(
-            update={
-                "train": {
-                    **(job.train or {}),
-                    "preprocess": {**((job.train or {}).get("preprocess") or {}), "pca": None},
-                }
-            }
-        )
-    return run_train(job)
-
-
-def run_train(job) -> int:
-    """Run a ``kind: train`` job spec, printing progress; for ``radcluster train`` and ``radcluster run``.
-
-    A missing registry defaults to ``./models``; data problems found before training
-    (missing target column, unknown model for the task) exit with ``EXIT_INVALID``.
-    """
-    import sys
-
-    from ..errors import ModelError
-    from ..jobs.train import parse_train_spec, train_job
-
-    parse_train_spec(job.train)  # config errors: SpecError -> exit 2 in cli.main
-    if job.registry is None:
-        job = job.model_copy(update={"registry": str(Path("models").absolute())})
-
-    def on_fold(k: int, m: dict[str, Any]) -> None:
-        main = m.get("roc_auc", m.get("c_index", m.get("r2")))
-        print(f"fold {k + 1}: {_fmt(main)} on {m.get('n')} row(s) (trained on {m.get('n_train')})", flush=True)
-
-    try:
-        result = train_job(job, on_dashboard=print_dashboard, on_fold=on_fold)
-    except ModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
-    print(result.text())
-    return EXIT_OK
-
-
-def _pca_value(text: str) -> int | float | None:
-    if text.lower() in ("none", "off"):
-        return None
-    value = float(text)
-    return int(value) if value >= 1 and value.is_integer() else value
+    return run(_build(args, "train", {"store": _abs(args.store), "registry": _abs(args.registry), **flags}))
 
 
 # --- predict ---------------------------------------------------------------------------------
-def run_predict(job, *, clinical: str | None = None, trust: tuple[str, ...] = (), use_cluster: bool = True) -> int:
-    """Run a ``kind: predict`` job spec; for ``radcluster predict`` and ``radcluster run``.
-
-    ``predict.version: champion`` applies the registry's current champion (``champion.json``,
-    written by ``radcluster retrain``).
-    """
-    import contextlib
-    import sys
-
-    from ..cluster import connect
-    from ..errors import ModelError, SpecError
-    from ..jobs.retrain import read_champion
-    from ..jobs.train import predict_store
-
-    if job.store is None:
-        raise SpecError("a predict job needs 'store'")
-    version = job.predict.version
-    if version == "champion":
-        champion = read_champion(job.resolve(job.registry)) if job.registry else None
-        if champion is None:
-            raise SpecError(
-                "predict.version 'champion' needs a 'registry' with a champion "
-                "(run `radcluster retrain` first) or a version folder"
-            )
-        version = champion["version"]
-    else:
-        version = job.resolve(version)
-    output = job.resolve(job.predict.output)
-    try:
-        with connect(job.cluster) if use_cluster else contextlib.nullcontext():
-            frame = predict_store(version, job.resolve(job.store), out=output, clinical=clinical, trust=trust)
-    except ModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
-    print(
-        f"wrote {output}: {len(frame)} prediction(s) from model {frame['model_version'].iloc[0]}"
-        if len(frame)
-        else f"wrote {output}: no rows in the store"
-    )
-    return EXIT_OK
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     job = _build(
         args,
         "predict",
         {"store": _abs(args.store), "predict.version": _abs(args.version), "predict.output": _abs(args.output)},
     )
-    return run_predict(
-        job, clinical=_abs(args.clinical), trust=tuple(args.trust or ()), use_cluster=not args.no_cluster
-    )
+    from ..jobs.predict import predict_job
+
+    trust = tuple(args.trust or ())
+    print(predict_job(job, clinical=_abs(args.clinical), trust=trust, use_cluster=not args.no_cluster).text())
+    return EXIT_OK
 
 
 # --- report, models --------------------------------------------------------------------------
@@ -175,10 +83,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from ..registry.versions import list_versions
+    from ..spec import from_environment
 
-    versions = list_versions(args.registry)
+    registry = args.registry or from_environment("registry") or "models"
+    versions = list_versions(registry)
     if not versions:
-        print(f"no model versions in {args.registry}")
+        print(f"no model versions in {registry}")
         return EXIT_OK
     header = ("version", "model", "task", "target", "rows", "metric", "cv [95% CI]", "test")
     lines = [header]
@@ -187,7 +97,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         cv = (m.get("metrics") or {}).get("cv") or (m.get("metrics") or {}).get("train") or {}
         test = (m.get("metrics") or {}).get("test") or {}
         ci = cv.get(f"{main}_ci") or [None, None]
-        ci_txt = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci[0] is not None else ""
+        ci_txt = f" [{fmt_score(ci[0])}, {fmt_score(ci[1])}]" if ci[0] is not None else ""
         lines.append(
             (
                 m["version"],
@@ -196,8 +106,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
                 str(m.get("target") or "-"),
                 str(m.get("n_rows", "")),
                 main,
-                f"{_fmt(cv.get(main))}{ci_txt}",
-                _fmt(test.get(main)),
+                f"{fmt_score(cv.get(main))}{ci_txt}",
+                fmt_score(test.get(main)),
             )
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
@@ -217,10 +127,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--config", help="job YAML (kind: train) whose 'train' section configures training")
     p.add_argument("--target", help="target column (carried in the store or in --clinical)")
     p.add_argument("--registry", "-r", help="model registry folder or URL (default: the job's, else ./models)")
-    p.add_argument(
-        "--model",
-        help="xgboost (default), logistic_regression, random_forest, svm, naive_bayes, decision_tree, ridge, kmeans",
-    )
+    # The registered models are listed by `config defaults`: reading the registry here would
+    # import scikit-learn into every command's start.
+    p.add_argument("--model", help="a registered model (default xgboost; `radcluster config defaults` lists them)")
     p.add_argument("--task", choices=["auto", "binary", "multiclass", "regression", "survival", "clustering"])
     p.add_argument("--event", help="survival: event column (--target is then the time column)")
     p.add_argument("--clinical", help="CSV/Parquet keyed by case_id holding the target columns")
@@ -269,7 +178,6 @@ def add_commands(subparsers) -> None:
     p.add_argument(
         "registry",
         nargs="?",
-        default=os.environ.get("RADCLUSTER_REGISTRY", "models"),
         help="registry folder or URL (default: $RADCLUSTER_REGISTRY, else ./models)",
     )
     p.set_defaults(func=cmd_models_list)

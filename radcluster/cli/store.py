@@ -1,10 +1,11 @@
-"""``radcluster store info|compact``: what a feature store holds, and merging its part files."""
+"""``radcluster store info|compact``, ``failures`` and ``export``: what a feature store holds, merging its
+part files, its failed scans, its features as a table."""
 
 from __future__ import annotations
 
 import argparse
 
-from .common import EXIT_OK
+from .common import EXIT_FAILURES, EXIT_OK
 
 
 def _size(n: int) -> str:
@@ -44,7 +45,42 @@ def cmd_store_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_failures(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    fails = open_store(args.store).failures()
+    if fails.empty:
+        print("no failures")
+        return EXIT_OK
+    for rec in fails.itertuples():
+        print(f"{rec.case_id}\t{rec.stage}\t{rec.error_type}\t{rec.message}")
+    return EXIT_FAILURES
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    frame = open_store(args.store).features()
+    if args.names == "ibsi":
+        import yaml
+
+        from ..ibsi.names import aggregation_from_settings, to_ibsi_names
+
+        runs = open_store(args.store).runs()
+        params = yaml.safe_load(runs[-1]["params"]) if runs else {}
+        aggregation = aggregation_from_settings((params or {}).get("setting") or {})
+        frame = to_ibsi_names(frame, aggregation=aggregation, unmapped="keep" if args.keep_unmapped else "drop")
+    out = args.output
+    if out.endswith(".parquet"):
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+    print(f"wrote {out}: {len(frame)} row(s), {frame.shape[1]} column(s)")
+    return EXIT_OK
+
+
 def add_commands(subparsers) -> None:
+    """Register ``store info|compact``, ``failures`` and ``export`` on ``subparsers``."""
     store = subparsers.add_parser("store", help="inspect or compact a feature store").add_subparsers(
         dest="store_cmd", required=True
     )
@@ -58,3 +94,19 @@ def add_commands(subparsers) -> None:
     p.add_argument("store", help="store folder or URL")
     p.add_argument("--target-mb", type=float, default=64, help="size of a merged part file (default 64 MiB)")
     p.set_defaults(func=cmd_store_compact)
+
+    p = subparsers.add_parser("failures", help="list the failed scans of a store")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_failures)
+
+    p = subparsers.add_parser("export", help="write a store's current features as CSV or Parquet")
+    p.add_argument("store")
+    p.add_argument("-o", "--output", required=True, help="file.csv or file.parquet")
+    p.add_argument(
+        "--names",
+        choices=["pyradiomics", "ibsi"],
+        default="pyradiomics",
+        help="column names: pyradiomics' or IBSI feature tags (kurtosis as excess kurtosis)",
+    )
+    p.add_argument("--keep-unmapped", action="store_true", help="with --names ibsi: keep features IBSI lacks")
+    p.set_defaults(func=cmd_export)

@@ -135,13 +135,9 @@ def _parse_labels(value: Any) -> tuple[int, ...] | Literal["all"] | None:
 
 
 def _read_table(path: str) -> pd.DataFrame:
-    lower = path.lower()
-    if lower.endswith(".parquet") or lower.endswith(".pq"):
-        return pd.read_parquet(path)
-    sep = "\t" if lower.endswith(".tsv") else ","
     # Every column as text: case ids like 007 must keep their zeros; carried columns are
     # converted back to numbers below where the whole column is numeric.
-    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    return _io.read_table(path, dtype=str, keep_default_na=False, na_values=[""])
 
 
 def _restore_numeric(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

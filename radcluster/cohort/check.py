@@ -56,8 +56,8 @@ def check_cohort(
     default_label: int = 1,
     check_labels: bool = True,
     notes: list[str] | None = None,
-) -> list[str]:
-    """Every problem of every scan, one line per problem, without extracting anything.
+) -> list[ScanError]:
+    """Every problem of every scan (case, file, stage, reason), without extracting anything.
 
     Runs the checks the extraction task runs (:func:`read_image`, :func:`check_scan`), so a
     scan is reported here for the reason its extraction would fail. With ``check_labels``
@@ -70,7 +70,7 @@ def check_cohort(
     """
     import SimpleITK as sitk
 
-    problems: list[str] = []
+    problems: list[ScanError] = []
     for scan in cohort.scans:
         if scan.dicom:
             problems.extend(_check_dicom(scan))
@@ -96,11 +96,11 @@ def check_cohort(
                     _check_labels(scan, sitk.GetArrayViewFromImage(files["mask"]), default_label)
             except ScanError as err:
                 errors.append(err)
-        problems.extend(f"case {scan.case_id!r}: {err.file}: {err.reason}" for err in errors)
+        problems.extend(errors)
     return problems
 
 
-def _check_dicom(scan: Scan) -> list[str]:
+def _check_dicom(scan: Scan) -> list[ScanError]:
     """The DICOM reader's own failures: reading is the check (series, references, ROIs)."""
     from ..extract.readers import read_scan  # the readers hold the DICOM checks; cohort has no copy
 
@@ -108,7 +108,7 @@ def _check_dicom(scan: Scan) -> list[str]:
         errors = read_scan(scan).failures
     except ScanError as err:
         errors = [err]
-    return [f"case {scan.case_id!r}: {err.file}: {err.reason}" for err in errors]
+    return list(errors)
 
 
 def _check_labels(scan: Scan, arr: np.ndarray, default_label: int) -> None:

@@ -30,13 +30,11 @@ import numpy as np
 
 from ..cohort import Scan
 from ..cohort.check import check_scan
-from ..errors import ScanError
+from ..errors import FailureRecord, ScanError
 from .engines import ScanImage, run_engines
 from .readers import ScanInput, read_scan
 
-__all__ = ["ExtractionSettings", "ScanResult", "extract_scan", "FAILURE_COLUMNS"]
-
-FAILURE_COLUMNS = ("case_id", "label", "stage", "error_type", "message", "file")
+__all__ = ["ExtractionSettings", "ScanResult", "extract_scan"]
 
 # ITK's own default coordinate and direction tolerance, restored when a params file sets none.
 _ITK_DEFAULT_TOLERANCE = 1e-6
@@ -71,7 +69,7 @@ class ScanResult:
 
     case_id: str
     rows: list[dict[str, Any]]
-    failures: list[dict[str, Any]]
+    failures: list[FailureRecord]
     seconds: float
     image_hash: str | None = None
     mask_hash: str | None = None
@@ -81,17 +79,6 @@ class ScanResult:
     warnings: list[str] = field(default_factory=list)
     # image types that took execute()'s own route instead of the fast path's (engines/pyradiomics.py)
     plain_filters: list[str] = field(default_factory=list)
-
-
-def _failure(err: ScanError) -> dict[str, Any]:
-    return {
-        "case_id": err.case_id,
-        "label": err.label,
-        "stage": err.stage,
-        "error_type": type(err.__cause__).__name__ if err.__cause__ is not None else "ScanError",
-        "message": str(err),
-        "file": err.file,
-    }
 
 
 def _content_hash(image) -> str:
@@ -214,7 +201,7 @@ def extract_scan(
     sitk.ProcessObject.SetGlobalDefaultDirectionTolerance(tolerance)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.sitk_threads)
 
-    failures: list[dict[str, Any]] = []
+    failures: list[FailureRecord] = []
     rows: list[dict[str, Any]] = []
     image_hash = mask_hash = None
     groups: dict[int, list[str]] = {}  # per label: the feature groups its row must have
@@ -232,7 +219,7 @@ def extract_scan(
                 return ScanResult(
                     scan.case_id, [], [], time.perf_counter() - start, image_hash, mask_hash, unchanged=True
                 )
-            failures.extend(_failure(err) for err in found.failures)
+            failures.extend(FailureRecord.from_scan_error(err) for err in found.failures)
             default_label = int(extractor.settings.get("label", 1))
             for layer_scan, mask in _layers(scan, found):
                 _check_inputs(layer_scan, image, mask, extractor, tolerance)
@@ -250,7 +237,7 @@ def extract_scan(
                 if any(isinstance(e, PyradiomicsEngine) for e in settings.engine_list()):
                     groups.update(dict.fromkeys(extracted, expected))
         except ScanError as err:
-            failures.append(_failure(err))
+            failures.append(FailureRecord.from_scan_error(err))
 
     elapsed = time.perf_counter() - start
     base = {
@@ -268,13 +255,13 @@ def extract_scan(
     names: dict[str, None] = {}
     for label, features in per_label.items():
         if isinstance(features, ScanError):
-            failures.append(_failure(features))
+            failures.append(FailureRecord.from_scan_error(features))
             continue
         values = {k: _as_float(v) for k, v in features.items() if not k.startswith("diagnostics_")}
         present = {k[: k.rindex("_") + 1] for k in values if "_" in k}  # "<image>_<class>_"
         absent = [g for g in groups.get(label, []) if g not in present]
         if absent:
-            failures.append(_failure(_incomplete(scan, label, absent, warned)))
+            failures.append(FailureRecord.from_scan_error(_incomplete(scan, label, absent, warned)))
             continue
         names.update(dict.fromkeys(values))
         label = int(label)

@@ -11,7 +11,6 @@ not once per scan.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import itertools
 import logging
@@ -21,7 +20,7 @@ from importlib import metadata
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
 
 _level_before_import = logging.getLogger("radiomics").level
 
@@ -152,9 +151,7 @@ _SCALAR_TYPES = {
 
 
 def _unknown(kind: str, path: str, name: object, valid: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
-    return f"unknown {kind} {path!r}; {hint}"
+    return f"unknown {kind} {path!r}; {did_you_mean(name, valid)}"
 
 
 def _schema_problems(value: object, rule: dict, path: str) -> list[str]:

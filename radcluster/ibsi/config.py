@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
 
 __all__ = ["AGGREGATIONS", "IBSIConfig", "NAMED_CONFIGS", "resolve_config"]
 
@@ -133,9 +132,7 @@ class IBSIConfig:
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                also = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise SpecError(f"IBSI config: unknown key {key!r}{also} (valid keys: {', '.join(known)})")
+                raise SpecError(f"IBSI config: unknown key {key!r}; {did_you_mean(key, known, listing='valid keys')}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

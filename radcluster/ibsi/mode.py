@@ -39,15 +39,18 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from radiomics import firstorder, glcm, gldm, glrlm, glszm, ngtdm, shape
 
+from ..cohort.images import geometry_mismatch
+from ..errors import SpecError
 from ..extract import _radiomics  # noqa: F401  (removes the log handler pyradiomics adds on import)
-from .config import IBSIConfig
+from .config import IBSIConfig, resolve_config
 
-__all__ = ["Preprocessed", "preprocess", "compute_features", "TEXTURE_CLASSES"]
+__all__ = ["Preprocessed", "preprocess", "compute_features", "TEXTURE_CLASSES", "check_ibsi_params", "extract_ibsi"]
 
 _INTERPOLATORS = {
     "linear": sitk.sitkLinear,
@@ -116,13 +119,10 @@ def _check_geometry(image: sitk.Image, mask: sitk.Image) -> None:
         raise ValueError(
             f"IBSI mode needs 3D images; got a {image.GetDimension()}D image and a {mask.GetDimension()}D mask"
         )
-    if image.GetSize() != mask.GetSize():
-        raise ValueError(f"image size {image.GetSize()} and mask size {mask.GetSize()} differ")
-    tol = 1e-3 * min(image.GetSpacing())  # float32 headers: image and mask may differ in the last bits
-    for what in ("Spacing", "Origin", "Direction"):
-        a, b = getattr(image, f"Get{what}")(), getattr(mask, f"Get{what}")()
-        if not np.allclose(a, b, rtol=0, atol=tol if what != "Direction" else 1e-6):
-            raise ValueError(f"image and mask differ in {what.lower()}: {a} vs {b}")
+    # ITK's rule, as for extraction; float32 headers: image and mask may differ in the last bits
+    reason = geometry_mismatch(image, mask, tolerance=1e-3)
+    if reason:
+        raise ValueError(f"image/mask geometry mismatch: {reason}")
 
 
 def preprocess(
@@ -454,3 +454,110 @@ def compute_features(
             values["original_gldm_GrayLevelNonUniformityNormalized"] = _uniformity(pre, dims)
         out[agg] = values
     return out
+
+
+_FEATURE_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+
+
+_PARAMS_KEYS = ("imageType", "featureClass", "setting")
+
+
+# feature-class settings IBSI mode takes from params (everything else there is preprocessing,
+# which the IBSIConfig decides)
+_FEATURE_SETTINGS = {"distances": [1], "symmetricalGLCM": True, "gldm_a": 0}
+
+
+def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str] | None], dict[str, Any]]:
+    """Check a pyradiomics params mapping for IBSI mode; return (feature classes, class settings).
+
+    IBSI mode computes the original image's shape, first-order and texture features. Raises
+    :class:`~radcluster.errors.SpecError` for what it cannot honour: filtered image types,
+    ``shape2D``, unknown classes or top-level keys. Call it when validating a job, before any
+    scan is read.
+    """
+    params = params or {}
+    if not isinstance(params, dict):
+        raise SpecError(
+            f"IBSI mode: params must be a mapping (a parsed pyradiomics params file); got {type(params).__name__}"
+        )
+    unknown = [k for k in params if k not in _PARAMS_KEYS]
+    if unknown:
+        raise SpecError(f"IBSI mode: params key(s) {unknown} not supported; expected {list(_PARAMS_KEYS)}")
+    image_types = params.get("imageType") or {"Original": {}}
+    others = [t for t in image_types if t != "Original"]
+    if others:
+        raise SpecError(
+            f"IBSI mode computes features of the original image only; params enable imageType "
+            f"{others}: remove them, or extract them without IBSI mode"
+        )
+    requested = params.get("featureClass")
+    if requested is None:
+        requested = {c: None for c in _FEATURE_CLASSES}
+    classes: dict[str, list[str] | None] = {}
+    for name, features in requested.items():
+        if name not in _FEATURE_CLASSES:
+            hint = " (IBSI has no 2D shape features)" if name == "shape2D" else ""
+            raise SpecError(
+                f"IBSI mode: featureClass {name!r} is not supported{hint}; supported: {list(_FEATURE_CLASSES)}"
+            )
+        classes[name] = list(features) if features else None
+    setting = params.get("setting") or {}
+    settings = {k: setting.get(k, default) for k, default in _FEATURE_SETTINGS.items()}
+    return classes, settings
+
+
+def extract_ibsi(
+    image: sitk.Image,
+    mask: sitk.Image,
+    label: int = 1,
+    params: dict[str, Any] | None = None,
+    config: IBSIConfig | str | dict | None = None,
+) -> dict[str, float]:
+    """Features of one ROI in IBSI mode, under pyradiomics names.
+
+    Parameters
+    ----------
+    image, mask : SimpleITK.Image
+        The scan and its label map on the same grid.
+    label : int
+        The mask value of the ROI.
+    params : dict, optional
+        A parsed pyradiomics params file: ``featureClass`` chooses the features (default: all
+        classes but ``shape2D``), ``setting`` gives ``distances``, ``symmetricalGLCM`` and
+        ``gldm_a``. Its preprocessing settings are used only when ``config`` is None.
+    config : IBSIConfig, str, dict or None
+        The IBSI preprocessing: an :class:`IBSIConfig`, a configuration name (``"A"``-``"E"``), a
+        mapping for :meth:`IBSIConfig.from_dict`, or None to read it from ``params``
+        (:meth:`IBSIConfig.from_params`). It replaces pyradiomics' resampling, resegmentation,
+        discretisation and aggregation settings.
+
+    Returns
+    -------
+    dict
+        ``original_<class>_<Feature>`` -> value, for the config's aggregation. Besides
+        pyradiomics' features: ``original_histogram_<Feature>`` (statistics of the discretised
+        intensities, IBSI's intensity histogram family, when ``firstorder`` is enabled) and
+        ``original_gldm_GrayLevelNonUniformityNormalized``. Axis lengths use IBSI's N - 1 covariance;
+        ``Kurtosis`` stays pyradiomics' (not excess) kurtosis, as the name says;
+        :func:`to_ibsi_names` converts.
+
+    Raises
+    ------
+    SpecError
+        ``params`` or ``config`` cannot be honoured (see :func:`check_ibsi_params`).
+    ValueError
+        The ROI is missing, or too few voxels survive interpolation or resegmentation.
+
+    Examples
+    --------
+    >>> import numpy as np, SimpleITK as sitk
+    >>> img = sitk.GetImageFromArray(np.arange(64, dtype=float).reshape(4, 4, 4))
+    >>> msk = sitk.GetImageFromArray(np.ones((4, 4, 4), np.uint8))
+    >>> f = extract_ibsi(img, msk, 1, {"featureClass": {"firstorder": ["Mean"]}}, IBSIConfig(bin_count=8))
+    >>> f["original_firstorder_Mean"], f["original_histogram_Maximum"]
+    (31.5, 8.0)
+    """
+    classes, settings = check_ibsi_params(params)
+    cfg = resolve_config(config, params)
+    pre = preprocess(image, mask, label, cfg)
+    return compute_features(pre, classes, settings, (cfg.aggregation,))[cfg.aggregation]

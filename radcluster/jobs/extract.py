@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from ..cohort import Cohort, Scan, read_label_table, read_manifest
+from ..errors import FailureRecord
 from ..extract import ExtractionSettings, ScanResult, extract_scan
 from ..extract.engines import combined_key, from_spec
 from ..plan import Plan, Task, file_stat, make_plan, part_key, read_headers
@@ -135,12 +136,12 @@ def _merged(parts: list[_Packed]) -> _Packed:
 
     results = [p.result for p in parts]
     first = results[0]
-    failures = [f for f in first.failures if f["label"] is None]
-    label_failures: dict[int, dict[str, Any]] = {}
+    failures = [f for f in first.failures if f.label is None]
+    label_failures: dict[int, FailureRecord] = {}
     for r in results:
         for f in r.failures:
-            if f["label"] is not None:
-                label_failures.setdefault(f["label"], f)
+            if f.label is not None:
+                label_failures.setdefault(f.label, f)
     names = list(dict.fromkeys(n for r in results for n in r.feature_names))
     where = {n: j for j, n in enumerate(names)}
     rows: dict[int, dict[str, Any]] = {}
@@ -166,20 +167,6 @@ def _merged(parts: list[_Packed]) -> _Packed:
         plain_filters=list(dict.fromkeys(f for r in results for f in r.plain_filters)),
     )
     return _Packed(merged, np.array([values[label] for label in labels]).reshape(len(labels), len(names)))
-
-
-def _task_failure(scan: Scan, err: BaseException) -> dict[str, Any]:
-    # A task that raised instead of returning a ScanResult: the worker died on it
-    # repeatedly (KilledWorker) or radcluster itself has a bug; either way it is recorded.
-    stage = "worker" if type(err).__name__ == "KilledWorker" else "task"
-    return {
-        "case_id": scan.case_id,
-        "label": None,
-        "stage": stage,
-        "error_type": type(err).__name__,
-        "message": f"case {scan.case_id!r}: {stage} failed ({scan.image}): {err}",
-        "file": scan.image,
-    }
 
 
 FAULT_ENV = "RADCLUSTER_FAULT_EXIT_CASE"
@@ -253,7 +240,7 @@ class _Writer:
         """pyradiomics name -> IBSI tag of this part's features, so the store describes itself."""
         import pandas as pd
 
-        from ..ibsi import to_ibsi_names
+        from ..ibsi.names import to_ibsi_names
 
         names = list(self.features)
         if self._ibsi_cache[0] == names:  # the same features part after part: mapped once
@@ -264,7 +251,7 @@ class _Writer:
         self._ibsi_cache = (names, {a: b for a, b in zip(names, renamed, strict=True) if a != b})
         return self._ibsi_cache[1]
 
-    def add(self, packed: _Packed | None, failures: list[dict[str, Any]]) -> None:
+    def add(self, packed: _Packed | None, failures: list[FailureRecord]) -> None:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         if packed is not None and packed.result.rows:
             result = packed.result
@@ -273,7 +260,7 @@ class _Writer:
                 self._names_seen = result.feature_names
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
             self.blocks.append((result.feature_names, packed.values))
-        self.failures.extend({**f, "run_id": self.run_id, "failed_at": now} for f in failures)
+        self.failures.extend(f.row(run_id=self.run_id, failed_at=now) for f in failures)
         if (
             len(self.rows) + len(self.failures) >= self.flush_rows
             or time.monotonic() - self.last_flush >= self.flush_seconds
@@ -401,7 +388,7 @@ def run_extract(
     run_id = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.UTC).isoformat()
-    from ..ibsi import aggregation_from_settings
+    from ..ibsi.names import aggregation_from_settings
 
     parsed = yaml.safe_load(settings.params_text) or {}
     meta = {
@@ -443,21 +430,7 @@ def run_extract(
     )
     summary.new, summary.changed, summary.skipped = len(plan.new), len(plan.changed), len(plan.skipped)
     for scan, need in plan.too_large:
-        writer.add(
-            None,
-            [
-                {
-                    "case_id": scan.case_id,
-                    "label": None,
-                    "stage": "plan",
-                    "error_type": "ScanTooLarge",
-                    "file": scan.image,
-                    "message": f"case {scan.case_id!r}: plan failed ({scan.image}): needs about {need / 2**30:.1f} GiB "
-                    f"to extract, the largest worker has {memory / 2**30:.1f} GiB; use workers with more "
-                    "memory (--memory-limit, or fewer threads per worker)",
-                }
-            ],
-        )
+        writer.add(None, [FailureRecord.too_large(scan.case_id, scan.image, need, memory)])
         failed[scan.case_id] = None
 
     futures: dict[Any, Task] = {}
@@ -493,7 +466,7 @@ def run_extract(
             task = futures.pop(fut)
             try:
                 results: list[_Packed] = fut.result()
-            except Exception as err:  # the task itself died; see _task_failure
+            except Exception as err:  # the task itself died (FailureRecord.from_task_error)
                 if len(task.scans) > 1:
                     # One of the group killed its worker (or hit a bug): retry each scan
                     # alone, first, so only the culprit is given up.
@@ -508,7 +481,7 @@ def run_extract(
                     continue
                 for scan in task.scans:
                     if scan.case_id not in failed:  # the other parts of a split scan: once
-                        writer.add(None, [_task_failure(scan, err)])
+                        writer.add(None, [FailureRecord.from_task_error(scan.case_id, scan.image, err)])
                     failed[scan.case_id] = None
                     parts.pop(scan.case_id, None)
                 submit_more()
@@ -596,24 +569,8 @@ def extract_job(
     requested, so a typo costs seconds, not a queue wait.
     """
     from ..cluster import connect, dashboard_link
-    from ..errors import SpecError
 
-    if job.manifest is None or job.store is None:
-        raise SpecError("an extract job needs 'manifest' and 'store'")
-    cohort = read_manifest(job.resolve(job.manifest))
-    params_text, params_hash = read_params(job.resolve(job.extraction.params))
-    labels = read_label_table(job.resolve(job.extraction.label_table))
-    # every engine is checked here, before any cluster starts (an ONNX model is read and run once)
-    engines = from_spec(job.extraction, params_text, job.resolve)
-    settings = ExtractionSettings(
-        params_text,
-        combined_key(params_hash, engines),
-        labels,
-        job.extraction.fast,
-        job.extraction.sitk_threads,
-        job.extraction.ibsi,
-        engines,
-    )
+    cohort, settings = _prepare(job)
     store_url = job.resolve(job.store)
     open_store(store_url, must_exist=False).check_params(settings.params_hash)  # before any cluster starts
     with contextlib.ExitStack() as stack:
@@ -634,3 +591,38 @@ def extract_job(
             cluster_info=info,
             claim_memory=_claims_memory(job.cluster),
         )
+
+
+def _prepare(job: JobSpec) -> tuple[Cohort, ExtractionSettings]:
+    """The cohort and the settings of an extract job: manifest, params, label table and every
+    engine read and checked (an ONNX model is read and run once); no cluster needed."""
+    cohort = read_manifest(job.resolve(job.manifest))
+    params_text, params_hash = read_params(job.resolve(job.extraction.params))
+    labels = read_label_table(job.resolve(job.extraction.label_table))
+    engines = from_spec(job.extraction, params_text, job.resolve)
+    settings = ExtractionSettings(
+        params_text,
+        combined_key(params_hash, engines),
+        labels,
+        job.extraction.fast,
+        job.extraction.sitk_threads,
+        job.extraction.ibsi,
+        engines,
+    )
+    return cohort, settings
+
+
+def plan_job(job: JobSpec) -> Plan:
+    """What an extract job would submit against its store as it is now (``radcluster run
+    --dry-run``): nothing is extracted and no cluster starts."""
+    from ..extract._radiomics import get_extractor
+
+    cohort, settings = _prepare(job)
+    store = open_store(job.resolve(job.store), must_exist=False)
+    return make_plan(
+        cohort,
+        store.current_keys(),
+        settings.params_hash,
+        get_extractor(settings.params_text).enabledImagetypes,
+        engines=settings.engine_list(),
+    )

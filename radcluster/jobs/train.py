@@ -1,11 +1,11 @@
-"""Training and prediction from a feature store: the orchestration over :mod:`radcluster.learn`.
+"""Training from a feature store: the orchestration over :mod:`radcluster.learn`.
 
 :func:`load_training_data` joins the store's Zarr matrix (a dask array, never gathered) to
 the target: a column the manifest carried into the store, or a clinical table keyed by
 ``case_id``. :func:`train_store` cross-validates, fits the final model on the development
 rows, evaluates the held-out test rows, and writes an immutable registry version with its
-report. :func:`predict_store` applies a version to another store. :class:`TrainSpec` is the
-``train:`` section of a job spec.
+report (:mod:`radcluster.jobs.predict` applies it to another store). :class:`TrainSpec` is
+the ``train:`` section of a job spec.
 """
 
 from __future__ import annotations
@@ -24,17 +24,12 @@ import numpy as np
 import pandas as pd
 
 from .. import _io
-from ..errors import ModelError, SpecError
-from ..learn.cv import cross_validate, evaluate, fit_final, main_metric, make_splits
+from ..learn.cv import cross_validate, evaluate, fit_final, make_splits, score_columns
 from ..learn.dataset import (
     TrainingData,
     load_training_data,
-    matrix_params_hashes,
-    pivot_by_label,
-    read_clinical,
-    read_store_columns,
 )
-from ..learn.models import make_model, save_model
+from ..learn.models import main_metric, make_model, save_model
 from ..learn.preprocess import Preprocessor
 from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, feature_kind, parse_train_spec
 
@@ -51,8 +46,6 @@ __all__ = [
     "TrainResult",
     "train_store",
     "train_job",
-    "predict_store",
-    "demo_train",
 ]
 
 
@@ -103,18 +96,6 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(Exception):
             out[mod] = __import__(mod).__version__
     return out
-
-
-def _score_columns(task: str, scores: np.ndarray, classes: np.ndarray | None) -> dict[str, np.ndarray]:
-    if task == "binary":
-        return {"probability": scores[:, 1]}
-    if task == "multiclass":
-        return {f"p_{c}": scores[:, i] for i, c in enumerate(classes)}
-    if task == "survival":
-        return {"risk": scores}
-    if task == "clustering":
-        return {"cluster": scores.astype(int)}
-    return {"predicted": scores}
 
 
 def train_store(
@@ -341,7 +322,7 @@ def _write_version(
     if target.task == "survival":
         frame["event"] = target.event
     if scores_all is not None:
-        for name, col in _score_columns(target.task, scores_all, target.classes).items():
+        for name, col in score_columns(target.task, scores_all, target.classes).items():
             frame[name] = col
     frame.to_parquet(v.path / "predictions.parquet", index=False)
     if pca_scores is not None:
@@ -406,8 +387,6 @@ def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResu
     """Run a ``kind: train`` job spec: validate the config and data first, then start (or use) a cluster."""
     from ..cluster import connect, dashboard_link
 
-    if job.store is None:
-        raise SpecError("a train job needs 'store'")
     spec = parse_train_spec(job.train)
     if spec.clinical:
         spec = spec.model_copy(update={"clinical": job.resolve(spec.clinical)})
@@ -420,110 +399,3 @@ def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResu
         if on_dashboard is not None:
             on_dashboard(dashboard_link(client))
         return train_store(store_url, spec, client, registry, on_fold=on_fold)
-
-
-# --- prediction ------------------------------------------------------------------------------
-def predict_store(
-    version_path: str | os.PathLike,
-    store_url: str,
-    *,
-    out: str | os.PathLike | None = None,
-    clinical: str | None = None,
-    trust: tuple[str, ...] = (),
-) -> pd.DataFrame:
-    """Apply a registry version (a folder or a URL) to every row of a store; optionally write
-    the Parquet ``out``.
-
-    Runs on the current Dask scheduler (a distributed client if one is active). The store
-    must hold every feature the model was trained on (any order, extra ones ignored).
-
-    Raises
-    ------
-    ModelError
-        Naming the missing features, or a missing batch column for a ComBat model.
-    """
-    from ..registry.versions import open_version
-    from ..store import open_store
-
-    version = open_version(version_path, trust=trust)
-    store = open_store(store_url)
-    X, rows, names = store.matrix()
-    rows = rows.assign(case_id=rows["case_id"].astype(str))
-    feats = version.features
-    combat = feats.get("combat")
-    if combat or feats.get("pivot_labels"):
-        extra = read_store_columns(store, [combat] if combat else [])
-        rows = rows.merge(extra, on=["case_id", "label"], how="left")
-        if clinical:
-            clin = read_clinical(clinical)
-            rows = rows.drop(columns=[c for c in clin.columns if c != "case_id" and c in rows]).merge(
-                clin, on="case_id", how="left"
-            )
-    if feats.get("pivot_labels"):
-        X, rows, names, _ = pivot_by_label(X, rows, names, feats["pivot_labels"])
-    wanted = feats["input"]
-    position = {n: i for i, n in enumerate(names)}
-    missing = [f for f in wanted if f not in position]
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise ModelError(
-            f"store {store_url!r} lacks {len(missing)} feature(s) model {version.name!r} was "
-            f"trained on: {shown}; extract with the same params "
-            f"(training params hash {version.meta.get('store_params_hashes')})"
-        )
-    idx = np.array([position[f] for f in wanted])
-    if not np.array_equal(idx, np.arange(len(names))):
-        X = X[:, idx]
-    hashes = set(matrix_params_hashes(store))
-    trained = set(version.meta.get("store_params_hashes") or [])
-    if hashes and trained and not hashes <= trained:
-        logger.warning(
-            "store %s was extracted with params %s, the model with %s: features may differ",
-            store_url,
-            sorted(hashes),
-            sorted(trained),
-        )
-    batch = None
-    if combat:
-        if combat not in rows or rows[combat].isna().any():
-            raise ModelError(
-                f"model {version.name!r} harmonises by {combat!r} (ComBat): every row of "
-                f"store {store_url!r} needs it (carried column or --clinical table)"
-            )
-        batch = rows[combat].astype(str).to_numpy()
-    scores = version.model.predict_scores(version.preprocessor.transform(X, batch=batch)).compute()
-    frame = rows[["case_id", "label"]].reset_index(drop=True).copy()
-    classes = np.asarray(version.meta.get("classes") or [])
-    cols = _score_columns(version.task, scores, classes if classes.size else None)
-    for name, col in cols.items():
-        frame[name] = col
-    if version.task in ("binary", "multiclass"):
-        frame["predicted"] = classes[np.asarray(scores).argmax(axis=1)]
-    frame["model_version"] = version.name
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(out, index=False)
-    return frame
-
-
-# --- demo ------------------------------------------------------------------------------------
-# Two dozen cases: boosted stumps on a few PCA scores, a model small enough for that many.
-DEMO_SPEC = {
-    "target": "outcome",
-    "model": "xgboost",
-    "params": {"xgboost": {"n_estimators": 100, "max_depth": 1, "learning_rate": 0.1}},
-    "preprocess": {"pca": 0.9, "pca_max_components": 10},
-    "cv": {"folds": 5, "seed": 0},
-    "metrics": {"bootstrap": 500},
-}
-
-
-def demo_train(
-    store_url: str, registry_url: str | os.PathLike, client
-) -> tuple[Path | str, float | None, Path | str | None]:
-    """Train xgboost on the demo store's ``outcome`` (cases without one are left out).
-
-    Returns ``(version_path, cv_auc, report_path)``.
-    """
-    result = train_store(store_url, DEMO_SPEC, client, registry_url)
-    return result.version, result.cv_auc, result.report

@@ -6,20 +6,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..errors import ModelError
+from ._arrays import array_module
 
 __all__ = ["ComBat"]
-
-
-def _xp(X):
-    import dask.array as da
-
-    return da if isinstance(X, da.Array) else np
-
-
-def _as_dask(X):
-    import dask.array as da
-
-    return X if isinstance(X, da.Array) else da.from_array(np.asarray(X, dtype=float))
 
 
 def _codes_like(X, codes: np.ndarray):
@@ -69,7 +58,7 @@ class ComBat(BaseEstimator, TransformerMixin):
             raise ModelError(
                 f"ComBat needs at least 2 batches; the training rows hold only {[str(b) for b in self.batches_]}"
             )
-        xp = _xp(X)
+        xp = array_module(X)
         Xd = X.rechunk({1: -1}) if xp is not np else X
         onehot = _codes_like(Xd, codes)
         eye = np.eye(len(self.batches_))
@@ -140,7 +129,7 @@ class ComBat(BaseEstimator, TransformerMixin):
             c = c[:, 0]
             return ((x - alpha) / sd - g[c]) / sqrt_d[c] * sd + alpha
 
-        xp = _xp(X)
+        xp = array_module(X)
         if xp is np:
             return adjust(np.asarray(X, dtype=float), codes[:, None])
         X = X.rechunk({1: -1})

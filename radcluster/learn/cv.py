@@ -247,12 +247,14 @@ def evaluate(
     raise ModelError(f"unknown task {task!r}")  # pragma: no cover
 
 
-def main_metric(task: str) -> str:
-    """The headline metric of a task (shown by ``radcluster models list``)."""
-    return {
-        "binary": "roc_auc",
-        "multiclass": "roc_auc",
-        "regression": "r2",
-        "survival": "c_index",
-        "clustering": "silhouette",
-    }[task]
+def score_columns(task: str, scores: np.ndarray, classes: np.ndarray | None) -> dict[str, np.ndarray]:
+    """A model's scores as the named columns of a predictions table (probability, risk, ...)."""
+    if task == "binary":
+        return {"probability": scores[:, 1]}
+    if task == "multiclass":
+        return {f"p_{c}": scores[:, i] for i, c in enumerate(classes)}
+    if task == "survival":
+        return {"risk": scores}
+    if task == "clustering":
+        return {"cluster": scores.astype(int)}
+    return {"predicted": scores}

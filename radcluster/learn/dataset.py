@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import _io
 from ..errors import ModelError
 from ..spec.training import TrainSpec, feature_kind
 from .cv import Target
@@ -56,10 +57,7 @@ def read_store_columns(store, columns: list[str]) -> pd.DataFrame:
 
 def read_clinical(path: str) -> pd.DataFrame:
     try:
-        if path.lower().endswith((".parquet", ".pq")):
-            table = pd.read_parquet(path)
-        else:
-            table = pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",", dtype={"case_id": str})
+        table = _io.read_table(path, dtype={"case_id": str})
     except FileNotFoundError:
         raise ModelError(f"clinical table {path!r} does not exist") from None
     except Exception as err:  # pandas raises many types for unreadable tables
@@ -71,6 +69,18 @@ def read_clinical(path: str) -> pd.DataFrame:
     if dup:
         raise ModelError(f"clinical table {path!r}: duplicate case_id(s) {dup[:5]}")
     return table
+
+
+def merge_clinical(frame: pd.DataFrame, clinical: str | None) -> pd.DataFrame:
+    """``frame`` with the clinical table's columns joined by ``case_id`` (none: unchanged);
+    a clinical column replaces a store column of the same name."""
+    if not clinical:
+        return frame
+    clin = read_clinical(clinical)
+    overlap = [c for c in clin.columns if c != "case_id" and c in frame.columns]
+    if overlap:
+        logger.info("clinical table %s overrides store column(s) %s", clinical, overlap)
+    return frame.drop(columns=overlap).merge(clin, on="case_id", how="left")
 
 
 def pivot_by_label(X, rows: pd.DataFrame, names: list[str], labels: list[int] | None = None):
@@ -207,12 +217,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     table = read_store_columns(store, needed)
     frame = rows.merge(table, on=["case_id", "label"], how="left", validate="one_to_one")
     clinical = clinical or spec.clinical
-    if clinical:
-        clin = read_clinical(clinical)
-        overlap = [c for c in clin.columns if c != "case_id" and c in frame.columns]
-        if overlap:
-            logger.info("clinical table %s overrides store column(s) %s", clinical, overlap)
-        frame = frame.drop(columns=overlap).merge(clin, on="case_id", how="left")
+    frame = merge_clinical(frame, clinical)
     pivot_labels = None
     if spec.labels == "pivot":
         X, frame, names, pivot_labels = pivot_by_label(X, frame, names)

@@ -15,7 +15,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..errors import ModelError
-from .combat import ComBat, _as_dask, _xp
+from ..spec.training import pca_option
+from ._arrays import array_module, as_dask
+from .combat import ComBat
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ logger = logging.getLogger(__name__)
 def _single_column_block(X):
     """dask-ml wants every row block to hold all columns (a pivoted matrix has several);
     rows per block are then chosen by dask to keep blocks near its default size."""
-    if _xp(X) is np or X.numblocks[1] == 1:
+    if array_module(X) is np or X.numblocks[1] == 1:
         return X
     return X.rechunk({0: "auto", 1: -1})
 
@@ -122,19 +124,17 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             raise ModelError(f"Preprocessor: 'impute' must be 'median' or 'mean'; got {self.impute!r}")
         if self.pca_solver not in ("auto", "tsqr", "randomized"):
             raise ModelError(f"Preprocessor: 'pca_solver' must be auto, tsqr or randomized; got {self.pca_solver!r}")
-        pca = self.pca
-        if pca is not None and not (isinstance(pca, int) and pca >= 1 or isinstance(pca, float) and 0 < pca < 1):
-            raise ModelError(
-                f"Preprocessor: 'pca' must be a number of components (int >= 1) or a "
-                f"variance share in (0, 1); got {pca!r}"
-            )
+        try:
+            pca_option(self.pca)
+        except ValueError as err:
+            raise ModelError(f"Preprocessor: 'pca' {err}; got {self.pca!r}") from None
 
     def fit(self, X, y=None, *, batch: np.ndarray | None = None):
         import dask
         import dask.array as da
 
         self._validate()
-        X = _single_column_block(_as_dask(X).astype(float))
+        X = _single_column_block(as_dask(X).astype(float))
         n, p = X.shape
         if n < 3:
             raise ModelError(f"Preprocessor: {n} training row(s); need at least 3")
@@ -202,7 +202,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         return self
 
     def _impute(self, X):
-        xp = _xp(X)
+        xp = array_module(X)
         X = X[:, self.columns_]
         X = xp.where(xp.isfinite(X), X, np.nan)
         return xp.where(xp.isnan(X), self.impute_values_, X)
@@ -211,7 +211,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         import dask
 
         Z = (X[:, support] - mu[support]) / sd[support]
-        corr = dask.compute(Z.T @ Z)[0] / X.shape[0] if _xp(X) is not np else Z.T @ Z / X.shape[0]
+        corr = dask.compute(Z.T @ Z)[0] / X.shape[0] if array_module(X) is not np else Z.T @ Z / X.shape[0]
         kept: list[int] = []
         for j in range(support.size):
             if all(abs(corr[j, i]) <= self.max_correlation for i in kept):

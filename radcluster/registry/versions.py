@@ -91,33 +91,6 @@ def storage_failures(url: str, doing: str) -> Iterator[None]:
         raise RegistryError(f"registry storage {url!r}: cannot {doing}: {type(err).__name__}: {err}") from err
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _clean(value: Any) -> Any:
-    """NaN/inf become null, so the JSON files are standard JSON."""
-    if isinstance(value, float | np.floating):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(_clean(data), indent=2, default=_json_default, allow_nan=False) + "\n")
-
-
 @dataclass
 class VersionWriter:
     """A version being written: files go into the local folder ``path``, metadata into ``meta``.
@@ -133,7 +106,7 @@ class VersionWriter:
 
     def write_json(self, name: str, data: Any) -> Path:
         target = self.path / name
-        write_json(target, data)
+        _io.write_json(target, data)
         return target
 
 
@@ -171,7 +144,7 @@ def new_version(registry: str | os.PathLike, model: str) -> Iterator[VersionWrit
         yield writer
         files = sorted(p.name for p in staging.iterdir() if p.is_file() and p.name not in _UNHASHED)
         writer.meta["files"] = {f: _sha256(staging / f) for f in files}
-        write_json(staging / "version.json", writer.meta)
+        _io.write_json(staging / "version.json", writer.meta)
         if root is None:
             writer.location = _upload(staging, _io.join(url, name))
         else:

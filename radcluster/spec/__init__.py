@@ -5,23 +5,33 @@ into which store, on which cluster. Each pipeline stage has its own section; eve
 rejects unknown keys and names the closest valid one, and every error names the key, the
 bad value and what is expected.
 
-Precedence is resolved in one place, :func:`build_job`: command-line overrides, then the job
-YAML, then the defaults declared on the models below (the single source of defaults;
-``radcluster config defaults`` prints them with their descriptions).
+Precedence is resolved in one place, :func:`build_job`, the same for every key: a command-line
+flag, then the job YAML, then the environment (:data:`ENVIRONMENT`: ``RADCLUSTER_REGISTRY``,
+``RADCLUSTER_SCHEDULER_ADDRESS``), then the defaults declared on the models below (the single
+source of defaults; ``radcluster config defaults`` prints them with their descriptions).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import SpecError
+from ._base import Section, format_errors, section_model
 from .training import TrainSpec
 
 __all__ = [
@@ -32,7 +42,6 @@ __all__ = [
     "KubernetesClusterSpec",
     "ClusterSpec",
     "ExtractionSpec",
-    "OnnxEngineSpec",
     "JobSpec",
     "build_job",
     "load_job",
@@ -40,11 +49,7 @@ __all__ = [
 ]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TLSSpec(_Section):
+class TLSSpec(Section):
     """Certificates for TLS between client, scheduler and workers (``distributed.Security``)."""
 
     ca_file: str = Field(..., description="CA certificate (PEM) that signed the others")
@@ -66,7 +71,7 @@ class TLSSpec(_Section):
         )
 
 
-class LocalClusterSpec(_Section):
+class LocalClusterSpec(Section):
     """An in-process :class:`distributed.LocalCluster` (the default)."""
 
     kind: Literal["local"] = "local"
@@ -83,7 +88,7 @@ class LocalClusterSpec(_Section):
     )
 
 
-class AddressClusterSpec(_Section):
+class AddressClusterSpec(Section):
     """An already running scheduler."""
 
     kind: Literal["address"] = "address"
@@ -91,7 +96,7 @@ class AddressClusterSpec(_Section):
     tls: TLSSpec | None = Field(None, description="client certificates for a tls:// scheduler")
 
 
-class _JobQueueSpec(_Section):
+class _JobQueueSpec(Section):
     cores: int = Field(1, ge=1, description="cores per batch job")
     memory: str = Field("4GiB", description="memory per batch job")
     processes: int = Field(1, ge=1, description="worker processes per batch job")
@@ -120,7 +125,7 @@ class PBSClusterSpec(_JobQueueSpec):
     kind: Literal["pbs"] = "pbs"
 
 
-class KubernetesClusterSpec(_Section):
+class KubernetesClusterSpec(Section):
     """Inside a Dask operator DaskJob: the scheduler address comes from the environment."""
 
     kind: Literal["kubernetes"] = "kubernetes"
@@ -133,7 +138,7 @@ ClusterSpec = Annotated[
 ]
 
 
-class OnnxEngineSpec(_Section):
+class OnnxEngineSpec(Section):
     """An ONNX model as a feature engine: each ROI's embedding as columns ``deep_<name>_<i>``."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9]+$", description="letters and digits; columns deep_<name>_<i>")
@@ -200,7 +205,7 @@ def _engine_options(entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-class OnnxEntry(_Section):
+class OnnxEntry(Section):
     onnx: OnnxEngineSpec
 
 
@@ -212,7 +217,7 @@ EngineEntry = Annotated[
 ]
 
 
-class ExtractionSpec(_Section):
+class ExtractionSpec(Section):
     """How each scan is extracted."""
 
     params: str | None = Field(None, description="pyradiomics params YAML; default: the packaged one")
@@ -238,7 +243,7 @@ class ExtractionSpec(_Section):
         return v
 
 
-class RetrainSpec(_Section):
+class RetrainSpec(Section):
     """How a retrain decides whether the new model replaces the champion."""
 
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="patients drawn once per registry as hold-out")
@@ -246,14 +251,24 @@ class RetrainSpec(_Section):
     seed: int = Field(0, ge=0, description="seed of the hold-out draw")
 
 
-class PredictSpec(_Section):
+class PredictSpec(Section):
     """Which model version a predict job applies, and where the predictions go."""
 
     version: str = Field("champion", description="model version folder, or 'champion' (the registry's)")
     output: str = Field("predictions.parquet", description="predictions Parquet file")
 
 
-class JobSpec(_Section):
+# What each kind of job needs beyond the defaults: checked when the spec is built, so every
+# runner can rely on it and no cluster starts for a job that cannot run.
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "extract": ("manifest", "store"),
+    "train": ("store",),
+    "predict": ("store",),
+    "retrain": ("store", "registry", "train"),
+}
+
+
+class JobSpec(Section):
     """A whole job: what to run, on what, where."""
 
     kind: Literal["extract", "train", "predict", "retrain"] = "extract"
@@ -274,58 +289,19 @@ class JobSpec(_Section):
             raise ValueError("must not be empty")
         return v
 
+    @model_validator(mode="after")
+    def _requirements(self) -> JobSpec:
+        missing = [key for key in REQUIRES[self.kind] if getattr(self, key) is None]
+        if missing:
+            article = "an" if self.kind[0] in "aeiou" else "a"
+            raise ValueError(f"{article} {self.kind} job needs {' and '.join(repr(k) for k in missing)}")
+        return self
+
     def resolve(self, path: str | None) -> str | None:
         """``path`` made absolute against the job file's folder (URLs pass unchanged)."""
         if path is None or "://" in path or os.path.isabs(path) or self.base_dir is None:
             return path
         return str(Path(self.base_dir, path))
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    """The section model of a field annotated ``Section`` or ``Section | None``."""
-    return next(
-        (
-            a
-            for a in (annotation, *getattr(annotation, "__args__", ()))
-            if isinstance(a, type) and issubclass(a, BaseModel)
-        ),
-        None,
-    )
-
-
-def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys at ``loc`` (used to suggest the closest one for an unknown key).
-
-    ``cluster`` sections depend on their kind and are answered by :func:`_cluster_fields`.
-    """
-    if loc[:2] == ("extraction", "engines") and "onnx" in loc:
-        return list(OnnxEngineSpec.model_fields)
-    current: type[BaseModel] | None = model
-    for part in loc[:-1]:
-        field = current.model_fields.get(part) if current is not None and part != "cluster" else None
-        current = _section_model(field.annotation) if field is not None else None
-    return list(current.model_fields) if current is not None else []
-
-
-def _format_errors(err: ValidationError, source: str, model: type[BaseModel], raw: dict) -> str:
-    lines = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        if len(loc) > 1 and loc[0] == "cluster" and loc[1] in _CLUSTER_KINDS:
-            loc = (loc[0], *loc[2:])  # pydantic names the union member; users wrote 'cluster.x'
-        if loc[:2] == ("extraction", "engines") and len(loc) > 3:
-            loc = (*loc[:3], *loc[4:])  # the same for the form of an engines entry
-
-        key = ".".join(str(p) for p in loc)
-        if e["type"] == "extra_forbidden":
-            valid = _cluster_fields(raw, loc) or _fields_of(model, loc)
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-            lines.append(f"unknown key {key!r}{hint}")
-        else:
-            value = e.get("input")
-            lines.append(f"key {key!r}: {e['msg']} (got {value!r})")
-    return f"invalid job spec {source}:\n" + "\n".join(f"  - {line}" for line in lines)
 
 
 _CLUSTER_KINDS = {
@@ -337,13 +313,15 @@ _CLUSTER_KINDS = {
 }
 
 
-def _cluster_fields(raw: dict, loc: tuple[Any, ...]) -> list[str]:
-    if len(loc) >= 2 and loc[0] == "cluster":
-        kind = (raw.get("cluster") or {}).get("kind", "local")
-        spec = _CLUSTER_KINDS.get(kind)
-        if spec is not None:
-            return list(spec.model_fields)
-    return []
+# The environment variables radcluster reads, by the job key each one sets when neither a
+# flag nor the job file does. A scheduler address from the environment stands for a
+# ``cluster: {kind: address}`` section.
+ENVIRONMENT = {"registry": "RADCLUSTER_REGISTRY", "cluster.address": "RADCLUSTER_SCHEDULER_ADDRESS"}
+
+
+def from_environment(key: str) -> str | None:
+    """The value the environment gives job key ``key`` (see :data:`ENVIRONMENT`), or None."""
+    return os.environ.get(ENVIRONMENT[key]) or None
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -371,7 +349,8 @@ def build_job(
         The job as read from YAML.
     overrides : dict, optional
         ``{"cluster.workers": 2, ...}``; values that are ``None`` are ignored, so
-        unset command-line flags do not mask the YAML.
+        unset command-line flags do not mask the YAML. Keys neither sets come from the
+        environment (:data:`ENVIRONMENT`), then from the defaults.
     source : str
         Named in error messages (the YAML path).
     base_dir : str, optional
@@ -388,6 +367,10 @@ def build_job(
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
+    if raw.get("registry") is None and from_environment("registry"):
+        raw["registry"] = from_environment("registry")
+    if raw.get("cluster") is None and from_environment("cluster.address"):
+        raw["cluster"] = {"kind": "address", "address": from_environment("cluster.address")}
     if isinstance(raw.get("cluster"), dict):
         raw["cluster"] = {"kind": "local", **raw["cluster"]}  # the default kind may be left out
     if base_dir is not None:
@@ -395,7 +378,7 @@ def build_job(
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(_format_errors(err, source, JobSpec, raw)) from None
+        raise SpecError(format_errors(err, source, JobSpec)) from None
 
 
 def load_job(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> JobSpec:
@@ -465,7 +448,11 @@ def defaults_yaml() -> str:
                     lines.append(f"{pad}  # --- kind: {kind}: {spec.__doc__.strip().splitlines()[0]}")
                     emit(spec, indent + 2)
                 continue
-            section = _section_model(ann)
+            if model is TrainSpec and name == "params":
+                lines.append(f"{pad}params:  # {f.description}")
+                lines.extend(f"{pad}  {line}" for line in _model_defaults())
+                continue
+            section = section_model(ann)
             if section is not None:
                 lines.append(f"{pad}{name}:" + ("   # optional section" if section is not ann else ""))
                 emit(section, indent + 2)
@@ -474,12 +461,7 @@ def defaults_yaml() -> str:
                 lines.append(f"{pad}{name}:   # required: {f.description}")
                 continue
             default = f.get_default(call_default_factory=True)
-            value = (
-                yaml.safe_dump(list(default) if isinstance(default, tuple) else default, default_flow_style=True)
-                .strip()
-                .removesuffix("...")
-                .strip()
-            )
+            value = _flow(list(default) if isinstance(default, tuple) else default)
             comment = f"  # {f.description}" if f.description else ""
             lines.append(f"{pad}{name}: {value}{comment}")
             if model is ExtractionSpec and name == "engines":
@@ -490,3 +472,19 @@ def defaults_yaml() -> str:
 
     emit(JobSpec, 0)
     return "\n".join(lines)
+
+
+def _model_defaults() -> list[str]:
+    """One line per registered model: its defaults as a ``train.params`` entry, its tasks and what it is."""
+    from ..learn.models import families
+
+    return [
+        f"{name}: {_flow(dict(m.defaults))}  # {', '.join(m.tasks)}: {m.description}" for name, m in families().items()
+    ]
+
+
+def _flow(value: Any) -> str:
+    """``value`` as one line of YAML."""
+    return (
+        yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).strip().removesuffix("...").strip()
+    )

@@ -7,15 +7,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
+from ._base import Section, format_errors
 
-__all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_spec", "MODELS"]
+__all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "parse_train_spec"]
 
 # What `features:` selects. Deep engines (radcluster.extract.engines, kind "deep") name their
 # columns deep_<name>_<i>; every other feature column is radiomics (pyradiomics, IBSI mode).
@@ -28,16 +30,17 @@ def feature_kind(name: str) -> str:
     return "deep" if name.startswith(DEEP_PREFIX) else "radiomics"
 
 
-# Model names (radcluster._models implements them); here so that validating a spec imports
-# only pydantic, not scikit-learn.
-MODELS = ("xgboost", "logistic_regression", "random_forest", "svm", "naive_bayes", "decision_tree", "ridge", "kmeans")
+def pca_option(value: Any) -> int | float | None:
+    """``value`` if it is a valid ``preprocess.pca``: a number of components (int >= 1), a
+    share of the variance to explain (float in (0, 1)), or None (no PCA); else ValueError."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    raise ValueError("must be a number of components (int >= 1), a variance share in (0, 1) or none")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PreprocessSpec(_Section):
+class PreprocessSpec(Section):
     """Preprocessing, fitted on the training rows of each fold only."""
 
     impute: Literal["median", "mean"] = Field("median", description="fill missing/non-finite values with")
@@ -51,21 +54,26 @@ class PreprocessSpec(_Section):
     )
     scale: bool = Field(True, description="dask-ml StandardScaler")
     pca: int | float | None = Field(
-        0.95, description="PCA components (int) or explained-variance share (float in (0,1)); null: off"
+        0.95, description="PCA components (int) or explained-variance share (float in (0,1)); null/none: off"
     )
     pca_max_components: int = Field(50, ge=1, description="components fitted when pca is a share")
     pca_solver: Literal["auto", "tsqr", "randomized"] = Field("auto", description="dask-ml PCA solver")
     combat: str | None = Field(None, description="ComBat-harmonise by this batch column (e.g. site)")
 
-    @field_validator("pca")
+    @field_validator("pca", mode="before")
     @classmethod
     def _pca(cls, v):
-        if v is None or isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v < 1:
-            return v
-        raise ValueError("must be a number of components (int >= 1) or a variance share in (0, 1)")
+        if isinstance(v, str):  # from the command line (--pca) or a quoted YAML value
+            text = v.strip().lower()
+            if text in ("none", "off", "null"):
+                return None
+            with contextlib.suppress(ValueError):
+                number = float(text)
+                v = int(number) if number >= 1 and number.is_integer() else number
+        return pca_option(v)
 
 
-class CVSpec(_Section):
+class CVSpec(Section):
     """Evaluation: grouped, stratified folds; an optional held-out test split."""
 
     folds: int = Field(5, ge=0, description="cross-validation folds (0: none; else >= 2)")
@@ -83,13 +91,13 @@ class CVSpec(_Section):
         return v
 
 
-class MetricsSpec(_Section):
+class MetricsSpec(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
     level: float = Field(0.95, gt=0, lt=1, description="confidence level")
     calibration_bins: int = Field(10, ge=2, description="bins of the calibration curve")
 
 
-class TrainSpec(_Section):
+class TrainSpec(Section):
     """The ``train`` section of a job spec (``radcluster train``)."""
 
     target: str | None = Field(None, description="target column (store or clinical table); kmeans: optional")
@@ -101,12 +109,9 @@ class TrainSpec(_Section):
     labels: Literal["rows", "pivot"] = Field(
         "rows", description="multi-label stores: one row per (case, label), or pivot to one per case"
     )
-    model: str = Field(
-        "xgboost",
-        description="xgboost, logistic_regression, random_forest, svm, naive_bayes, decision_tree, ridge, kmeans",
-    )
+    model: str = Field("xgboost", description="a registered model (see params below for the list)")
     params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per-model parameters, keyed by model name"
+        default_factory=dict, description="per-model parameters, keyed by model name; unset ones: the model's defaults"
     )
     preprocess: PreprocessSpec = PreprocessSpec()
     cv: CVSpec = CVSpec()
@@ -124,21 +129,22 @@ class TrainSpec(_Section):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if v not in MODELS:
-            import difflib
+        # The registry is read only when a train section is validated: it imports scikit-learn.
+        from ..learn.models import families
 
-            close = difflib.get_close_matches(v, MODELS, n=1)
-            raise ValueError(
-                "unknown model" + (f"; did you mean {close[0]!r}?" if close else f"; one of {', '.join(MODELS)}")
-            )
+        if v not in families():
+            raise ValueError(f"unknown model; {did_you_mean(v, families(), listing='registered')}")
         return v
 
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        unknown = [k for k in v if k not in MODELS]
+        from ..learn.models import families
+
+        known = list(families())
+        unknown = [k for k in v if k not in known]
         if unknown:
-            raise ValueError(f"keys are model names ({', '.join(MODELS)}); unknown: {', '.join(unknown)}")
+            raise ValueError(f"keys are model names ({', '.join(known)}); unknown: {', '.join(unknown)}")
         return v
 
     @field_validator("features")
@@ -174,29 +180,11 @@ class TrainSpec(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "train") -> TrainSpec:
+def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "(train section)") -> TrainSpec:
     """Validate a ``train`` mapping; :class:`SpecError` names every bad key and the closest valid one."""
-    import difflib
-
     if isinstance(data, TrainSpec):
         return data
     try:
         return TrainSpec.model_validate(data or {})
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                section: type[BaseModel] = TrainSpec
-                for part in e["loc"][:-1]:
-                    ann = section.model_fields[str(part)].annotation if part in section.model_fields else None
-                    section = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else section
-                valid = list(section.model_fields)
-                close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-                lines.append(f"unknown key {source}.{loc!s}; {hint}")
-            elif not loc:  # a rule across keys
-                lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
-            else:
-                lines.append(f"key {source}.{loc!s}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
-        raise SpecError("invalid training config:\n" + "\n".join(f"  - {x}" for x in lines)) from None
+        raise SpecError(format_errors(err, source, TrainSpec, prefix=("train",))) from None

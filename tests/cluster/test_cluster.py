@@ -139,7 +139,7 @@ from radcluster.cluster.local import prestart_local_workers
 from radcluster.cluster import connect
 from radcluster.spec import build_job
 
-job = build_job({}, overrides={"kind": "extract", "cluster.workers": 2, "cluster.dashboard_address": ":0"})
+job = build_job({"manifest": "m.csv", "store": "s", "cluster": {"workers": 2, "dashboard_address": ":0"}})
 prestart_local_workers(job)
 with connect(job.cluster) as client:
     def probe():

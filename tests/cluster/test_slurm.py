@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SLURM_DIR = ROOT / "deploy" / "slurm"
 SCRIPT = SLURM_DIR / "single-node.sh"
 TEMPLATE = ROOT / "jobs" / "extract_slurm.yaml"
-DATA = ROOT / "tests" / "data"
+DATA = ROOT / "radcluster" / "data" / "samples"
 CASES = ("brain1", "brain2", "breast1")
 STATE = Path(os.environ.get("RADCLUSTER_SLURM_STATE", "/tmp/radcluster-slurm"))
 

@@ -28,8 +28,8 @@ from radiomics import featureextractor
 from radcluster import open_store
 from radcluster.cohort import RESERVED_COLUMNS, read_manifest
 from radcluster.cohort.check import check_cohort
-from radcluster.errors import ManifestError, SpecError
-from radcluster.extract import FAILURE_COLUMNS, ExtractionSettings
+from radcluster.errors import FAILURE_COLUMNS, ManifestError, SpecError
+from radcluster.extract import ExtractionSettings
 from radcluster.jobs.extract import RunSummary, run_extract
 from radcluster.spec import read_params
 from radcluster.store import ID_COLUMNS, PROVENANCE_COLUMNS
@@ -235,7 +235,7 @@ class Outcome:
     manifest: Path
     store_dir: Path
     summary: RunSummary
-    checked: dict[str, str]  # case -> `cohort check` line
+    checked: dict[str, str]  # case -> "file: reason" of its `cohort check` problem
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def outcome(tmp_path_factory, client) -> Outcome:
     text, digest = read_params(PARAMS_FILE)
     store_dir = root / "store"
     summary = run_extract(cohort, ExtractionSettings(text, digest), str(store_dir), client)
-    checked = {line.split("'")[1]: line for line in check_cohort(cohort)}
+    checked = {p.case_id: f"{p.file}: {p.reason}" for p in check_cohort(cohort)}
     return Outcome({s.case_id: (s.image, s.mask) for s in cohort.scans}, manifest, store_dir, summary, checked)
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import DATA, case_paths, write_manifest
+from conftest import SAMPLES, case_paths, write_manifest
 
 from radcluster.cohort import ALL_LABELS, read_label_table, read_manifest
 from radcluster.cohort.check import check_cohort
@@ -127,7 +127,7 @@ def test_check_cohort_names_case_file_and_reason(tmp_path):
         [
             {"case_id": "ok", "image": str(image), "mask": str(mask)},
             {"case_id": "gone", "image": str(tmp_path / "gone.nrrd"), "mask": str(mask)},
-            {"case_id": "text", "image": str(DATA / "LICENSE.txt"), "mask": str(mask)},
+            {"case_id": "text", "image": str(SAMPLES / "LICENSE.txt"), "mask": str(mask)},
             {"case_id": "size", "image": str(image), "mask": str(bad_size)},
             {"case_id": "empty", "image": str(image), "mask": str(empty)},
             {"case_id": "float", "image": str(image), "mask": str(floaty)},
@@ -135,7 +135,7 @@ def test_check_cohort_names_case_file_and_reason(tmp_path):
         ],
     )
     problems = check_cohort(read_manifest(manifest))
-    by_case = {p.split("'")[1]: p for p in problems}
+    by_case = {p.case_id: f"{p.file}: {p.reason}" for p in problems}
     assert set(by_case) == {"gone", "text", "size", "empty", "float", "label"}
     assert "gone.nrrd: image file does not exist" in by_case["gone"]
     assert "LICENSE.txt: image is not a readable image" in by_case["text"]
@@ -187,7 +187,7 @@ def test_cohort_scan_cli_writes_a_manifest_that_reads(tmp_path):
     out = tmp_path / "out" / "cohort.csv"
     out.parent.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "radcluster.cli", "cohort", "scan", str(DATA), "-o", str(out)],
+        [sys.executable, "-m", "radcluster.cli", "cohort", "scan", str(SAMPLES), "-o", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -195,7 +195,7 @@ def test_cohort_scan_cli_writes_a_manifest_that_reads(tmp_path):
     assert proc.returncode == 0, proc.stderr
     cohort = read_manifest(out)
     assert [s.case_id for s in cohort.scans] == ["brain1", "brain2", "breast1"]
-    assert cohort.scans[0].image == str(DATA / "brain1_image.nrrd")
+    assert cohort.scans[0].image == str(SAMPLES / "brain1_image.nrrd")
     assert check_cohort(cohort) == []
 
 

@@ -251,7 +251,7 @@ def test_cohort_check_reads_dicom_rows_as_extraction_does(tmp_path):
     ]
     manifest = tmp_path / "c.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    assert check_cohort(read_manifest(manifest)) == [
+    assert [f"case {p.case_id!r}: {p.file}: {p.reason}" for p in check_cohort(read_manifest(manifest))] == [
         f"case 'bad': {bad}: series {RIDER_SERIES}: the RTSTRUCT references series 1.2.3.4, not this image series"
     ]
 

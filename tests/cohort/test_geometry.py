@@ -55,7 +55,8 @@ def test_cohort_check_reports_the_transform_conflict(tmp_path):
     image = _nifti(tmp_path / "scan.nii.gz", qform_shift=(1.0, 0.0, 0.0))
     mask = _nifti(tmp_path / "mask.nii.gz")
     cohort = read_manifest(write_manifest(tmp_path / "c.csv", [{"case_id": "a", "image": image, "mask": mask}]))
-    [line] = check_cohort(cohort, default_label=100)
+    [problem] = check_cohort(cohort, default_label=100)
+    line = f"case {problem.case_id!r}: {problem.file}: {problem.reason}"
     assert line.startswith(f"case 'a': {image}: image: the NIfTI qform") and "origins 1.000 mm apart" in line
 
 
@@ -115,5 +116,6 @@ def test_permuted_axes_are_named_and_a_shifted_mask_is_refused(tmp_path):
             tmp_path / "c.csv", [{"case_id": "s", "image": str(image_path), "mask": str(tmp_path / "shifted.nrrd")}]
         )
     )
-    [line] = check_cohort(cohort)
+    [problem] = check_cohort(cohort)
+    line = f"case {problem.case_id!r}: {problem.file}: {problem.reason}"
     assert "image/mask geometry mismatch: origin differs" in line

@@ -110,20 +110,38 @@ def test_builtin_engines_and_their_kinds() -> None:
 
 
 def test_the_job_spec_names_engines_and_rejects_unknown_keys() -> None:
-    job = build_job({"extraction": {"engines": ["pyradiomics", {"onnx": {"name": "enc", "model": "m.onnx"}}]}})
+    job = build_job(
+        {
+            "manifest": "m.csv",
+            "store": "s",
+            "extraction": {"engines": ["pyradiomics", {"onnx": {"name": "enc", "model": "m.onnx"}}]},
+        }
+    )
     assert job.extraction.engines[0] == "pyradiomics" and job.extraction.engines[1].onnx.name == "enc"
-    assert build_job({}).extraction.engines == ("pyradiomics",)
+    assert build_job({"manifest": "m.csv", "store": "s"}).extraction.engines == ("pyradiomics",)
     with pytest.raises(SpecError) as err:
-        build_job({"extraction": {"engines": [{"onnx": {"name": "enc", "model": "m.onnx", "windw": [0, 1]}}]}})
+        build_job(
+            {
+                "manifest": "m.csv",
+                "store": "s",
+                "extraction": {"engines": [{"onnx": {"name": "enc", "model": "m.onnx", "windw": [0, 1]}}]},
+            }
+        )
     assert "unknown key 'extraction.engines.0.onnx.windw'; did you mean 'window'?" in str(err.value)
     with pytest.raises(SpecError, match="engine 'onnx' needs its options"):
-        build_job({"extraction": {"engines": ["onnx"]}})
+        build_job({"manifest": "m.csv", "store": "s", "extraction": {"engines": ["onnx"]}})
     with pytest.raises(SpecError, match="did you mean 'onnx'"):
-        build_job({"extraction": {"engines": [{"onx": {"model": "m.onnx"}}]}})
+        build_job({"manifest": "m.csv", "store": "s", "extraction": {"engines": [{"onx": {"model": "m.onnx"}}]}})
     with pytest.raises(SpecError, match="name' .*should match pattern|String should match"):
-        build_job({"extraction": {"engines": [{"onnx": {"name": "my enc", "model": "m.onnx"}}]}})
+        build_job(
+            {
+                "manifest": "m.csv",
+                "store": "s",
+                "extraction": {"engines": [{"onnx": {"name": "my enc", "model": "m.onnx"}}]},
+            }
+        )
     with pytest.raises(SpecError, match="at least one engine"):
-        build_job({"extraction": {"engines": []}})
+        build_job({"manifest": "m.csv", "store": "s", "extraction": {"engines": []}})
 
 
 def test_config_defaults_lists_the_onnx_keys() -> None:
@@ -137,23 +155,30 @@ def test_config_defaults_lists_the_onnx_keys() -> None:
 def test_pyradiomics_and_ibsi_do_not_run_together() -> None:
     text, _ = read_params(None)
     with pytest.raises(SpecError, match="'pyradiomics' and 'ibsi' give the same columns"):
-        from_spec(build_job({"extraction": {"engines": ["pyradiomics", "ibsi"]}}).extraction, text)
+        from_spec(
+            build_job(
+                {"manifest": "m.csv", "store": "s", "extraction": {"engines": ["pyradiomics", "ibsi"]}}
+            ).extraction,
+            text,
+        )
 
 
 def test_extraction_ibsi_keeps_its_meaning(tmp_path: Path) -> None:
     params = tmp_path / "ibsi.yaml"
     params.write_text("featureClass:\n  firstorder:\n")
     text, digest = read_params(params)
-    (engine,) = from_spec(build_job({"extraction": {"ibsi": "B"}}).extraction, text)
+    (engine,) = from_spec(build_job({"manifest": "m.csv", "store": "s", "extraction": {"ibsi": "B"}}).extraction, text)
     assert engine.name == "ibsi" and engine.config == "B"
     assert combined_key(digest, [engine]) == f"{digest}-ibsi-B"  # the hash IBSI-mode rows had before engines
-    (engine,) = from_spec(build_job({"extraction": {"engines": ["ibsi"]}}).extraction, text)
+    (engine,) = from_spec(
+        build_job({"manifest": "m.csv", "store": "s", "extraction": {"engines": ["ibsi"]}}).extraction, text
+    )
     assert engine.config is True
 
 
 def test_the_default_engine_keeps_the_params_hash(tmp_path: Path) -> None:
     text, digest = read_params(None)
-    engines = from_spec(build_job({}).extraction, text)
+    engines = from_spec(build_job({"manifest": "m.csv", "store": "s"}).extraction, text)
     assert [e.name for e in engines] == ["pyradiomics"]
     assert combined_key(digest, engines) == digest  # stores extracted before engines existed stay current
     scan = read_manifest(_manifest(tmp_path)).scans[0]
@@ -169,7 +194,9 @@ def test_an_entry_point_engine_runs_beside_pyradiomics_on_one_read(tmp_path: Pat
     import radcluster.extract.readers as extract  # where a scan's files are read
 
     assert "voxels" in engine_names()
-    job = build_job({"extraction": {"engines": ["pyradiomics", {"voxels": {"scale": 2}}]}})
+    job = build_job(
+        {"manifest": "m.csv", "store": "s", "extraction": {"engines": ["pyradiomics", {"voxels": {"scale": 2}}]}}
+    )
     text, digest = read_params(None)
     engines = from_spec(job.extraction, text)
     assert isinstance(engines[1], Engine) and engines[1].scale == 2
@@ -186,7 +213,7 @@ def test_an_entry_point_engine_runs_beside_pyradiomics_on_one_read(tmp_path: Pat
     assert row["original_shape_VoxelVolume"] == 6 * 7 * 7
     assert row["params_hash"] == f"{digest}-voxels-2"
     (failure,) = result.failures
-    assert failure["label"] == 2 and "two is not allowed" in failure["message"]
+    assert failure.label == 2 and "two is not allowed" in failure.message
     assert "plugin_voxels" in result.feature_names and "voxels_scale" not in result.feature_names
 
 
@@ -205,5 +232,5 @@ def test_a_plugins_columns_must_say_its_kind(tmp_path: Path, plugin) -> None:
     (failure,) = result.failures
     assert (
         "engine 'misnamed' (kind 'deep') gave columns ['embedding_0']: a deep engine's columns start with 'deep_'"
-        in (failure["message"])
+        in (failure.message)
     )

@@ -211,7 +211,7 @@ def test_a_model_changed_after_the_check_fails_the_scan_naming_it(tmp_path: Path
     )
     assert not result.rows
     (failure,) = result.failures
-    assert failure["file"] == str(model) and "changed since the job was checked" in failure["message"]
+    assert failure.file == str(model) and "changed since the job was checked" in failure.message
 
 
 def test_the_model_is_read_once_per_process(tmp_path: Path, monkeypatch) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
-from conftest import DATA, PARAMS, SMALL_CASES, assert_same_features, case_paths
+from conftest import DATA, PARAMS, SAMPLES, SMALL_CASES, assert_same_features, case_paths
 from radiomics import featureextractor
 
 from radcluster.cohort import ALL_LABELS, Scan
@@ -168,8 +168,8 @@ def test_negative_mask_values_are_a_clear_failure(tmp_path):
     result = extract_scan(Scan("neg", str(image), str(path)), settings_for(PARAMS / "Params.yaml"))
     assert result.rows == []
     [failure] = result.failures
-    assert failure["stage"] == "check" and failure["file"] == str(path)
-    assert "negative values (minimum -1)" in failure["message"] and "neg" in failure["message"]
+    assert failure.stage == "check" and failure.file == str(path)
+    assert "negative values (minimum -1)" in failure.message and "neg" in failure.message
 
 
 def test_requested_label_list_and_absent_label(tmp_path):
@@ -177,9 +177,9 @@ def test_requested_label_list_and_absent_label(tmp_path):
     result = extract_scan(Scan("multi", str(image), str(mask), (3, 7)), settings_for(PARAMS / "Params.yaml"))
     assert [r["label"] for r in result.rows] == [3]
     [failure] = result.failures
-    assert failure["label"] == 7 and failure["stage"] == "check"
-    assert "label 7 not present" in failure["message"] and "multi" in failure["message"]
-    assert failure["file"] == str(mask)
+    assert failure.label == 7 and failure.stage == "check"
+    assert "label 7 not present" in failure.message and "multi" in failure.message
+    assert failure.file == str(mask)
 
 
 def test_provenance_columns(tmp_path):
@@ -223,14 +223,14 @@ def test_bad_inputs_become_failure_records(tmp_path):
         "corrupt": (corrupt, mask, "read", "not a readable image"),
         "empty": (image, empty, "check", "mask is empty"),
         "shifted": (image, shifted, "check", "origin differs"),
-        "not-an-image": (DATA / "LICENSE.txt", mask, "read", "not a readable image"),
+        "not-an-image": (SAMPLES / "LICENSE.txt", mask, "read", "not a readable image"),
     }
     for case_id, (img, msk, stage, reason) in cases.items():
         result = extract_scan(Scan(case_id, str(img), str(msk)), settings)
         assert result.rows == [], case_id
         [failure] = result.failures
-        assert failure["case_id"] == case_id
-        assert failure["stage"] == stage, (case_id, failure)
-        assert reason in failure["message"], (case_id, failure["message"])
-        assert f"'{case_id}'" in failure["message"]
-        assert failure["file"] in (str(img), str(msk))
+        assert failure.case_id == case_id
+        assert failure.stage == stage, (case_id, failure)
+        assert reason in failure.message, (case_id, failure.message)
+        assert f"'{case_id}'" in failure.message
+        assert failure.file in (str(img), str(msk))

@@ -82,9 +82,9 @@ def test_a_filter_that_produced_nothing_is_a_failure_not_a_short_row():
     assert not any(k.startswith("log-sigma-40-0-mm-3D_") for k in reference)  # what a pyradiomics user gets
     assert result.rows == []
     [failure] = result.failures
-    assert failure["case_id"] == "breast1" and failure["label"] == 1 and failure["stage"] == "extract"
-    assert "pyradiomics computed no log-sigma-40-0-mm-3D_firstorder" in failure["message"]
-    assert "applyLoG: sigma(40)" in failure["message"]  # pyradiomics' own reason
+    assert failure.case_id == "breast1" and failure.label == 1 and failure.stage == "extract"
+    assert "pyradiomics computed no log-sigma-40-0-mm-3D_firstorder" in failure.message
+    assert "applyLoG: sigma(40)" in failure.message  # pyradiomics' own reason
 
 
 def test_pyradiomics_warnings_come_back_with_the_scan():

@@ -210,7 +210,7 @@ def compare(params: dict, case: str, tmp_path) -> tuple[list[str], int]:
     text = yaml.safe_dump(params)
     result = extract_scan(Scan(case, str(image), str(mask), labels), ExtractionSettings(text, params_hash(text)))
     rows = {r["label"]: r for r in result.rows}
-    failed = {f["label"]: f for f in result.failures}
+    failed = {f.label: f for f in result.failures}
     problems, compared = [], 0
     extractor = get_extractor(text)
     for label in expect:

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from conftest import DATA
 
 from radcluster import ibsi
+from radcluster.cli import main
 from radcluster.errors import SpecError
 from radcluster.ibsi import IBSIConfig, check_compliance, extract_ibsi, matches, rounded_difference, to_ibsi_names
 from radcluster.ibsi.mode import discretise, preprocess
@@ -309,7 +310,7 @@ def test_mask_on_another_grid_is_refused():
     image = sitk.GetImageFromArray(np.zeros((3, 3, 3)))
     mask = sitk.GetImageFromArray(np.ones((3, 3, 3), np.uint8))
     mask.SetOrigin((0.0, 0.0, 5.0))
-    with pytest.raises(ValueError, match="image and mask differ in origin"):
+    with pytest.raises(ValueError, match="image/mask geometry mismatch: origin differs"):
         extract_ibsi(image, mask, 1, None, IBSIConfig(bin_count=8))
 
 
@@ -375,10 +376,10 @@ def test_report_and_entry_point(tmp_path, digital_result, capsys):
     assert "Every mismatch has a documented cause." in text
     assert "| `morph_pca_least_axis` | `original_shape_LeastAxisLength` | 8.54 | 0.05 | 8.47811 | 0.06 |" in text
     out = tmp_path / "docs" / "ibsi.md"
-    assert ibsi.main(["--reference", str(DIGITAL), "--out", str(out)]) == 0
+    assert main(["ibsi", "--reference", str(DIGITAL), "--out", str(out)]) == 0
     assert out.read_text() == text
     assert "digital phantom: stock 265/267, IBSI mode 398/398" in capsys.readouterr().out
-    assert ibsi.main(["--reference", str(tmp_path), "--out", str(out)]) == 2
+    assert main(["ibsi", "--reference", str(tmp_path), "--out", str(out)]) == 2
     assert "lacks" in capsys.readouterr().err
 
 

@@ -12,7 +12,8 @@ import yaml
 from _stores import matrix_store, planted
 
 from radcluster.errors import RegistryError
-from radcluster.jobs.retrain import read_champion, registry_lock, retrain_job
+from radcluster.jobs.retrain import retrain_job
+from radcluster.registry.champion import read_champion, registry_lock
 from radcluster.spec import build_job
 
 TRAIN = {

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 from _stores import matrix_store, planted, trained_as
 
+from radcluster.cli import main
 from radcluster.cli.models import add_commands
 from radcluster.errors import ModelError, RegistryError, StoreError
-from radcluster.jobs.train import predict_store
+from radcluster.jobs.predict import predict_store
 from radcluster.registry.versions import list_versions, new_version, open_version
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -126,7 +127,7 @@ def test_a_failed_write_leaves_no_version(tmp_path):
 
 
 def test_a_file_url_registry_is_its_local_folder(binary, tmp_path):
-    from radcluster.jobs.retrain import read_champion, registry_lock
+    from radcluster.registry.champion import read_champion, registry_lock
 
     _, result = binary
     folder = tmp_path / "reg"
@@ -212,22 +213,19 @@ def test_cli_train_from_the_example_job(tmp_path, client, capsys):
     assert meta["model"] == "logistic_regression" and meta["target"] == "outcome"
     config = json.loads((tmp_path / "models" / meta["version"] / "config.json").read_text())
     assert config["preprocess"]["pca_max_components"] == 20  # from jobs/train.yaml
-    assert (
-        _cli(
-            [
-                "train",
-                str(tmp_path / "store"),
-                "--target",
-                "nothing",
-                "--scheduler-address",
-                client.scheduler.address,
-                "--registry",
-                str(tmp_path / "models"),
-            ]
-        )
-        == 2
-    )
+    argv = ["train", str(tmp_path / "store"), "--scheduler-address", client.scheduler.address]
+    assert main([*argv, "--target", "nothing", "--registry", str(tmp_path / "models")]) == 2  # a ModelError
     assert "column 'nothing' is not in" in capsys.readouterr().err
+
+    # --pca none: no PCA (it once died with "TypeError: 'TrainSpec' object is not a mapping")
+    registry = tmp_path / "no-pca"
+    assert (
+        main([*argv, "--target", "outcome", "--pca", "none", "--folds", "2", "--no-report", "-r", str(registry)]) == 0
+    )
+    [meta] = list_versions(registry)
+    config = json.loads((registry / meta["version"] / "config.json").read_text())
+    assert config["preprocess"]["pca"] is None
+    assert json.loads((registry / meta["version"] / "preprocess.json").read_text())["n_components"] is None
 
 
 def test_training_computes_on_the_client_it_is_given(tmp_path, client):

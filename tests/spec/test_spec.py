@@ -27,6 +27,14 @@ def test_unknown_key_suggests_closest():
         build_job({"manifets": "m.csv"})
 
 
+def test_each_kind_names_what_it_needs():
+    with pytest.raises(SpecError, match=r"the job: an extract job needs 'manifest' and 'store'"):
+        build_job({})
+    with pytest.raises(SpecError, match=r"a retrain job needs 'registry' and 'train'"):
+        build_job({"kind": "retrain", "store": "s"})
+    assert build_job({"kind": "predict", "store": "s"}).predict.version == "champion"
+
+
 def test_wrong_type_names_key_and_value():
     with pytest.raises(SpecError, match=r"key 'cluster.workers'.*got 'many'"):
         build_job({"cluster": {"kind": "local", "workers": "many"}})
@@ -50,11 +58,11 @@ def test_overrides_win_and_none_is_ignored(tmp_path):
     assert job.cluster.cores == 8 and job.cluster.queue == "gpu"
     assert job.resolve(job.manifest) == str(tmp_path / "cohort.csv")  # relative to the YAML
     assert job.resolve(job.store) == "s3://bucket/store"
-    assert isinstance(build_job({}).cluster, LocalClusterSpec)
+    assert isinstance(build_job({"manifest": "m.csv", "store": "s"}).cluster, LocalClusterSpec)
 
 
 def test_spec_is_frozen():
-    job = build_job({"manifest": "m.csv"})
+    job = build_job({"manifest": "m.csv", "store": "s"})
     with pytest.raises(Exception, match="frozen"):
         job.manifest = "other.csv"
 
@@ -88,3 +96,16 @@ def test_defaults_document_every_key():
     ):
         assert key in text
     assert yaml.safe_load(text) is not None
+
+
+def test_precedence_flag_then_job_file_then_environment_then_default(monkeypatch):
+    base = {"kind": "predict", "store": "s"}
+    assert build_job(base).registry is None and isinstance(build_job(base).cluster, LocalClusterSpec)
+    monkeypatch.setenv("RADCLUSTER_REGISTRY", "env-models")
+    monkeypatch.setenv("RADCLUSTER_SCHEDULER_ADDRESS", "tcp://10.0.0.5:8786")
+    job = build_job(base)
+    assert job.registry == "env-models" and job.cluster.address == "tcp://10.0.0.5:8786"
+    job = build_job({**base, "registry": "file-models", "cluster": {"kind": "local"}})
+    assert job.registry == "file-models" and isinstance(job.cluster, LocalClusterSpec)
+    job = build_job({**base, "registry": "file-models"}, overrides={"registry": "flag-models", "cluster.workers": 2})
+    assert job.registry == "flag-models" and job.cluster.workers == 2

@@ -30,7 +30,7 @@ class IBSIEngine(Engine):
     def prepare(self, params_text: str) -> IBSIEngine:
         import yaml
 
-        from ...ibsi import check_ibsi_params
+        from ...ibsi.mode import check_ibsi_params
 
         check_ibsi_params(yaml.safe_load(params_text))
         return self
@@ -43,7 +43,7 @@ class IBSIEngine(Engine):
         import SimpleITK as sitk
         import yaml
 
-        from ...ibsi import extract_ibsi
+        from ...ibsi.mode import extract_ibsi
 
         params = yaml.safe_load(settings.params_text) or {}
         present = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(scan.mask)) if v != 0]
