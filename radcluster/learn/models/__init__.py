@@ -197,3 +197,31 @@ def load_model(folder: Path, *, trust: tuple[str, ...] = ()):
             f"radcluster can load (registered: {', '.join(f'{n} ({f.format})' for n, f in families().items())})"
         )
     return spec.load(folder, meta, (*spec.trusted_types, *trust))
+
+
+def skops_dump(estimator, folder: Path, name: str, trusted_types: tuple[str, ...]) -> dict[str, Any]:
+    """Save ``estimator`` with skops as ``model.skops``; refuse a model holding a type beyond
+    ``trusted_types``, so that whatever is saved can be loaded again without ``trust``."""
+    import skops.io as sio
+
+    path = folder / "model.skops"
+    sio.dump(estimator, path)
+    untrusted = sio.get_untrusted_types(file=path)
+    unknown = sorted(set(untrusted) - set(trusted_types))
+    if unknown:  # pragma: no cover - only if a library changes its internals
+        raise RegistryError(f"model {name!r} holds types not on radcluster's trusted list: {unknown}")
+    return {"format": "skops", "file": "model.skops", "trusted_types": sorted(untrusted)}
+
+
+def skops_load(folder: Path, meta: Mapping[str, Any], trusted: tuple[str, ...]):
+    """The estimator saved by :func:`skops_dump`; skops rebuilds only the ``trusted`` types."""
+    import skops.io as sio
+
+    path = folder / meta["file"]
+    unknown = sorted(set(sio.get_untrusted_types(file=path)) - set(trusted))
+    if unknown:
+        raise RegistryError(
+            f"{path}: refusing to load types not on radcluster's trusted list: {', '.join(unknown)}; "
+            "if you trust this file, pass them explicitly (trust=...)"
+        )
+    return sio.load(path, trusted=list(trusted))

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ...errors import ModelError, RegistryError
+from ...errors import ModelError
 from .._arrays import as_dask, blockwise
-from . import ModelFamily, check_model, register
+from . import ModelFamily, check_model, register, skops_dump, skops_load
 
 # What skops may rebuild when loading a Cox model; anything else is refused.
 TRUSTED_TYPES = (
@@ -175,18 +175,8 @@ class CoxModel(BaseEstimator):
         return np.vstack([f(t) for f in fns])
 
     def save(self, folder: Path) -> dict[str, Any]:
-        import skops.io as sio
-
-        path = folder / "model.skops"
-        sio.dump(self.estimator_, path)
-        untrusted = sio.get_untrusted_types(file=path)
-        unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
-        if unknown:  # pragma: no cover - only if scikit-survival changes its internals
-            raise RegistryError(f"model {self.name!r} holds types not on radcluster's trusted list: {unknown}")
         return {
-            "format": "skops",
-            "file": "model.skops",
-            "trusted_types": sorted(untrusted),
+            **skops_dump(self.estimator_, folder, self.name, TRUSTED_TYPES),
             "n_features": self.n_features_in_,
             "importances": self.importances_.tolist(),
             "coef": self.coef_.tolist(),
@@ -198,17 +188,9 @@ class CoxModel(BaseEstimator):
     @classmethod
     def load(cls, folder: Path, meta: dict[str, Any], trusted: tuple[str, ...]) -> CoxModel:
         """The fitted model of ``folder``; skops rebuilds only the ``trusted`` types."""
-        import skops.io as sio
-
-        path = folder / meta["file"]
-        unknown = sorted(set(sio.get_untrusted_types(file=path)) - set(trusted))
-        if unknown:
-            raise RegistryError(
-                f"{path}: refusing to load types not on radcluster's trusted list: {', '.join(unknown)}; "
-                "if you trust this file, pass them explicitly (trust=...)"
-            )
+        loaded = skops_load(folder, meta, trusted)
         model = cls(name=meta["name"], params=meta.get("params"))
-        model.estimator_ = sio.load(path, trusted=list(trusted))
+        model.estimator_ = loaded
         model.coef_ = np.asarray(meta["coef"], dtype=float)
         model.offset_ = float(meta.get("offset") or 0.0)
         model.alpha_ = meta.get("alpha")

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ...errors import ModelError, RegistryError
+from ...errors import ModelError
 from .._arrays import as_dask
-from . import ModelFamily, check_model, register
+from . import ModelFamily, check_model, register, skops_dump, skops_load
 
 # Types skops may rebuild when loading a model of this module; anything else is refused.
 TRUSTED_TYPES = (
@@ -122,18 +122,8 @@ class SklearnModel(BaseEstimator):
         return self.estimator_.predict_proba(X)
 
     def save(self, folder: Path) -> dict[str, Any]:
-        import skops.io as sio
-
-        path = folder / "model.skops"
-        sio.dump(self.estimator_.estimator, path)
-        untrusted = sio.get_untrusted_types(file=path)
-        unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
-        if unknown:  # pragma: no cover - only if scikit-learn changes its internals
-            raise RegistryError(f"model {self.name!r} holds types not on radcluster's trusted list: {unknown}")
         return {
-            "format": "skops",
-            "file": "model.skops",
-            "trusted_types": sorted(untrusted),
+            **skops_dump(self.estimator_.estimator, folder, self.name, TRUSTED_TYPES),
             "n_features": self.n_features_in_,
             "importances": self.importances_.tolist(),
         }
@@ -141,19 +131,11 @@ class SklearnModel(BaseEstimator):
     @classmethod
     def load(cls, folder: Path, meta: dict[str, Any], trusted: tuple[str, ...]) -> SklearnModel:
         """The fitted model of ``folder``; skops rebuilds only the ``trusted`` types."""
-        import skops.io as sio
         from dask_ml.wrappers import ParallelPostFit
 
-        path = folder / meta["file"]
-        unknown = sorted(set(sio.get_untrusted_types(file=path)) - set(trusted))
-        if unknown:
-            raise RegistryError(
-                f"{path}: refusing to load types not on radcluster's trusted list: {', '.join(unknown)}; "
-                "if you trust this file, pass them explicitly (trust=...)"
-            )
-        est = sio.load(path, trusted=list(trusted))
+        loaded = skops_load(folder, meta, trusted)
         model = cls(name=meta["name"], task=meta["task"], params=meta.get("params"))
-        model.estimator_ = ParallelPostFit(estimator=est)
+        model.estimator_ = ParallelPostFit(estimator=loaded)
         model.n_features_in_ = meta["n_features"]
         model.importances_ = np.asarray(meta.get("importances", []), dtype=float)
         return model
