@@ -255,7 +255,11 @@ def test_registry_on_s3_lists_retrains_and_predicts_with_the_champion(s3_env, s3
     meta = json.loads(fs.cat(f"{version}/version.json"))
     metrics = json.loads(fs.cat(f"{version}/metrics.json"))
     assert meta["version"] == name and meta["store"] == store
-    assert set(meta["files"]) == {p.rsplit("/", 1)[1] for p in fs.ls(version)} - {"version.json", "report.html"}
+    assert set(meta["files"]) == {p.rsplit("/", 1)[1] for p in fs.ls(version)} - {
+        "version.json",
+        "report.html",
+        "checklist.md",
+    }
     assert not [p for p in fs.ls(registry) if ".tmp-" in p]
 
     # `radcluster models list` reads the version.json on S3 and prints its metrics
