@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 
 from radcluster.demo import SAMPLE_CASES as SMALL_CASES
 from radcluster.demo import SAMPLES
@@ -78,3 +80,18 @@ def client():
         Client(cluster) as c,
     ):
         yield c
+
+
+def multilabel_case(tmp_path: Path, case: str = "brain1") -> tuple[Path, Path]:
+    """brain1's lesion split into two labels, plus a third region elsewhere in the head."""
+    image, mask = case_paths(case)
+    m = sitk.ReadImage(str(mask))
+    arr = sitk.GetArrayFromImage(m).astype(np.uint16)
+    z, y, x = np.nonzero(arr)
+    arr[(arr == 1) & (np.arange(arr.shape[2])[None, None, :] > np.median(x))] = 2
+    arr[arr.shape[0] // 2 - 2 : arr.shape[0] // 2 + 2, 100:120, 100:125] = 3
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(m)
+    path = tmp_path / "multi_label.nrrd"
+    sitk.WriteImage(out, str(path))
+    return image, path

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
-from conftest import DATA, PARAMS, SAMPLES, SMALL_CASES, assert_same_features, case_paths
+from conftest import DATA, PARAMS, SAMPLES, SMALL_CASES, assert_same_features, case_paths, multilabel_case
 from radiomics import featureextractor
 
 from radcluster.cohort import ALL_LABELS, Scan
@@ -112,24 +112,9 @@ def test_reproduces_pyradiomics_baseline(column, tmp_path):
             assert_same_features(row, {k: v for k, v in features.items() if k not in strict}, rtol=1e-3)
 
 
-def _multilabel(tmp_path, case="brain1"):
-    """brain1's lesion split into two labels, plus a third region elsewhere in the head."""
-    image, mask = case_paths(case)
-    m = sitk.ReadImage(str(mask))
-    arr = sitk.GetArrayFromImage(m).astype(np.uint16)
-    z, y, x = np.nonzero(arr)
-    arr[(arr == 1) & (np.arange(arr.shape[2])[None, None, :] > np.median(x))] = 2
-    arr[arr.shape[0] // 2 - 2 : arr.shape[0] // 2 + 2, 100:120, 100:125] = 3
-    out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(m)
-    path = tmp_path / "multi_label.nrrd"
-    sitk.WriteImage(out, str(path))
-    return image, path
-
-
 @pytest.mark.parametrize("params", ["Params.yaml", "exampleCT.yaml"])
 def test_multilabel_every_label_equals_direct_call(tmp_path, params):
-    image, mask = _multilabel(tmp_path)
+    image, mask = multilabel_case(tmp_path)
     scan = Scan("multi", str(image), str(mask), ALL_LABELS)
     names = {1: "lesion-medial", 2: "lesion-lateral", 3: "region-3"}
     result = extract_scan(scan, settings_for(PARAMS / params, label_names=names))
@@ -143,7 +128,7 @@ def test_multilabel_every_label_equals_direct_call(tmp_path, params):
 @pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint32])
 def test_mask_pixel_type_does_not_change_features(tmp_path, dtype):
     """Labels are found without casting the whole mask; every type still gives execute()'s values."""
-    image, mask = _multilabel(tmp_path)
+    image, mask = multilabel_case(tmp_path)
     m = sitk.ReadImage(str(mask))
     typed = sitk.GetImageFromArray(sitk.GetArrayFromImage(m).astype(dtype))
     typed.CopyInformation(m)
@@ -173,7 +158,7 @@ def test_negative_mask_values_are_a_clear_failure(tmp_path):
 
 
 def test_requested_label_list_and_absent_label(tmp_path):
-    image, mask = _multilabel(tmp_path)
+    image, mask = multilabel_case(tmp_path)
     result = extract_scan(Scan("multi", str(image), str(mask), (3, 7)), settings_for(PARAMS / "Params.yaml"))
     assert [r["label"] for r in result.rows] == [3]
     [failure] = result.failures

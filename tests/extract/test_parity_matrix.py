@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import yaml
 from allpairspy import AllPairs
-from conftest import case_paths, feature_differences
+from conftest import case_paths, feature_differences, multilabel_case
 
 from radcluster.cohort import ALL_LABELS, Scan
 from radcluster.extract import ExtractionSettings, extract_scan
@@ -155,24 +155,9 @@ def _sparse(rows: list[dict[str, int]]) -> list[dict[str, int]]:
 DESIGN = _design()
 
 
-def _multilabel(tmp_path):
-    """brain1's lesion split into two labels, plus a third region elsewhere in the head."""
-    image, mask = case_paths("brain1")
-    m = sitk.ReadImage(str(mask))
-    arr = sitk.GetArrayFromImage(m).astype(np.uint16)
-    _, _, x = np.nonzero(arr)
-    arr[(arr == 1) & (np.arange(arr.shape[2])[None, None, :] > np.median(x))] = 2
-    arr[arr.shape[0] // 2 - 2 : arr.shape[0] // 2 + 2, 100:120, 100:125] = 3
-    out = sitk.GetImageFromArray(arr)
-    out.CopyInformation(m)
-    path = tmp_path / "multi_label.nrrd"
-    sitk.WriteImage(out, str(path))
-    return image, path
-
-
 def _vector(tmp_path):
     """A two-channel segmentation of brain1: the lesion, and the lesion's lateral half as label 1."""
-    image, mask = _multilabel(tmp_path)
+    image, mask = multilabel_case(tmp_path)
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(mask)))
     channels = np.stack([(arr == 1) | (arr == 2), arr == 2], axis=-1).astype(np.uint8)
     vec = sitk.GetImageFromArray(channels, isVector=True)
@@ -184,7 +169,7 @@ def _vector(tmp_path):
 
 def _inputs(case, tmp_path):
     if case == "multi":
-        image, mask = _multilabel(tmp_path)
+        image, mask = multilabel_case(tmp_path)
         return image, mask, ALL_LABELS, [1, 2, 3]
     if case == "vector":
         image, mask = _vector(tmp_path)
