@@ -174,12 +174,11 @@ def _metric_line(block: dict[str, Any], main: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import platform
+    """What made a model version, as its metadata records it."""
+    from .._software import software_versions
 
-    from .. import __version__
-
-    out = {"radcluster": __version__, "python": platform.python_version()}
-    for mod in (
+    return software_versions(
+        "python",
         "numpy",
         "pandas",
         "dask",
@@ -191,10 +190,7 @@ def _versions() -> dict[str, str]:
         "zarr",
         "sksurv",
         "statsmodels",
-    ):
-        with contextlib.suppress(Exception):
-            out[mod] = __import__(mod).__version__
-    return out
+    )
 
 
 def train_store(
