@@ -55,6 +55,38 @@ def _resample_rows(group_codes: np.ndarray, n_groups: int, rng: np.random.Genera
     return np.repeat(np.arange(group_codes.size), counts[group_codes])
 
 
+def bootstrap_intervals(
+    values: Callable[[np.ndarray], dict[str, float]],
+    n: int,
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap interval of every value ``values(rows)`` returns, over resamples
+    of the ``n`` rows (of whole ``groups`` when given).
+
+    Resamples where a value is undefined (one class drawn) are skipped for it; a value with
+    fewer than ten defined resamples gets NaN bounds; none at all when ``n_boot`` is 0.
+    """
+    if n_boot <= 0:
+        return {}
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n)
+    n_groups = int(codes.max()) + 1 if n else 0
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        for key, value in values(_resample_rows(codes, n_groups, rng)).items():
+            if np.isfinite(value):
+                draws.setdefault(key, []).append(value)
+    tail = (1 - level) / 2 * 100
+    return {
+        k: [float(x) for x in np.percentile(v, [tail, 100 - tail])] if len(v) >= 10 else [math.nan, math.nan]
+        for k, v in draws.items()
+    }
+
+
 def bootstrap_ci(
     metric: Callable[..., float],
     arrays: tuple[np.ndarray, ...],
@@ -64,28 +96,18 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``metric(*arrays)``, resampling ``groups`` when given.
-
-    Resamples where the metric is undefined (one class drawn) are skipped; NaN bounds when
-    ``n_boot`` is 0 or fewer than ten resamples were defined.
-    """
-    if n_boot <= 0:
-        return (math.nan, math.nan)
-    n = len(arrays[0])
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n)
-    n_groups = int(codes.max()) + 1 if n else 0
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        idx = _resample_rows(codes, n_groups, rng)
-        value = metric(*(a[idx] for a in arrays))
-        if np.isfinite(value):
-            values.append(value)
-    if len(values) < 10:
-        return (math.nan, math.nan)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return (float(lo), float(hi))
+    """Percentile bootstrap interval of ``metric(*arrays)`` (see :func:`bootstrap_intervals`);
+    NaN bounds when it has none."""
+    ci = bootstrap_intervals(
+        lambda idx: {"metric": metric(*(a[idx] for a in arrays))},
+        len(arrays[0]),
+        groups=groups,
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+    )
+    lo, hi = ci.get("metric", (math.nan, math.nan))
+    return (lo, hi)
 
 
 def _calibration(y: np.ndarray, p: np.ndarray, bins: int) -> dict[str, Any]:
