@@ -304,21 +304,17 @@ def _train_store(
     d_target, d_groups = target.subset(dev), groups[dev]
     d_batch = None if batch is None else batch[dev]
     Xdev = X[dev] if len(test) else X
+    # how every fit of this training is made: each fold's, each left-out site's and the final one
+    fitting: dict[str, Any] = {
+        "make_pre": make_pre,
+        "make_mdl": make_mdl,
+        "batch": d_batch,
+        "validation_fraction": spec.cv.validation_fraction,
+        "seed": seed,
+    }
     if spec.cv.folds and task != "clustering":
         splits = make_splits(spec.cv.folds, d_target.strata, d_groups, seed=seed)
-        cv = cross_validate(
-            Xdev,
-            d_target,
-            d_groups,
-            splits,
-            make_pre=make_pre,
-            make_mdl=make_mdl,
-            batch=d_batch,
-            validation_fraction=spec.cv.validation_fraction,
-            seed=seed,
-            on_fold=on_fold,
-            metric_options=mopts,
-        )
+        cv = cross_validate(Xdev, d_target, d_groups, splits, **fitting, on_fold=on_fold, metric_options=mopts)
         metrics["cv"] = evaluate(
             d_target,
             cv.scores,
@@ -349,25 +345,12 @@ def _train_store(
             d_target,
             d_groups,
             data.rows[column].to_numpy()[dev],
-            make_pre=make_pre,
-            make_mdl=make_mdl,
-            batch=d_batch,
-            validation_fraction=spec.cv.validation_fraction,
-            seed=seed,
+            **fitting,
             n_boot=spec.metrics.bootstrap,
             metric_options=mopts,
         )
         metrics["leave_out"]["column"] = column
-    final = fit_final(
-        Xdev,
-        d_target,
-        d_groups,
-        make_pre=make_pre,
-        make_mdl=make_mdl,
-        batch=d_batch,
-        validation_fraction=spec.cv.validation_fraction,
-        seed=seed,
-    )
+    final = fit_final(Xdev, d_target, d_groups, **fitting)
     pca_scores = None
     if final.pre.pca_components_ is not None:
         pca_scores = final.scores_train[:, : min(2, final.pre.n_components_)].compute()
