@@ -39,6 +39,7 @@ def test_xgboost_collective_lines_stay_off_the_terminal(store, tmp_path):
     assert not _XGBOOST_LINES.findall(out), out
 
 
+@pytest.mark.slow  # a second whole `radcluster train` in a fresh process, for the -v side only
 def test_with_v_they_are_logged(store, tmp_path):
     out = _train(store, tmp_path / "models", "-v")
     assert re.search(r"INFO xgboost.*got rank \d", out), out
