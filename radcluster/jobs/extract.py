@@ -604,6 +604,8 @@ def _write_stability(store_url: str) -> None:
     from ..learn.stability import store_stability
 
     store = open_store(store_url)
+    if not store.has_matrix():  # every scan failed
+        return
     try:
         table = store_stability(store)
     except ModelError as err:

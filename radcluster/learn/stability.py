@@ -56,18 +56,8 @@ def icc_3_1(Y: np.ndarray) -> np.ndarray:
     >>> round(float(icc_3_1(ratings[:, :, None])[0]), 2)
     0.71
     """
-    Y = np.asarray(Y, dtype=float)
-    if Y.ndim != 3 or Y.shape[0] < 2 or Y.shape[1] < 2:
-        raise ModelError(f"ICC: need at least 2 subjects x 2 measurements per feature; got shape {Y.shape}")
-    n, k, _ = Y.shape
-    grand = Y.mean(axis=(0, 1))
-    ss_rows = k * ((Y.mean(axis=1) - grand) ** 2).sum(axis=0)
-    ss_cols = n * ((Y.mean(axis=0) - grand) ** 2).sum(axis=0)
-    ss_error = ((Y - grand) ** 2).sum(axis=(0, 1)) - ss_rows - ss_cols
-    ms_rows = ss_rows / (n - 1)
-    ms_error = ss_error / ((n - 1) * (k - 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (ms_rows - ms_error) / (ms_rows + (k - 1) * ms_error)
+    _, k, ms_rows, _, ms_error = _mean_squares(Y)
+    return _icc(ms_rows, ms_error, k)
 
 
 def icc_1_1(Y: np.ndarray) -> np.ndarray:
@@ -81,17 +71,29 @@ def icc_1_1(Y: np.ndarray) -> np.ndarray:
     >>> round(float(icc_1_1(ratings[:, :, None])[0]), 2)
     0.17
     """
+    _, k, ms_rows, ms_within, _ = _mean_squares(Y)
+    return _icc(ms_rows, ms_within, k)
+
+
+def _mean_squares(Y: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, k, MS_rows, MS_within, MS_error)`` per feature of the n x k x p table ``Y``: the
+    two-way ANOVA's mean squares between subjects, within subjects, and residual."""
     Y = np.asarray(Y, dtype=float)
     if Y.ndim != 3 or Y.shape[0] < 2 or Y.shape[1] < 2:
         raise ModelError(f"ICC: need at least 2 subjects x 2 measurements per feature; got shape {Y.shape}")
     n, k, _ = Y.shape
     grand = Y.mean(axis=(0, 1))
+    ss_total = ((Y - grand) ** 2).sum(axis=(0, 1))
     ss_rows = k * ((Y.mean(axis=1) - grand) ** 2).sum(axis=0)
-    ss_within = ((Y - Y.mean(axis=1, keepdims=True)) ** 2).sum(axis=(0, 1))
-    ms_rows = ss_rows / (n - 1)
-    ms_within = ss_within / (n * (k - 1))
+    ss_cols = n * ((Y.mean(axis=0) - grand) ** 2).sum(axis=0)
+    ms_within = (ss_total - ss_rows) / (n * (k - 1))
+    ms_error = (ss_total - ss_rows - ss_cols) / ((n - 1) * (k - 1))
+    return n, k, ss_rows / (n - 1), ms_within, ms_error
+
+
+def _icc(ms_rows: np.ndarray, ms_other: np.ndarray, k: int) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (ms_rows - ms_within) / (ms_rows + (k - 1) * ms_within)
+        return (ms_rows - ms_other) / (ms_rows + (k - 1) * ms_other)
 
 
 def retest_pairs(rows: pd.DataFrame, retest_rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

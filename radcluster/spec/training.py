@@ -165,14 +165,6 @@ class SearchSpec(Section):
     inner_folds: int = Field(3, ge=2, description="grouped, stratified inner folds of each outer training fold")
     seed: int = Field(0, ge=0, description="seed of the random draw")
 
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, v):
-        empty = [k for k, values in (v or {}).items() if not values]
-        if empty:
-            raise ValueError(f"every parameter needs at least one value; empty: {', '.join(empty)}")
-        return v
-
     @field_validator("random")
     @classmethod
     def _random(cls, v):
@@ -184,6 +176,9 @@ class SearchSpec(Section):
             raise ValueError("give either 'grid' or 'random' (with n_iter)")
         if not (self.grid or self.random):
             raise ValueError("names no parameter to search")
+        empty = [k for k, values in (self.grid or {}).items() if not values]
+        if empty:
+            raise ValueError(f"grid: every parameter needs at least one value; empty: {', '.join(empty)}")
         return self
 
     def parameters(self) -> list[str]:
