@@ -75,6 +75,10 @@ class TrainResult:
             block = m.get(part)
             if block:
                 lines.append(f"{part}: {_metric_line(block, main)}")
+        searched = m.get("search")
+        if searched:
+            chosen = "; ".join(f"fold {i}: {f['params']}" for i, f in enumerate(searched["folds"]) if f)
+            lines.append(f"search: {chosen}; final model: {searched['final']['params']}")
         held = m.get("leave_out")
         if held:
             for site in held["sites"]:

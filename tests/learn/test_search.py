@@ -55,6 +55,7 @@ def test_the_inner_search_sees_only_each_outer_fold_training_patients(store, cli
     assert all(f["search"]["params"] in grid and len(f["search"]["scores"]) == 3 for f in folds)
     assert result.metrics["search"]["candidates"] == grid
     assert result.metrics["cv"]["roc_auc"] > 0.85
+    assert f"search: fold 0: {folds[0]['search']['params']}" in result.text()
     saved = json.loads((Path(result.version) / "model.json").read_text())
     assert saved["params"]["C"] == result.metrics["search"]["final"]["params"]["C"]  # the final model's choice
     page = (Path(result.version) / "report.html").read_text()
