@@ -52,6 +52,8 @@ def test_icc_over_perturbations_is_icc_1_1_of_the_complete_sets(tmp_path):
     X0, rows, names = open_store(path).matrix()
     with pytest.raises(ModelError, match="found 0 test-retest pair"):
         stability_table(X0, rows, names, retest=(X0[:0], rows.iloc[:0].assign(retest_of=[])))
+    with pytest.raises(ModelError, match=r"no retest scans \('retest_of'\) and no perturbed scans"):
+        stability_table(X0, rows, names)
 
 
 def test_icc_min_drops_the_feature_perturbations_move_and_keeps_the_rest(tmp_path, client):
