@@ -446,7 +446,7 @@ def _study_sections(d: dict[str, Any], metrics: dict[str, Any]) -> str:
         )
         table = d.get("stability")
         if table is not None and "source" in table:
-            worst = table.sort_values("icc", na_position="first").head(20)
+            worst = table.sort_values("icc", na_position="last").head(20)
             rows = [[r.feature, r.source, r.icc, r.n, r.k] for r in worst.itertuples()]
             out.append(
                 "<p>The least stable features (the whole table: stability.parquet):</p>"

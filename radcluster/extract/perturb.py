@@ -116,7 +116,9 @@ class Perturbation:
             )
             near = (dist > 0) & (dist <= r + 1e-9)
             if self.kind == "dilate":
-                out[near & (out == 0)] = label  # into the background only: neighbours keep theirs
+                # into the background only: neighbours keep theirs, a voxel two labels reach
+                # goes to the lower one
+                out[near & (out == 0)] = label
             else:
                 out[near] = 0  # ``near``: the label's voxels within r of its outside
         result = sitk.GetImageFromArray(out)

@@ -21,8 +21,9 @@ XGBoost (``xgboost.dask``): ``GridSearchCV`` only drives the loop (``n_jobs=1``,
 client). The training matrix stays a dask array: each inner split is a row selection of it and
 each candidate is fitted by ``xgboost.dask`` on the workers, as the outer fits are, so the
 matrix is never gathered; inner fits boost ``n_estimators`` rounds (no early stopping, which
-would need a third split). The scikit-learn and Cox models are fitted in one process on the
-gathered inner rows, as their outer fits are.
+would need a third split). The scikit-learn and Cox models, which are fitted in one process on
+the gathered matrix anyway (their ``max_gather_mb``), get the fold's rows gathered once and
+their inner fits run in the client with dask's synchronous scheduler.
 
 Preprocessing and the ``select:`` step are fitted once per outer fold, before the search: the
 inner scores are then a little optimistic about selection, which changes which candidate wins
@@ -117,7 +118,16 @@ def tune(model, Z, target: Target, groups: np.ndarray, search, *, seed: int = 0)
         refit=False,
         error_score="raise",
     )
-    grid.fit(Z, target.y)
+    if "max_gather_mb" in model.get_params():
+        # a model fitted in one process on the gathered matrix (scikit-learn, Cox): gathered
+        # once, each inner fit and score then runs here instead of a round trip to the cluster
+        import dask
+
+        rows = np.asarray(Z.compute() if hasattr(Z, "compute") else Z)
+        with dask.config.set(scheduler="synchronous"):
+            grid.fit(rows, target.y)
+    else:
+        grid.fit(Z, target.y)  # xgboost.dask: every inner fit on the workers, Z never gathered
     means = np.asarray(grid.cv_results_["mean_test_score"], dtype=float)
     best = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
     logger.info("search: %s chosen (inner %s %.3f) among %d candidate(s)", tried[best], metric, means[best], len(tried))

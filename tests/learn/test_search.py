@@ -62,6 +62,7 @@ def test_the_inner_search_sees_only_each_outer_fold_training_patients(store, cli
     assert "Hyperparameter search (nested)" in page and "Hyperparameter tuning" in page
 
 
+@pytest.mark.slow
 def test_search_with_the_target_shuffled_stays_at_chance(store, client, tmp_path):
     aucs = []
     for seed in range(5):

@@ -75,5 +75,5 @@ def test_icc_min_drops_the_feature_perturbations_move_and_keeps_the_rest(tmp_pat
     saved = pd.read_parquet(Path(result.version) / "stability.parquet")
     assert saved.loc[saved["feature"] == "original_firstorder_F006", "kept"].tolist() == [False]
     page = (Path(result.version) / "report.html").read_text()
-    assert "ICC(1,1) over 59 scan(s) and 3 perturbed copies of each: 1 feature(s) dropped" in page
+    assert "(ICC(1,1) over 59 scan(s) and 3 perturbed copies of each): 1 feature(s) dropped" in page
     assert 'id="stability"' in page
