@@ -137,7 +137,7 @@ def test_the_perturb_section_is_typed_and_expands_the_cohort():
         build_job({"extraction": {"perturb": {"erode": [0]}}}, overrides={"manifest": "m.csv", "store": "s"})
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # extracts 16 synthetic scans and 32 noisy copies on the cluster, then trains
 def test_perturbations_are_extracted_on_the_cluster_and_filter_unstable_features(tmp_path, client):
     from radcluster.jobs.extract import extract_job
     from radcluster.jobs.train import train_store

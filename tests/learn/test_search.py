@@ -62,7 +62,7 @@ def test_the_inner_search_sees_only_each_outer_fold_training_patients(store, cli
     assert "Hyperparameter search (nested)" in page and "Hyperparameter tuning" in page
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # five trainings, each with a nested search in every fold
 def test_search_with_the_target_shuffled_stays_at_chance(store, client, tmp_path):
     aucs = []
     for seed in range(5):
@@ -109,7 +109,7 @@ def test_a_searched_parameter_the_model_does_not_have_is_refused(store):
         load_training_data(store, spec)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # every candidate of every inner fold is an xgboost.dask fit on the cluster
 def test_xgboost_search_runs_each_candidate_on_the_cluster(store, client, tmp_path):
     spec = {
         "target": "outcome",
