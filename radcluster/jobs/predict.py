@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ModelError, SpecError
-from ..learn.cv import score_columns
 from ..extract.perturb import PERTURBATION_OF
+from ..learn.cv import score_columns
 from ..learn.dataset import matrix_params_hashes, merge_clinical, pivot_by_label, read_store_columns
 
 logger = logging.getLogger(__name__)
