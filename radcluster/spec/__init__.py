@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from ..errors import SpecError
-from ._base import Section, format_errors, section_model
+from ._base import Section, section_model, spec_error
 from .training import TrainSpec
 
 __all__ = [
@@ -195,7 +195,7 @@ def _engine_name(name: str) -> str:
     from ..extract.engines import engine_class
 
     if name == "onnx":
-        raise ValueError("engine 'onnx' needs its options: {onnx: {name: ..., model: ...}}")
+        raise ValueError("engine 'onnx' needs its options; write {onnx: {name: ..., model: ...}}")
     engine_class(name)  # SpecError (a ValueError) naming the closest engine when unknown
     return name
 
@@ -258,8 +258,9 @@ class PredictSpec(Section):
     output: str = Field("predictions.parquet", description="predictions Parquet file")
 
 
-# What each kind of job needs beyond the defaults: checked when the spec is built, so every
-# runner can rely on it and no cluster starts for a job that cannot run.
+# What each kind of job needs beyond the defaults (and, in JobSpec._requirements, what it
+# needs in some cases): checked when the spec is built, so every runner can rely on it and
+# no cluster starts for a job that cannot run.
 REQUIRES: dict[str, tuple[str, ...]] = {
     "extract": ("manifest", "store"),
     "train": ("store",),
@@ -294,7 +295,15 @@ class JobSpec(Section):
         missing = [key for key in REQUIRES[self.kind] if getattr(self, key) is None]
         if missing:
             article = "an" if self.kind[0] in "aeiou" else "a"
-            raise ValueError(f"{article} {self.kind} job needs {' and '.join(repr(k) for k in missing)}")
+            them = "them" if len(missing) > 1 else "it"
+            raise ValueError(
+                f"{article} {self.kind} job needs {' and '.join(repr(k) for k in missing)}; "
+                f"add {them} to the job file or give {them} as flags"
+            )
+        if self.kind == "retrain" and self.train is not None and self.train.target is None:
+            raise ValueError("a retrain job needs 'train.target'; models are compared on it, set the target column")
+        if self.kind == "predict" and self.predict.version == "champion" and self.registry is None:
+            raise ValueError("predict.version 'champion' needs a 'registry'; set one, or give a version folder")
         return self
 
     def resolve(self, path: str | None) -> str | None:
@@ -330,7 +339,7 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise SpecError(f"override {dotted!r}: {p!r} is not a section")
+            raise SpecError(f"override {dotted!r}", f"{p!r} is not a section", f"it holds {node!r}")
     node[parts[-1]] = value
 
 
@@ -338,7 +347,7 @@ def build_job(
     data: dict[str, Any] | None,
     *,
     overrides: dict[str, Any] | None = None,
-    source: str = "<arguments>",
+    source: str = "(arguments)",
     base_dir: str | None = None,
 ) -> JobSpec:
     """Validate a job from a mapping, with dotted-key overrides taking precedence.
@@ -363,7 +372,7 @@ def build_job(
     """
     raw: dict[str, Any] = dict(data or {})
     if not isinstance(data, dict | None):
-        raise SpecError(f"job spec {source} must be a mapping of keys, got {type(data).__name__}")
+        raise SpecError(f"job spec {source}", "must be a mapping of keys", f"got {type(data).__name__}")
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)
@@ -378,7 +387,7 @@ def build_job(
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(format_errors(err, source, JobSpec)) from None
+        raise spec_error(err, f"job spec {source}", JobSpec) from None
 
 
 def load_job(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None) -> JobSpec:
@@ -387,9 +396,9 @@ def load_job(path: str | os.PathLike, *, overrides: dict[str, Any] | None = None
     try:
         data = yaml.safe_load(p.read_text())
     except FileNotFoundError:
-        raise SpecError(f"job spec {str(p)!r} does not exist") from None
+        raise SpecError(f"job spec {str(p)!r}", "does not exist", "give the path of a job YAML file") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"job spec {str(p)!r} is not valid YAML: {err}") from None
+        raise SpecError(f"job spec {str(p)!r}", "is not valid YAML", str(err)) from None
     return build_job(data, overrides=overrides, source=repr(str(p)), base_dir=str(p.parent.resolve()))
 
 
@@ -412,7 +421,11 @@ def read_params(path: str | os.PathLike | None) -> tuple[str, str]:
     try:
         text = p.read_text()
     except OSError as err:
-        raise SpecError(f"params file {str(p)!r} cannot be read: {err.strerror or err}") from None
+        raise SpecError(
+            f"params file {str(p)!r}",
+            f"cannot be read ({err.strerror or err})",
+            "give a readable pyradiomics params YAML, or none for the packaged default",
+        ) from None
     from ..extract._radiomics import validate_params
 
     validate_params(text, source=str(p))

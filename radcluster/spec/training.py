@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..errors import SpecError, did_you_mean
-from ._base import Section, format_errors
+from ..errors import did_you_mean
+from ._base import Section, spec_error
 
 __all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "SelectSpec", "ValidationSpec", "parse_train_spec"]
 
@@ -177,7 +177,7 @@ class TrainSpec(Section):
         known = list(families())
         unknown = [k for k in v if k not in known]
         if unknown:
-            raise ValueError(f"keys are model names ({', '.join(known)}); unknown: {', '.join(unknown)}")
+            raise ValueError(f"unknown model(s) {', '.join(unknown)}; keys are model names: {', '.join(known)}")
         return v
 
     @field_validator("features")
@@ -190,15 +190,18 @@ class TrainSpec(Section):
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
         if self.target is None and self.model != "kmeans":
-            raise ValueError("'target' is required (only model 'kmeans' trains without one)")
+            raise ValueError("'target' is required (only model 'kmeans' trains without one); set the target column")
         if self.task == "survival" and self.event is None:
-            raise ValueError("task 'survival' needs 'event' (and 'target' as the time column)")
+            raise ValueError("task 'survival' needs 'event'; set 'event' (1 event, 0 censored) and 'target' (the time)")
         if (
             self.model == "kmeans"
             and self.task not in ("auto", "clustering")
             or (self.task == "clustering" and self.model != "kmeans")
         ):
-            raise ValueError("task 'clustering' goes with model 'kmeans' and only with it")
+            raise ValueError(
+                f"task {self.task!r} with model {self.model!r}; "
+                "task 'clustering' goes with model 'kmeans' and only with it"
+            )
         return self
 
     def resolved_task(self) -> str | None:
@@ -213,11 +216,11 @@ class TrainSpec(Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "(train section)") -> TrainSpec:
+def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "the train section") -> TrainSpec:
     """Validate a ``train`` mapping; :class:`SpecError` names every bad key and the closest valid one."""
     if isinstance(data, TrainSpec):
         return data
     try:
         return TrainSpec.model_validate(data or {})
     except ValidationError as err:
-        raise SpecError(format_errors(err, source, TrainSpec, prefix=("train",))) from None
+        raise spec_error(err, source, TrainSpec, prefix=("train",)) from None
