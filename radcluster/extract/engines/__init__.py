@@ -278,7 +278,7 @@ def run_engines(engines: Sequence[Engine], scan: ScanImage, settings) -> tuple[d
 
 
 def from_spec(extraction, params_text: str, resolve: Callable[[str], str] = str) -> tuple[Engine, ...]:
-    """The prepared engines of a job's ``extraction`` section (:class:`radcluster.spec.ExtractionSpec`).
+    """The prepared engines of a job's ``extraction`` section (:class:`radcluster.spec.extraction.ExtractionSpec`).
 
     Every engine is checked here, on the client, before any cluster starts (an ONNX model is
     read, hashed and run once on zeros). ``extraction.ibsi`` keeps its meaning: with it set,

@@ -319,7 +319,7 @@ def _embed(sess, info: ModelInfo, samples: list[np.ndarray], batch: int) -> list
 @dataclass(frozen=True)
 class OnnxEngine(Engine):
     """An ONNX model as a feature engine; ``options`` is the job's ``{onnx: {...}}`` section
-    (:class:`radcluster.spec.OnnxEngineSpec`), ``model`` what :meth:`prepare` found."""
+    (:class:`radcluster.spec.extraction.OnnxEngineSpec`), ``model`` what :meth:`prepare` found."""
 
     options: Any
     model: ModelInfo | None = None
