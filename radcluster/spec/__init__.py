@@ -40,6 +40,8 @@ from .extraction import DEFAULT_PARAMS, ExtractionSpec, OnnxEngineSpec, params_h
 from .lifecycle import PredictSpec, RetrainSpec
 from .training import TrainSpec
 
+# The public names of the job and of every section module (they have no __all__ of their
+# own: this list is the one to keep).
 __all__ = [
     "TLSSpec",
     "LocalClusterSpec",

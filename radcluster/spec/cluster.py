@@ -13,17 +13,6 @@ from pydantic import Field
 
 from ._base import Section
 
-__all__ = [
-    "TLSSpec",
-    "LocalClusterSpec",
-    "AddressClusterSpec",
-    "SlurmClusterSpec",
-    "PBSClusterSpec",
-    "KubernetesClusterSpec",
-    "ClusterSpec",
-    "CLUSTER_KINDS",
-]
-
 
 class TLSSpec(Section):
     """Certificates for TLS between client, scheduler and workers (``distributed.Security``)."""

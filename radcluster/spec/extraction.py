@@ -19,8 +19,6 @@ from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator
 from ..errors import SpecError
 from ._base import Section
 
-__all__ = ["OnnxEngineSpec", "ExtractionSpec", "DEFAULT_PARAMS", "read_params", "params_hash"]
-
 
 class OnnxEngineSpec(Section):
     """An ONNX model as a feature engine: each ROI's embedding as columns ``deep_<name>_<i>``."""

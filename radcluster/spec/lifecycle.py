@@ -7,8 +7,6 @@ from pydantic import Field
 
 from ._base import Section
 
-__all__ = ["RetrainSpec", "PredictSpec"]
-
 
 class RetrainSpec(Section):
     """How a retrain decides whether the new model replaces the champion."""
