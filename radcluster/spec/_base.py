@@ -52,9 +52,12 @@ def _locate(model: type[BaseModel], loc: tuple[Any, ...], unknown_key: bool) -> 
         if isinstance(part, int):
             key.append(str(part))
             continue
+        tagged = [m for m in candidates if "kind" in m.model_fields and m.model_fields["kind"].default == part]
+        if len(candidates) > 1 and tagged and not last:  # a tag, even one spelled like a key (cluster kind address)
+            candidates = tagged
+            continue
         field = next((m.model_fields[part] for m in candidates if part in m.model_fields), None)
         if field is None and not (last and unknown_key):
-            tagged = [m for m in candidates if "kind" in m.model_fields and m.model_fields["kind"].default == part]
             candidates = tagged or candidates
             continue
         key.append(str(part))

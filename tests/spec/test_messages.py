@@ -155,6 +155,19 @@ def test_a_job_spec_lists_every_problem_with_its_key() -> None:
     }
 
 
+def test_a_cluster_kind_spelled_like_a_key_is_not_taken_for_the_key() -> None:
+    """pydantic names the member ``address`` in the location; the user wrote ``cluster.adress``."""
+    from radcluster.spec import AddressClusterSpec, build_job
+
+    with pytest.raises(SpecError) as info:
+        build_job({"manifest": "m.csv", "store": "s", "cluster": {"kind": "address", "adress": "x"}})
+    described = AddressClusterSpec.model_fields["address"].description
+    assert set(info.value.problems) == {
+        Problem("key 'cluster.address'", "missing", f"required: {described}"),
+        Problem("key 'cluster.adress'", "unknown key", "did you mean 'address'?"),
+    }
+
+
 def test_a_check_a_validator_borrows_keeps_its_words_under_the_key() -> None:
     from radcluster.spec import build_job
 
