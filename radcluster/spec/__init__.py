@@ -38,6 +38,7 @@ from .cluster import (
 )
 from .extraction import DEFAULT_PARAMS, ExtractionSpec, OnnxEngineSpec, params_hash, read_params
 from .lifecycle import PredictSpec, RetrainSpec
+from .perturb import PerturbSpec
 from .training import TrainSpec
 
 # The public names of the job and of every section module (they have no __all__ of their
@@ -52,6 +53,7 @@ __all__ = [
     "ClusterSpec",
     "OnnxEngineSpec",
     "ExtractionSpec",
+    "PerturbSpec",
     "TrainSpec",
     "RetrainSpec",
     "PredictSpec",

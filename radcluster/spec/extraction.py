@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator
 
 from ..errors import SpecError
 from ._base import Section
+from .perturb import PerturbSpec
 
 
 class OnnxEngineSpec(Section):
@@ -113,6 +114,9 @@ class ExtractionSpec(Section):
         ("pyradiomics",),
         description="feature engines run on each scan's one read: pyradiomics, ibsi, {onnx: {...}} (its keys "
         "below), or the name of an engine an installed package registers (entry point group radcluster.engines)",
+    )
+    perturb: PerturbSpec | None = Field(
+        None, description="perturbed copies of every scan, extracted beside it (stability: train.select.icc_min)"
     )
     flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")

@@ -152,7 +152,7 @@ def check_model(name: str, task: str, params: Mapping[str, Any]) -> None:
     for key in params:
         if key not in valid:
             hint = did_you_mean(key, sorted(valid))
-            raise SpecError(f"key 'train.params.{name}.{key}'", f"unknown parameter for task {task!r}", hint)
+            raise SpecError(f"model {name!r} parameter {key!r}", f"unknown for task {task!r}", hint)
 
 
 def make_model(
