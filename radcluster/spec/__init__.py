@@ -232,7 +232,11 @@ class ExtractionSpec(Section):
         description="feature engines run on each scan's one read: pyradiomics, ibsi, {onnx: {...}} (its keys "
         "below), or the name of an engine an installed package registers (entry point group radcluster.engines)",
     )
-    flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
+    flush_rows: int | None = Field(
+        None,
+        ge=1,
+        description="rows per Parquet part file written while running; null: parts of about 32 MiB of features",
+    )
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")
 
     @field_validator("engines")
