@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ClusterError
-from ..spec import (
+from ..spec.cluster import (
     AddressClusterSpec,
     KubernetesClusterSpec,
     LocalClusterSpec,

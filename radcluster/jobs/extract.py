@@ -35,7 +35,8 @@ from ..extract import ExtractionSettings, ScanResult, extract_scan
 from ..extract.engines import combined_key, from_spec
 from ..extract.perturb import perturbed_cohort
 from ..plan import Plan, Task, file_stat, make_plan, part_key, read_headers
-from ..spec import JobSpec, read_params
+from ..spec import JobSpec
+from ..spec.extraction import read_params
 from ..store import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -344,7 +345,7 @@ def _claims_memory(spec) -> bool | None:
     """Whether the batch workers radcluster starts run several tasks at once (they advertise
     ``MEMORY``): known from the spec before an adaptive cluster has any worker. None where the
     workers connected at the start tell (local ones, a running cluster's)."""
-    from ..spec import PBSClusterSpec, SlurmClusterSpec
+    from ..spec.cluster import PBSClusterSpec, SlurmClusterSpec
 
     if isinstance(spec, SlurmClusterSpec | PBSClusterSpec):
         return spec.cores // spec.processes > 1

@@ -133,11 +133,12 @@ def predict_job(
 
     version = job.predict.version
     if version == "champion":
-        champion = read_champion(job.resolve(job.registry)) if job.registry else None
+        champion = read_champion(job.resolve(job.registry))  # the spec requires a registry here
         if champion is None:
             raise SpecError(
-                "predict.version 'champion' needs a 'registry' with a champion "
-                "(run `radcluster retrain` first) or a version folder"
+                f"registry {job.registry!r}",
+                "has no champion for predict.version 'champion'",
+                "run `radcluster retrain` first, or give a version folder",
             )
         version = champion["version"]
     else:
