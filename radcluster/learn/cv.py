@@ -126,8 +126,8 @@ def _fit_once(
     validation_fraction: float,
     seed: int,
 ) -> FoldFit:
-    pre = make_pre().fit(X, target.y, batch=batch)  # y: for a select step only
-    Z = pre.transform(X, batch=batch).persist()
+    pre = make_pre()
+    Z = pre.fit_transform(X, target.y, batch=batch).persist()  # y: for a select step only
     model = make_mdl()
     if (
         target.y is None
