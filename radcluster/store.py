@@ -10,6 +10,7 @@ Layout under the store root (a local folder or an fsspec URL)::
     matrix.zarr/                        X (float64, rows x features), case_id, label, extracted_at: every
                                         row of the store's params in the order it was appended
     runs/<run-id>.json                  parameters, versions, counts, timings, cluster
+    stability.parquet                   ICC per feature over perturbed copies / retests (extraction.perturb)
 
 **Current rows.** A store holds the features of one params file (``store.json``; a run with
 other params is refused, naming both, so one matrix never mixes two settings). The current
@@ -78,6 +79,9 @@ _KEY_CHUNK_ROWS = 1 << 16
 # Compaction merges parts below half this size into files of about this size: 16 files per
 # 100k rows of 1,200 features, each small enough to rewrite in the driver's memory.
 COMPACT_BYTES = 64 << 20
+# The ICC table of the perturbed copies (and retests) of the store's scans, rewritten by each
+# run of a job with extraction.perturb.
+STABILITY_FILE = "stability.parquet"
 _GENERATION = re.compile(r"^_generation-(\d{6})\.json$")
 _COMPACT = re.compile(r"^compact-(\d{6})-")
 _READ_ATTEMPTS = 20
@@ -466,6 +470,22 @@ class Store:
         ]
         out = [json.loads(data) for data in self.fs.cat(paths).values()] if paths else []
         return sorted(out, key=lambda r: r.get("started_at", ""))
+
+    # -- stability (extraction.perturb) ---------------------------------------------------
+    def write_stability(self, table: pd.DataFrame) -> None:
+        """Replace ``stability.parquet``: the ICC of every feature over the store's perturbed
+        copies and retests (:func:`radcluster.learn.stability.store_stability`)."""
+        self._write_atomic(
+            self._path(STABILITY_FILE), _parquet_bytes(pa.Table.from_pandas(table, preserve_index=False))
+        )
+
+    def stability(self) -> pd.DataFrame | None:
+        """``stability.parquet`` (``feature, source, icc, n, k``), or None when no run wrote one."""
+        try:
+            with self.fs.open(self._path(STABILITY_FILE), "rb") as f:
+                return pd.read_parquet(f)
+        except FileNotFoundError:
+            return None
 
     # -- compaction ---------------------------------------------------------------------
     def parts(self, table: str = "features") -> dict[str, int]:

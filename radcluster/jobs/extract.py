@@ -33,6 +33,7 @@ from ..cohort import Cohort, Scan, read_label_table, read_manifest
 from ..errors import FailureRecord
 from ..extract import ExtractionSettings, ScanResult, extract_scan
 from ..extract.engines import combined_key, from_spec
+from ..extract.perturb import perturbed_cohort
 from ..plan import Plan, Task, file_stat, make_plan, part_key, read_headers
 from ..spec import JobSpec, read_params
 from ..store import Store, open_store
@@ -580,7 +581,7 @@ def extract_job(
         if on_dashboard is not None:
             on_dashboard(link)
         info = {"kind": job.cluster.kind, "dashboard": link, "workers": len(client.scheduler_info().get("workers", {}))}
-        return run_extract(
+        summary = run_extract(
             cohort,
             settings,
             store_url,
@@ -591,12 +592,33 @@ def extract_job(
             cluster_info=info,
             claim_memory=_claims_memory(job.cluster),
         )
+        if job.extraction.perturb is not None:
+            _write_stability(store_url)
+        return summary
+
+
+def _write_stability(store_url: str) -> None:
+    """The store's ICC table after a run with perturbations; a cohort too small for one (fewer
+    than 3 scans with every perturbation) is logged, not an error: its rows are all written."""
+    from ..errors import ModelError
+    from ..learn.stability import store_stability
+
+    store = open_store(store_url)
+    if not store.has_matrix():  # every scan failed
+        return
+    try:
+        table = store_stability(store)
+    except ModelError as err:
+        logger.warning("no stability table written: %s", err)
+        return
+    store.write_stability(table)
+    logger.info("stability.parquet: ICC of %d feature(s) over the perturbed copies", table["feature"].nunique())
 
 
 def _prepare(job: JobSpec) -> tuple[Cohort, ExtractionSettings]:
     """The cohort and the settings of an extract job: manifest, params, label table and every
     engine read and checked (an ONNX model is read and run once); no cluster needed."""
-    cohort = read_manifest(job.resolve(job.manifest))
+    cohort = perturbed_cohort(read_manifest(job.resolve(job.manifest)), job.extraction.perturb)
     params_text, params_hash = read_params(job.resolve(job.extraction.params))
     labels = read_label_table(job.resolve(job.extraction.label_table))
     engines = from_spec(job.extraction, params_text, job.resolve)

@@ -32,6 +32,7 @@ from pydantic import (
 
 from ..errors import SpecError
 from ._base import Section, format_errors, section_model
+from .perturb import PerturbSpec
 from .training import TrainSpec
 
 __all__ = [
@@ -231,6 +232,9 @@ class ExtractionSpec(Section):
         ("pyradiomics",),
         description="feature engines run on each scan's one read: pyradiomics, ibsi, {onnx: {...}} (its keys "
         "below), or the name of an engine an installed package registers (entry point group radcluster.engines)",
+    )
+    perturb: PerturbSpec | None = Field(
+        None, description="perturbed copies of every scan, extracted beside it (stability: train.select.icc_min)"
     )
     flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")

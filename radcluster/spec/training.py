@@ -17,7 +17,16 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..errors import SpecError, did_you_mean
 from ._base import Section, format_errors
 
-__all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "SelectSpec", "ValidationSpec", "parse_train_spec"]
+__all__ = [
+    "TrainSpec",
+    "PreprocessSpec",
+    "CVSpec",
+    "MetricsSpec",
+    "SelectSpec",
+    "SearchSpec",
+    "ValidationSpec",
+    "parse_train_spec",
+]
 
 # What `features:` selects. Deep engines (radcluster.extract.engines, kind "deep") name their
 # columns deep_<name>_<i>; every other feature column is radiomics (pyradiomics, IBSI mode).
@@ -120,6 +129,62 @@ class SelectSpec(Section):
     q: float | None = Field(None, gt=0, le=1, description="univariate: keep features with BH q <= this; null: off")
 
 
+# The distributions ``search.random`` takes besides a list of values: {name: [low, high]}.
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+
+
+def _distribution(key: str, value: Any) -> Any:
+    """A ``search.random`` entry checked: a non-empty list, or ``{uniform|loguniform|randint: [low, high]}``."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(f"search.random.{key}: the list of values is empty")
+        return list(value)
+    if isinstance(value, dict) and len(value) == 1:
+        ((name, bounds),) = value.items()
+        if name not in DISTRIBUTIONS:
+            raise ValueError(f"search.random.{key}: unknown distribution {name!r}; {did_you_mean(name, DISTRIBUTIONS)}")
+        ok = isinstance(bounds, list | tuple) and len(bounds) == 2 and all(isinstance(b, int | float) for b in bounds)
+        if not ok or not bounds[0] < bounds[1] or (name == "loguniform" and bounds[0] <= 0):
+            raise ValueError(f"search.random.{key}: {name} needs [low, high] with low < high (loguniform: low > 0)")
+        return {name: list(bounds)}
+    raise ValueError(f"search.random.{key}: give a list of values or {{uniform|loguniform|randint: [low, high]}}")
+
+
+class SearchSpec(Section):
+    """Hyperparameter search, in an inner cross-validation of each outer training fold (nested CV)."""
+
+    grid: dict[str, list[Any]] | None = Field(
+        None, description="model parameters and the values to try: every combination (scikit-learn's ParameterGrid)"
+    )
+    random: dict[str, Any] | None = Field(
+        None,
+        description="model parameters and a list of values or {uniform|loguniform|randint: [low, high]}: "
+        "n_iter draws (scikit-learn's ParameterSampler)",
+    )
+    n_iter: int = Field(10, ge=1, description="random: candidates drawn")
+    inner_folds: int = Field(3, ge=2, description="grouped, stratified inner folds of each outer training fold")
+    seed: int = Field(0, ge=0, description="seed of the random draw")
+
+    @field_validator("random")
+    @classmethod
+    def _random(cls, v):
+        return None if v is None else {k: _distribution(k, value) for k, value in v.items()}
+
+    @model_validator(mode="after")
+    def _one(self) -> SearchSpec:
+        if (self.grid is None) == (self.random is None):
+            raise ValueError("give either 'grid' or 'random' (with n_iter)")
+        if not (self.grid or self.random):
+            raise ValueError("names no parameter to search")
+        empty = [k for k, values in (self.grid or {}).items() if not values]
+        if empty:
+            raise ValueError(f"grid: every parameter needs at least one value; empty: {', '.join(empty)}")
+        return self
+
+    def parameters(self) -> list[str]:
+        return list(self.grid or self.random or {})
+
+
 class ValidationSpec(Section):
     """Validation beyond the folds: leave one group (a site) out at a time."""
 
@@ -149,6 +214,9 @@ class TrainSpec(Section):
     metrics: MetricsSpec = MetricsSpec()
     select: SelectSpec = SelectSpec()
     validation: ValidationSpec = ValidationSpec()
+    search: SearchSpec | None = Field(
+        None, description="hyperparameter search on each training fold, scored by inner folds only (nested CV)"
+    )
     max_gather_mb: float = Field(512.0, gt=0, description="largest matrix gathered for scikit-learn models")
     persist: bool = Field(True, description="keep the training matrix in cluster memory while training")
     features: tuple[Literal["radiomics", "deep"], ...] | None = Field(
@@ -199,6 +267,8 @@ class TrainSpec(Section):
             or (self.task == "clustering" and self.model != "kmeans")
         ):
             raise ValueError("task 'clustering' goes with model 'kmeans' and only with it")
+        if self.search is not None and self.model == "kmeans":
+            raise ValueError("search needs a target to score candidates: not with model 'kmeans'")
         return self
 
     def resolved_task(self) -> str | None:

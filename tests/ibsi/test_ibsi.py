@@ -420,7 +420,7 @@ def test_ct_phantom_configuration_c_through_the_extraction_hook():
 
 
 @needs_ct
-@pytest.mark.slow
+@pytest.mark.slow  # every dataset, mode and config again; the default tier checks the CT phantom config by config
 def test_committed_report_is_what_the_code_generates():
     """docs/ibsi-compliance.md is regenerated, not edited: it must equal a fresh run (bar versions)."""
     committed = Path(__file__).resolve().parents[2] / "docs" / "ibsi-compliance.md"
