@@ -1,8 +1,8 @@
 """Preprocessing fitted on training rows only, on dask arrays without gathering the matrix.
 
 :class:`Preprocessor`: finite check and imputation, dropping of mostly-missing, constant and
-near-constant features, optional ComBat harmonisation, optional correlation filter, dask-ml
-``StandardScaler``, PCA (dask's SVD solvers on one persisted float32 copy of the scaled
+near-constant features, optional ComBat harmonisation, optional correlation filter, scaling
+to zero mean and unit variance, PCA (dask's SVD solvers on one persisted float32 copy of the scaled
 training rows). Only per-feature statistics (vectors, and a features x features matrix for
 the correlation filter) and the components come back to the client.
 """
@@ -56,7 +56,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
     deviation at most ``min_relative_std`` times the absolute mean, or at least
     ``max_mode_fraction`` of the rows equal to the feature's median); an optional
     correlation filter keeps the first feature (store order) of every pair with
-    ``|r| > max_correlation``; dask-ml ``StandardScaler``; PCA with ``pca`` components (an
+    ``|r| > max_correlation``; scaling (as scikit-learn's ``StandardScaler``); PCA with ``pca`` components (an
     int) or as many as explain that share of the variance (a float in (0, 1); at most
     ``pca_max_components`` are fitted, since the randomized solver needs a number).
 
@@ -167,8 +167,9 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         need_median = self.impute == "median" or self.max_mode_fraction is not None
         median = _column_medians(Xf) if need_median else None
         mean = da.nanmean(Xf, axis=0)
+        spread = da.nanvar(Xf, axis=0) if batch is None else None  # see the scaler below
         with np.errstate(all="ignore"):
-            missing, median, mean = dask.compute(missing, median, mean)
+            missing, median, mean, spread = dask.compute(missing, median, mean, spread)
         centre = median if self.impute == "median" else mean
         ok = (missing / n <= self.max_missing_fraction) & np.isfinite(centre)
         dropped["missing"] = int((~ok).sum())
@@ -183,13 +184,20 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             self.combat_ = ComBat().fit(Xi, batch=batch)
             Xi = self.combat_.transform(Xi, batch=batch)
 
-        # dask-ml's StandardScaler on every remaining column: its means and variances also
-        # drive the constant and correlation filters (one pass over the data for all three).
-        from dask_ml.preprocessing import StandardScaler
+        # The mean and standard deviation of every remaining column scale it and drive the
+        # constant and correlation filters. Without ComBat they follow from the observed
+        # values' (parallel axes: c rows observed with mean m and variance v, n - c set to f),
+        # with no second pass over the data; ComBat's output goes through dask-ml's scaler.
+        if self.combat_ is None:
+            observed, m, f = n - missing[self.columns_], mean[self.columns_], self.impute_values_
+            mu = (observed * m + (n - observed) * f) / n
+            var = (observed * (spread[self.columns_] + (m - mu) ** 2) + (n - observed) * (f - mu) ** 2) / n
+        else:
+            from dask_ml.preprocessing import StandardScaler
 
-        scaler = StandardScaler().fit(Xi)
-        mu = np.asarray(dask.compute(scaler.mean_)[0], dtype=float)
-        sd = np.sqrt(np.asarray(dask.compute(scaler.var_)[0], dtype=float))
+            scaler = StandardScaler().fit(Xi)
+            mu, var = (np.asarray(v, dtype=float) for v in dask.compute(scaler.mean_, scaler.var_))
+        sd = np.sqrt(var)
         keep = sd > np.maximum(self.min_relative_std * np.abs(mu), 1e-12)
         dropped["constant"] = int((~keep).sum())
         if self.max_mode_fraction is not None:

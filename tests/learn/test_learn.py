@@ -123,6 +123,18 @@ def test_preprocessor_imputes_and_drops_constant_and_near_constant():
     assert pre.feature_names_out([f"f{i}" for i in range(6)]) == ["f0", "f1", "f5"]
 
 
+def test_scaling_statistics_are_those_of_the_imputed_columns():
+    # computed from the observed values' mean and variance, without a pass over the imputed matrix
+    rng = np.random.default_rng(12)
+    X = rng.normal(3, 2, size=(200, 5)) * [1, 10, 100, 1e3, 1e4]
+    X[rng.random(X.shape) < 0.2] = np.nan
+    for impute in ("median", "mean"):
+        pre = Preprocessor(impute=impute, max_mode_fraction=None).fit(_dask(X))
+        filled = np.where(np.isnan(X), pre.impute_values_, X)
+        assert np.allclose(pre.scale_mean_, filled.mean(axis=0), rtol=1e-12)
+        assert np.allclose(pre.scale_scale_, filled.std(axis=0), rtol=1e-12)
+
+
 def test_correlation_filter_keeps_the_first_of_each_pair():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=(2, 200))
