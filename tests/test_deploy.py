@@ -319,7 +319,7 @@ def test_job_spec_configmap_is_checked_against_radcluster_spec():
         "data": {"job.yaml": "kind: extract\nclustr: {kind: kubernetes}\n"},
     }
     errors = validate.check_radcluster_rules(cm)
-    assert errors and "unknown key 'clustr'" in errors[0] and "did you mean 'cluster'" in errors[0]
+    assert errors and "key 'clustr': unknown key" in errors[0] and "did you mean 'cluster'" in errors[0]
 
 
 def test_validator_cli_fails_on_a_broken_file(tmp_path, capsys):

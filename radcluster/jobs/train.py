@@ -280,23 +280,12 @@ def _train_store(
     task = target.task
     if spec.persist:
         X = client.persist(X)
-    p = spec.preprocess
     seed = spec.cv.seed
 
     def make_pre() -> Preprocessor:
-        return Preprocessor(
-            impute=p.impute,
-            max_missing_fraction=p.max_missing_fraction,
-            max_mode_fraction=p.max_mode_fraction,
-            min_relative_std=p.min_relative_std,
-            max_correlation=p.max_correlation,
-            scale=p.scale,
-            pca=p.pca,
-            pca_max_components=p.pca_max_components,
-            pca_solver=p.pca_solver,
-            select=_select_params(spec, task),
-            random_state=seed,
-        )
+        # the preprocess keys are the Preprocessor's own parameters; ComBat runs before it
+        options = spec.preprocess.model_dump(exclude={"combat"})
+        return Preprocessor(**options, select=_select_params(spec, task), random_state=seed)
 
     def make_mdl():
         return make_model(

@@ -63,5 +63,5 @@ class PerturbSpec(Section):
     @model_validator(mode="after")
     def _some(self) -> PerturbSpec:
         if not (self.rotate or self.translate or self.noise or self.dilate or self.erode):
-            raise ValueError("declares no perturbation: give rotate, translate, noise, dilate or erode")
+            raise ValueError("declares no perturbation; give rotate, translate, noise, dilate or erode")
         return self

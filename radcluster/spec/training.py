@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..errors import SpecError, did_you_mean
-from ._base import Section, format_errors
+from ..errors import did_you_mean
+from ._base import Section, spec_error
 
 __all__ = [
     "TrainSpec",
@@ -137,17 +137,21 @@ def _distribution(key: str, value: Any) -> Any:
     """A ``search.random`` entry checked: a non-empty list, or ``{uniform|loguniform|randint: [low, high]}``."""
     if isinstance(value, list | tuple):
         if not value:
-            raise ValueError(f"search.random.{key}: the list of values is empty")
+            raise ValueError(f"parameter {key!r} has an empty list of values; give at least one")
         return list(value)
     if isinstance(value, dict) and len(value) == 1:
         ((name, bounds),) = value.items()
         if name not in DISTRIBUTIONS:
-            raise ValueError(f"search.random.{key}: unknown distribution {name!r}; {did_you_mean(name, DISTRIBUTIONS)}")
+            raise ValueError(f"parameter {key!r}: unknown distribution {name!r}; {did_you_mean(name, DISTRIBUTIONS)}")
         ok = isinstance(bounds, list | tuple) and len(bounds) == 2 and all(isinstance(b, int | float) for b in bounds)
         if not ok or not bounds[0] < bounds[1] or (name == "loguniform" and bounds[0] <= 0):
-            raise ValueError(f"search.random.{key}: {name} needs [low, high] with low < high (loguniform: low > 0)")
+            raise ValueError(
+                f"parameter {key!r}: {name} bounds {bounds!r}; give [low, high] with low < high (loguniform: low > 0)"
+            )
         return {name: list(bounds)}
-    raise ValueError(f"search.random.{key}: give a list of values or {{uniform|loguniform|randint: [low, high]}}")
+    raise ValueError(
+        f"parameter {key!r} is {value!r}; give a list of values or {{uniform|loguniform|randint: [low, high]}}"
+    )
 
 
 class SearchSpec(Section):
@@ -173,12 +177,12 @@ class SearchSpec(Section):
     @model_validator(mode="after")
     def _one(self) -> SearchSpec:
         if (self.grid is None) == (self.random is None):
-            raise ValueError("give either 'grid' or 'random' (with n_iter)")
+            raise ValueError("both or neither of 'grid' and 'random'; give either 'grid' or 'random' (with n_iter)")
         if not (self.grid or self.random):
-            raise ValueError("names no parameter to search")
+            raise ValueError("names no parameter to search; give at least one in 'grid' or 'random'")
         empty = [k for k, values in (self.grid or {}).items() if not values]
         if empty:
-            raise ValueError(f"grid: every parameter needs at least one value; empty: {', '.join(empty)}")
+            raise ValueError(f"grid parameter(s) {', '.join(empty)} without a value; give each at least one")
         return self
 
     def parameters(self) -> list[str]:
@@ -245,7 +249,7 @@ class TrainSpec(Section):
         known = list(families())
         unknown = [k for k in v if k not in known]
         if unknown:
-            raise ValueError(f"keys are model names ({', '.join(known)}); unknown: {', '.join(unknown)}")
+            raise ValueError(f"unknown model(s) {', '.join(unknown)}; keys are model names: {', '.join(known)}")
         return v
 
     @field_validator("features")
@@ -258,17 +262,20 @@ class TrainSpec(Section):
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
         if self.target is None and self.model != "kmeans":
-            raise ValueError("'target' is required (only model 'kmeans' trains without one)")
+            raise ValueError("'target' is required (only model 'kmeans' trains without one); set the target column")
         if self.task == "survival" and self.event is None:
-            raise ValueError("task 'survival' needs 'event' (and 'target' as the time column)")
+            raise ValueError("task 'survival' needs 'event'; set 'event' (1 event, 0 censored) and 'target' (the time)")
         if (
             self.model == "kmeans"
             and self.task not in ("auto", "clustering")
             or (self.task == "clustering" and self.model != "kmeans")
         ):
-            raise ValueError("task 'clustering' goes with model 'kmeans' and only with it")
+            raise ValueError(
+                f"task {self.task!r} with model {self.model!r}; "
+                "task 'clustering' goes with model 'kmeans' and only with it"
+            )
         if self.search is not None and self.model == "kmeans":
-            raise ValueError("search needs a target to score candidates: not with model 'kmeans'")
+            raise ValueError("search needs a target to score candidates: not with model 'kmeans'; drop 'search'")
         return self
 
     def resolved_task(self) -> str | None:
@@ -283,11 +290,11 @@ class TrainSpec(Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "(train section)") -> TrainSpec:
+def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "the train section") -> TrainSpec:
     """Validate a ``train`` mapping; :class:`SpecError` names every bad key and the closest valid one."""
     if isinstance(data, TrainSpec):
         return data
     try:
         return TrainSpec.model_validate(data or {})
     except ValidationError as err:
-        raise SpecError(format_errors(err, source, TrainSpec, prefix=("train",))) from None
+        raise spec_error(err, source, TrainSpec, prefix=("train",)) from None

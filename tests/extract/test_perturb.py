@@ -129,7 +129,7 @@ def test_the_perturb_section_is_typed_and_expands_the_cohort():
     assert [s.case_id for s in added] == ["a~rotate-5", "a~rotate5", "a~noise20", "a~dilate1"]  # retests: not
     assert added[0].extra == {"outcome": 1, "perturbation_of": "a", "perturbation": "rotate-5"}
     assert added[3].perturbation == Perturbation("dilate", 1.0, 4)
-    with pytest.raises(SpecError, match=r"unknown key 'extraction.perturb.rotation'.*rotate"):
+    with pytest.raises(SpecError, match=r"key 'extraction.perturb.rotation': unknown key.*rotate"):
         build_job({"extraction": {"perturb": {"rotation": [5]}}}, overrides={"manifest": "m.csv", "store": "s"})
     with pytest.raises(SpecError, match="declares no perturbation"):
         build_job({"extraction": {"perturb": {"seed": 1}}}, overrides={"manifest": "m.csv", "store": "s"})

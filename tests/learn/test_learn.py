@@ -266,7 +266,7 @@ def test_wrappers_follow_scikit_learn_rules():
 
 
 def test_train_spec_errors_name_the_key():
-    with pytest.raises(SpecError, match=r"unknown key 'train.preprocess.pac'; did you mean 'pca'"):
+    with pytest.raises(SpecError, match=r"key 'train.preprocess.pac': unknown key; did you mean 'pca'"):
         parse_train_spec({"target": "outcome", "preprocess": {"pac": 5}})
     with pytest.raises(SpecError, match=r"key 'train.model': unknown model; did you mean 'xgboost'"):
         parse_train_spec({"target": "outcome", "model": "xgbost"})

@@ -11,6 +11,7 @@ import pytest
 from _stores import matrix_store, planted
 
 from radcluster.errors import ModelError
+from radcluster.jobs.predict import predict_store
 from radcluster.jobs.train import train_store
 from radcluster.learn.stability import icc_1_1, stability_table, store_stability
 from radcluster.store import open_store
@@ -77,3 +78,6 @@ def test_icc_min_drops_the_feature_perturbations_move_and_keeps_the_rest(tmp_pat
     page = (Path(result.version) / "report.html").read_text()
     assert "(ICC(1,1) over 59 scan(s) and 3 perturbed copies of each): 1 feature(s) dropped" in page
     assert 'id="stability"' in page
+    predicted = predict_store(result.version, str(path))  # the copies are no scans of a patient
+    assert predicted["case_id"].tolist() == [f"case-{i:04d}" for i in range(60)]
+    assert predicted["probability"].between(0, 1).all()
