@@ -49,6 +49,11 @@ _WINDOW_PER_SLOT = 4
 _MIN_WINDOW = 64
 # A run that leaves more small part files than this compacts the store at its end.
 AUTO_COMPACT_PARTS = 64
+# Feature values a part file holds (unless ``flush_rows`` says otherwise): Parquet's cost is
+# per column chunk, so a part of 256 rows x 1,218 features took ~180 ms to write and ~220 ms
+# to read back when compacted, against the same for 8-16 times the rows; 32 MiB is ~3,400
+# such rows (30 parts per 100k scans, no compaction needed) or 42,000 rows of 100 features.
+PART_BYTES = 32 << 20
 
 
 @dataclass
@@ -220,11 +225,21 @@ def _worker_threads() -> int:
 
 
 class _Writer:
-    """Buffers rows and failures and writes them as part files when a batch is full or old."""
+    """Buffers rows and failures and writes them as part files when a batch is full (``flush_rows``
+    rows, or ``part_bytes`` of feature values) or old (``flush_seconds``)."""
 
-    def __init__(self, store: Store, run_id: str, metadata: dict[str, Any], flush_rows: int, flush_seconds: float):
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        metadata: dict[str, Any],
+        flush_rows: int | None,
+        flush_seconds: float,
+        part_bytes: int = PART_BYTES,
+    ):
         self.store, self.run_id, self.metadata = store, run_id, metadata
-        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.flush_rows, self.flush_seconds, self.part_bytes = flush_rows, flush_seconds, part_bytes
+        self.nbytes = 0  # of the buffered feature values
         self.rows: list[dict[str, Any]] = []  # the other columns of each row
         self.blocks: list[tuple[list[str], Any]] = []  # (feature names, values) of the rows, in order
         self.failures: list[dict[str, Any]] = []
@@ -262,9 +277,11 @@ class _Writer:
                 self._names_seen = result.feature_names
             self.rows.extend({**r, "run_id": self.run_id, "extracted_at": now} for r in result.rows)
             self.blocks.append((result.feature_names, packed.values))
+            self.nbytes += packed.values.nbytes
         self.failures.extend(f.row(run_id=self.run_id, failed_at=now) for f in failures)
         if (
-            len(self.rows) + len(self.failures) >= self.flush_rows
+            (self.flush_rows is not None and len(self.rows) + len(self.failures) >= self.flush_rows)
+            or self.nbytes >= self.part_bytes
             or time.monotonic() - self.last_flush >= self.flush_seconds
         ):
             self.flush()
@@ -289,6 +306,7 @@ class _Writer:
             self.failures_written += len(self.failures)
         self.seq += 1
         self.rows, self.blocks, self.failures = [], [], []
+        self.nbytes = 0
         self.last_flush = time.monotonic()
 
 
@@ -361,7 +379,7 @@ def run_extract(
     client,
     *,
     progress: Callable[[Iterator[Any], int], Iterator[Any]] | None = None,
-    flush_rows: int = 256,
+    flush_rows: int | None = None,
     flush_seconds: float = 30.0,
     cluster_info: dict[str, Any] | None = None,
     extract: Callable[..., ScanResult] = extract_scan,

@@ -128,8 +128,8 @@ def _fit_once(
     seed: int,
     search=None,
 ) -> FoldFit:
-    pre = make_pre().fit(X, target.y, batch=batch)  # y: for a select step only
-    Z = pre.transform(X, batch=batch).persist()
+    pre = make_pre()
+    Z = pre.fit_transform(X, target.y, batch=batch).persist()  # y: for a select step only
     model = make_mdl()
     chosen = None
     if search is not None and target.y is not None:

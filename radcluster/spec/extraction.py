@@ -118,7 +118,11 @@ class ExtractionSpec(Section):
     perturb: PerturbSpec | None = Field(
         None, description="perturbed copies of every scan, extracted beside it (stability: train.select.icc_min)"
     )
-    flush_rows: int = Field(256, ge=1, description="rows per Parquet part file written while running")
+    flush_rows: int | None = Field(
+        None,
+        ge=1,
+        description="rows per Parquet part file written while running; null: parts of about 32 MiB of features",
+    )
     flush_seconds: float = Field(30.0, gt=0, description="longest wait before buffered rows are written")
 
     @field_validator("engines")

@@ -94,7 +94,7 @@ def test_defaults_document_every_key():
     text = defaults_yaml()
     for key in (
         "manifest:",
-        "flush_rows: 256",
+        "flush_rows: null",
         "threads_per_worker: 1",
         "maximum_jobs: 4",
         "kind: slurm",

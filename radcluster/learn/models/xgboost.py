@@ -108,6 +108,9 @@ class XGBoostModel(BaseEstimator):
             metric = None if self.task == "survival" else "rmse"
             est = dxgb.DaskXGBRegressor(objective=objective, eval_metric=metric, early_stopping_rounds=stop, **params)
         client.run(_keep_native_output)
+        # With tree_method hist (the default), the estimator bins the rows into a
+        # DaskQuantileDMatrix, which keeps no float copy of them, and the validation rows by
+        # the training's bins (its ``ref``); tests/learn/test_models.py holds it to that.
         # XGBoost's own warnings follow this logger: shown when the application logs INFO
         # (radcluster -v). xgboost.dask hands this configuration to the workers that train.
         try:
