@@ -382,7 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--features", type=int, default=1218, help="feature columns per row (exampleCT.yaml: 1,218)")
     p.add_argument("--task-ms", type=float, default=1.0, help="each scan's known compute, milliseconds")
     p.add_argument("--folder-size", type=int, default=1000, help="images per folder (prefix on S3)")
-    p.add_argument("--flush-rows", type=int, default=256)
+    p.add_argument("--flush-rows", type=int, default=None, help="rows per part (default: the library's, by size)")
     p.add_argument("--s3", action="store_true", help="also on moto's S3 server on loopback")
     p.add_argument("--no-local", action="store_true", help="only on S3")
     p.add_argument("--s3-read", action="store_true", help="on S3, tasks read their image too")
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
     print(
         f"orchestration benchmark, {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, "
         f"{os.cpu_count()} cores, {args.workers} workers, {args.features} features/row, "
-        f"{args.task_ms} ms/scan of known compute",
+        f"{args.task_ms} ms/scan of known compute, flush_rows {args.flush_rows}",
         flush=True,
     )
     work = tempfile.mkdtemp(prefix="radcluster-orch-")

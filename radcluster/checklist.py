@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .learn.stability import describe
+
 __all__ = ["checklist_items", "checklist_markdown", "checklist_html"]
 
 OPEN = None  # an item only the authors can answer
@@ -152,9 +154,7 @@ def checklist_items(version_dir: str | os.PathLike, *, meta: dict[str, Any] | No
     add(
         "Feature selection",
         "Stability / reproducibility filter",
-        f"ICC(3,1) >= {stab['icc_min']} over {stab['n_pairs']} test-retest pairs: {len(stab['dropped'])} dropped"
-        if stab
-        else "none",
+        describe(stab) if stab else "none",
     )
     method = sel.get("method", "none")
     add(
@@ -170,6 +170,16 @@ def checklist_items(version_dir: str | os.PathLike, *, meta: dict[str, Any] | No
         "Algorithm and parameters",
         f"{meta.get('model')} {json.dumps((config.get('params') or {}).get(meta.get('model'), {}))} "
         "(defaults of the model otherwise)",
+    )
+    searched = metrics.get("search")
+    add(
+        "Model",
+        "Hyperparameter tuning",
+        f"{'grid' if (config.get('search') or {}).get('grid') else 'random'} search over "
+        f"{len(searched['candidates'])} candidate(s) in {config['search']['inner_folds']} inner folds of each "
+        f"training fold, scored on the outer folds only; final model: {json.dumps(searched['final']['params'])}"
+        if searched
+        else "none (the parameters above)",
     )
     # --- validation & metrics
     cvc = config.get("cv") or {}

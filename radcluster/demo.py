@@ -100,7 +100,7 @@ def run_demo(
 
     manifest = prepare_demo(out, n_cases=n_cases, seed=seed)
     overrides = {"kind": "extract", "manifest": str(manifest), "store": str(out / "store"), **(cluster or {})}
-    job = build_job({}, overrides=overrides, source="demo")
+    job = build_job({}, overrides=overrides, source="(demo)")
     prestart_local_workers(job)
     # one cluster for the whole pipeline: extraction, then training on the same workers
     with connect(job.cluster) as client:

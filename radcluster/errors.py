@@ -11,13 +11,14 @@ too large for any worker. Its fields are the columns of the store's ``failures/`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, astuple, dataclass
 from typing import Any
 
 __all__ = [
     "RadclusterError",
     "SpecError",
+    "Problem",
     "ManifestError",
     "ScanError",
     "StoreError",
@@ -44,11 +45,51 @@ class RadclusterError(Exception):
     """Base class of every error raised by radcluster."""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job, a params file or an argument, in the template every
+    :class:`SpecError` follows: ``where: what; fix``.
+
+    ``where`` is the key as the user wrote it (``key 'cluster.workers'``) or the file,
+    argument or name at fault (``params file 'p.yaml'``, ``make_cohort argument 'signal'``);
+    ``what`` says what is wrong; ``fix`` gives the closest valid name (``did you mean 'x'?``),
+    what is accepted, or the value that was given (``got 'x'``).
+    """
+
+    where: str
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}; {self.fix}"
+
+
 class SpecError(RadclusterError, ValueError):
     """A job spec, a params file or a command-line option is invalid.
 
-    Raised before any cluster resource is requested.
+    Raised before any cluster resource is requested. Built from one :class:`Problem`
+    (``SpecError(where, what, fix)``), or from every problem found in one file at once
+    (:meth:`listing`), so that every message reads the same way.
     """
+
+    def __init__(self, where: str, what: str, fix: str):
+        super().__init__(where, what, fix)
+        self.source: str | None = None
+        self.problems: tuple[Problem, ...] = (Problem(where, what, fix),)
+
+    @classmethod
+    def listing(cls, source: str, problems: Sequence[Problem]) -> SpecError:
+        """Every problem found in ``source`` (a job spec, a params file), a line each, so a
+        user fixes them all at once instead of one per run."""
+        err = cls(*astuple(problems[0]))
+        err.source, err.problems = source, tuple(problems)
+        return err
+
+    def __str__(self) -> str:
+        if self.source is None:
+            return str(self.problems[0])
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"{self.source} has {len(self.problems)} problem(s):\n{lines}"
 
 
 class ManifestError(RadclusterError, ValueError):

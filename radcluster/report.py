@@ -318,9 +318,14 @@ def _permutation(ax, table: pd.DataFrame) -> None:
 
 
 def _icc_hist(ax, table: pd.DataFrame, icc_min: float) -> None:
-    ax.hist(table["icc"].dropna().clip(-1, 1), bins=30, color="tab:gray")
+    sources = table["source"] if "source" in table else pd.Series("retest", index=table.index)
+    for source, color in (("retest", "tab:gray"), ("perturbation", "tab:blue")):
+        values = table.loc[sources == source, "icc"].dropna().clip(-1, 1)
+        if len(values):
+            kind = "ICC(3,1), test-retest" if source == "retest" else "ICC(1,1), perturbations"
+            ax.hist(values, bins=30, color=color, alpha=0.6, label=kind)
     ax.axvline(icc_min, color="tab:red", ls="--", label=f"icc_min {icc_min:g}")
-    ax.set(xlabel="ICC(3,1)", ylabel="features", title="Test-retest stability")
+    ax.set(xlabel="ICC", ylabel="features", title="Feature stability")
     ax.legend(fontsize=8)
 
 
@@ -416,14 +421,37 @@ def _study_sections(d: dict[str, Any], metrics: dict[str, Any]) -> str:
             "<h2>Feature selection across folds</h2><p>How often each feature reached the model; "
             "selection is fitted on each training fold only.</p>" + _table(["feature", "folds", "share"], rows)
         )
+    searched = metrics.get("search")
+    if searched and main:
+        rows = [
+            [f.get("fold"), json.dumps(f["search"]["params"]), f["search"]["inner_score"], f.get(main)]
+            for f in metrics.get("folds") or []
+            if f.get("search")
+        ]
+        rows.append(["final model", json.dumps(searched["final"]["params"]), searched["final"]["inner_score"], ""])
+        out.append(
+            f"<h2 id='search'>Hyperparameter search (nested)</h2><p>{len(searched['candidates'])} candidate(s), "
+            "each scored by inner folds of a training fold; the chosen one is fitted on the whole training fold "
+            f"and scored on its outer fold only.</p>"
+            + _table(["outer fold", "chosen parameters", f"inner {main}", f"outer {main}"], rows)
+        )
     stability = metrics.get("stability")
     if stability:
+        from .learn.stability import describe
+
         dropped = ", ".join(stability["dropped"][:30]) + (" ..." if len(stability["dropped"]) > 30 else "")
         out.append(
-            f"<h2>Stability</h2><p>{len(stability['dropped'])} feature(s) with test-retest ICC(3,1) "
-            f"below {stability['icc_min']:g} over {stability['n_pairs']} pair(s) were dropped before any "
-            f"fold: {html.escape(dropped) or 'none'}.</p>"
+            f"<h2>Stability</h2><p>{html.escape(describe(stability))}, before any fold: "
+            f"{html.escape(dropped) or 'none'}.</p>"
         )
+        table = d.get("stability")
+        if table is not None and "source" in table:
+            worst = table.sort_values("icc", na_position="last").head(20)
+            rows = [[r.feature, r.source, r.icc, r.n, r.k] for r in worst.itertuples()]
+            out.append(
+                "<p>The least stable features (the whole table: stability.parquet):</p>"
+                + _table(["feature", "source", "ICC", "scans", "measurements per scan"], rows)
+            )
     return "".join(out)
 
 
@@ -498,7 +526,7 @@ def render_report(version_dir: str | os.PathLike, *, meta: dict[str, Any] | None
         figs.append(
             _figure(
                 "stability",
-                "ICC(3,1) of every feature over the test-retest pairs",
+                "ICC of every feature over the test-retest pairs (ICC(3,1)) and perturbed copies (ICC(1,1))",
                 lambda ax: _icc_hist(ax, d["stability"], icc_min),
             )
         )

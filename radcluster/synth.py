@@ -235,13 +235,15 @@ def make_cohort(
     if isinstance(retest_shift_hu, bool) or not (
         isinstance(retest_shift_hu, int | float | np.integer | np.floating) and 0 <= float(retest_shift_hu) <= 500
     ):
-        raise SpecError(f"make_cohort: 'retest_shift_hu' must be a number in [0, 500]; got {retest_shift_hu!r}")
+        raise SpecError(
+            "make_cohort argument 'retest_shift_hu'", "must be a number in [0, 500]", f"got {retest_shift_hu!r}"
+        )
     shape_zyx = _check_shape(shape, minimum=16)
     spacing_zyx = _check_spacing(spacing)
     if isinstance(signal, bool) or not (
         isinstance(signal, int | float | np.integer | np.floating) and 0.0 <= float(signal) <= 3.0
     ):
-        raise SpecError(f"make_cohort: 'signal' must be a number in [0, 3]; got {signal!r}")
+        raise SpecError("make_cohort argument 'signal'", "must be a number in [0, 3]", f"got {signal!r}")
     signal = float(signal)
 
     out = pathlib.Path(out_dir)
@@ -250,7 +252,9 @@ def make_cohort(
 
     n_patients = math.ceil(n_cases / scans_per_patient)
     if retests > n_patients:
-        raise SpecError(f"make_cohort: 'retests' must be at most the number of patients ({n_patients}); got {retests}")
+        raise SpecError(
+            "make_cohort argument 'retests'", f"must be at most the number of patients ({n_patients})", f"got {retests}"
+        )
     root = np.random.SeedSequence(seed)
     cohort_ss, patients_ss, scans_ss, retest_ss = root.spawn(4)
     cohort_rng = np.random.default_rng(cohort_ss)
@@ -366,9 +370,10 @@ def make_atlas(
     n_brain = int(brain.sum())
     if n_brain < n_labels * _MIN_MEAN_REGION_VOXELS:
         raise SpecError(
-            f"make_atlas: n_labels={n_labels} needs at least {_MIN_MEAN_REGION_VOXELS} brain voxels "
-            f"per label, but shape={tuple(shape)} holds {n_brain} brain voxels; use a larger "
-            f"'shape' or at most {n_brain // _MIN_MEAN_REGION_VOXELS} labels"
+            "make_atlas argument 'n_labels'",
+            f"n_labels={n_labels} needs at least {_MIN_MEAN_REGION_VOXELS} brain voxels per label, but "
+            f"shape={tuple(shape)} holds {n_brain} brain voxels",
+            f"use a larger 'shape' or at most {n_brain // _MIN_MEAN_REGION_VOXELS} labels",
         )
 
     t1 = np.zeros(shape_zyx, dtype=np.float32)
@@ -408,7 +413,7 @@ def _check_int(name: str, value: object, *, low: int, high: int | None = None) -
     if ok and low <= int(value) and (high is None or int(value) <= high):
         return int(value)
     upper = f" and at most {high}" if high is not None else ""
-    raise SpecError(f"'{name}' must be an integer at least {low}{upper}; got {value!r}")
+    raise SpecError(f"argument {name!r}", f"must be an integer at least {low}{upper}", f"got {value!r}")
 
 
 def _as_tuple(value: object) -> tuple:
@@ -424,7 +429,7 @@ def _check_shape(shape: Sequence[int], *, minimum: int) -> tuple[int, int, int]:
     if len(values) != 3 or not all(
         isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= minimum for v in values
     ):
-        raise SpecError(f"'shape' must be 3 integers (x, y, z), each at least {minimum}; got {shape!r}")
+        raise SpecError("argument 'shape'", f"must be 3 integers (x, y, z), each at least {minimum}", f"got {shape!r}")
     return int(values[2]), int(values[1]), int(values[0])
 
 
@@ -435,7 +440,7 @@ def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
         isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool) and math.isfinite(v) and v > 0
         for v in values
     ):
-        raise SpecError(f"'spacing' must be 3 positive numbers in mm (x, y, z); got {spacing!r}")
+        raise SpecError("argument 'spacing'", "must be 3 positive numbers in mm (x, y, z)", f"got {spacing!r}")
     return np.array(values[::-1], dtype=float)
 
 

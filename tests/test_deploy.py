@@ -319,7 +319,7 @@ def test_job_spec_configmap_is_checked_against_radcluster_spec():
         "data": {"job.yaml": "kind: extract\nclustr: {kind: kubernetes}\n"},
     }
     errors = validate.check_radcluster_rules(cm)
-    assert errors and "unknown key 'clustr'" in errors[0] and "did you mean 'cluster'" in errors[0]
+    assert errors and "key 'clustr': unknown key" in errors[0] and "did you mean 'cluster'" in errors[0]
 
 
 def test_validator_cli_fails_on_a_broken_file(tmp_path, capsys):
@@ -578,6 +578,7 @@ def test_dockerfile_pins_base_runs_unprivileged_and_enters_radcluster():
     assert re.findall(r"^USER (\S+)$", text, re.M) == ["10001:10001"]
     assert 'ENTRYPOINT ["radcluster"]' in text
     assert "--constraint /tmp/constraints.txt" in text and "--build-constraint /tmp/constraints.txt" in text
+    assert "'.[onnx]' s3fs" in text  # the onnx feature engine works in the image
     # every pod runs as the image's user
     for file in (K8S / "base").glob("*.yaml"):
         for m in re.finditer(r"runAsUser: (\d+)", file.read_text()):
@@ -605,7 +606,8 @@ def test_constraints_pin_every_runtime_dependency_and_no_test_tools():
         assert version, f"unpinned line {line!r}"
         pins[canonicalize_name(name)] = version
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for dep in project["dependencies"]:
+    # the image installs '.[onnx]': the deep-feature engine's runtime is pinned like the rest
+    for dep in project["dependencies"] + project["optional-dependencies"]["onnx"]:
         req = Requirement(dep)
         key = canonicalize_name(req.name)
         assert key in pins, f"{req.name} (a radcluster dependency) is not pinned"

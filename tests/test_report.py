@@ -10,6 +10,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _stores import trained_as
 
@@ -121,11 +122,54 @@ def test_reports_of_other_tasks(tmp_path_factory, client, key, figure):
     assert all(_png_ok(src) for src in checker.images)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium; the HTML checks above cover the report")
-def test_report_renders_in_headless_chromium(binary, tmp_path):
-    _, result = binary
-    shot = tmp_path / "shot.png"
-    done = subprocess.run(
+# Trainings whose reports hold the study sections: per-site metrics, contributions, the
+# checklist, and the decision curve (binary) or Kaplan-Meier curves and a nested search (Cox).
+STUDY = {
+    "study_binary": {
+        "target": "outcome",
+        "model": "xgboost",
+        "params": {"xgboost": {"n_estimators": 40}},
+        "preprocess": {"pca": None},
+        "validation": {"leave_out": "site"},
+        "cv": {"folds": 3},
+        "metrics": {"bootstrap": 50},
+    },
+    "study_survival": {
+        "target": "survival_time",
+        "event": "event",
+        "model": "cox",
+        "search": {"grid": {"alpha": [0.01, 1.0]}, "inner_folds": 2},
+        "preprocess": {"pca": None},
+        "validation": {"leave_out": "site"},
+        "cv": {"folds": 3},
+        "metrics": {"bootstrap": 50},
+    },
+}
+# What each report must show once Chromium has laid it out: figures (by id) whose image decoded,
+# and section headings.
+SHOWN = {
+    "binary": ({"roc", "calibration", "decision_curve", "contributions"}, ["Reporting checklist"]),
+    "study_binary": (
+        {"decision_curve", "contributions"},
+        ["Leave-one-site-out validation", "Reporting checklist"],
+    ),
+    "study_survival": (
+        {"km", "contributions"},
+        ["Leave-one-site-out validation", "Survival metrics", "Hyperparameter search (nested)", "Reporting checklist"],
+    ),
+}
+# Injected into a copy of the report: once the page has loaded, the body records which figures'
+# images decoded (naturalWidth > 0) and which headings take up space, for --dump-dom to print.
+_PROBE = """<script>window.addEventListener("load", () => {
+  const shown = [...document.images].filter(i => i.complete && i.naturalWidth > 0 && i.offsetHeight > 0);
+  document.body.dataset.figures = shown.map(i => i.closest("figure").id).join(",");
+  const heads = [...document.querySelectorAll("h2")].filter(h => h.offsetHeight > 0);
+  document.body.dataset.headings = heads.map(h => h.textContent).join("|");
+});</script>"""
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             str(CHROMIUM),
             "--headless",
@@ -136,17 +180,51 @@ def test_report_renders_in_headless_chromium(binary, tmp_path):
             "--disable-sync",
             "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1200,3000",
-            (result.version / "report.html").as_uri(),
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium; the HTML checks above cover the report")
+@pytest.mark.parametrize("key", list(SHOWN))
+def test_report_renders_in_headless_chromium(tmp_path_factory, client, tmp_path, key):
+    import matplotlib.image
+    from _stores import trained
+
+    if key in STUDY:
+        _, result = trained(tmp_path_factory, client, key, STUDY[key], rows=120)
+    else:
+        _, result = trained_as(tmp_path_factory, client, key)
+    page = (result.version / "report.html").read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", _PROBE + "</body>"))
+    dom = _chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    figures = set(re.search(r'data-figures="([^"]*)"', dom.stdout).group(1).split(","))
+    headings = re.search(r'data-headings="([^"]*)"', dom.stdout).group(1)
+    want_figures, want_headings = SHOWN[key]
+    assert want_figures <= figures, figures
+    assert all(h in headings for h in want_headings), headings
+    assert figures == set(check_html(page).figures)  # every figure of the page decoded and laid out
+
+    shot = tmp_path / "shot.png"
+    done = _chromium(
+        tmp_path, f"--screenshot={shot}", "--window-size=1200,6000", (result.version / "report.html").as_uri()
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(shot)[:, :, :3]
+    ink = (pixels < 0.9).any(axis=2)  # not white
+    assert pixels.shape[:2] == (6000, 1200)
+    # non-blank: text, tables and plots mark a share of the page, and colour (the plots') is there
+    assert 0.02 < ink.mean() < 0.9, ink.mean()
+    assert (np.ptp(pixels, axis=2) > 0.3).mean() > 0.002  # saturated (coloured) pixels
+    rows_inked = ink.any(axis=1)
+    assert rows_inked[:3000].mean() > 0.3  # the first half of the page is not empty either
 
 
 def test_report_without_any_out_of_sample_score(tmp_path_factory, client):

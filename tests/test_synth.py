@@ -172,7 +172,7 @@ def test_site_b_is_brighter_by_about_15_hu(planted, signal):
     assert 10 < body["B"] - body["A"] < 20
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # writes 440 scans
 def test_about_a_third_censored_and_survival_follows_lesion_skewness(tmp_path):
     table = pd.read_csv(make_cohort(tmp_path / "tiny", 200, seed=5, shape=(16, 16, 16)))
     assert 0.2 < 1 - table["event"].mean() < 0.4

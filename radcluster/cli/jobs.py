@@ -21,7 +21,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "extraction.ibsi": args.ibsi,
         **cluster_overrides(args),
     }
-    return run(build_job({}, overrides=overrides, source="command line"))
+    return run(build_job({}, overrides=overrides, source="(command line)"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

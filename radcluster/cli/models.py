@@ -31,7 +31,7 @@ def _build(args: argparse.Namespace, kind: str, overrides: dict[str, Any]):
     overrides = {"kind": kind, **overrides, **_cluster_overrides(args)}
     if getattr(args, "config", None):
         return load_job(args.config, overrides=overrides)
-    return build_job({}, overrides=overrides, source="command line")
+    return build_job({}, overrides=overrides, source="(command line)")
 
 
 # --- train -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
         "train.target": args.time or args.target,
         **cluster_overrides(args),
     }
-    job = build_job({}, overrides=overrides, source="command line")
+    job = build_job({}, overrides=overrides, source="(command line)")
     with connect(job.cluster) as client:
         print_dashboard(dashboard_link(client))
         table = screen_store(

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import ClusterError
-from ..spec import (
+from ..spec.cluster import (
     AddressClusterSpec,
     KubernetesClusterSpec,
     LocalClusterSpec,
@@ -26,6 +26,14 @@ from .jobqueue import make_jobqueue_cluster
 from .local import local_cluster
 
 __all__ = ["connect", "dashboard_link"]
+
+# Dask's developer logs (distributed.admin.low-level-log-length, default 1,000 entries): each
+# comm's log of recent batches keeps the messages themselves, so the scheduler kept the last
+# 1,000 tasks sent to each worker, arguments and function included, and the client its last
+# 1,000 graphs (~30 kB a task in the orchestration benchmark: 20 MB at 10k scans, growing to
+# ~65 MB); the scheduler's transition log has the same length. A run of 100k tasks needs
+# neither; a user's own setting (DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH) is kept.
+_LOW_LEVEL_LOG_LENGTH = 64
 
 
 def dashboard_link(client) -> str | None:
@@ -44,6 +52,18 @@ def connect(spec, *, timeout: float = 60) -> Iterator[Any]:
         When the scheduler cannot be reached or the cluster cannot start; the message
         names the address or the batch system's error.
     """
+    import dask
+    import distributed  # noqa: F401  (its config defaults first: else config.set's exit drops the section)
+
+    logs = {}
+    if "DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH" not in os.environ:
+        logs = {"distributed.admin.low-level-log-length": _LOW_LEVEL_LOG_LENGTH}
+    # for the whole connection: an adaptive cluster's workers connect (and get their comm) later
+    with dask.config.set(logs):
+        yield from _connect(spec, timeout)
+
+
+def _connect(spec, timeout: float) -> Iterator[Any]:
     from distributed import Client
 
     cluster = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import PBSClusterSpec, SlurmClusterSpec
+from ..spec.cluster import PBSClusterSpec, SlurmClusterSpec
 
 
 def _jobqueue_kwargs(spec: SlurmClusterSpec | PBSClusterSpec) -> dict[str, Any]:

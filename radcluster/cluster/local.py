@@ -8,7 +8,7 @@ import logging
 import multiprocessing
 import os
 
-from ..spec import LocalClusterSpec
+from ..spec.cluster import LocalClusterSpec
 
 logger = logging.getLogger(__name__)
 

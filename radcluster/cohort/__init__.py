@@ -90,6 +90,9 @@ class Scan:
     extra: Mapping[str, Any] = field(default_factory=dict)
     series_uid: str | None = None
     roi: str | None = None
+    # a radcluster.extract.perturb.Perturbation applied to image and mask after reading
+    # (extraction.perturb: a perturbed copy of a manifest's scan), or None
+    perturbation: Any = None
 
     @property
     def dicom(self) -> bool:

@@ -212,6 +212,13 @@ def extract_scan(
     with captured_warnings() as warned:
         try:
             found = read_scan(scan)
+            if scan.perturbation is not None:  # a perturbed copy (extraction.perturb): hashed as extracted
+                image, masks = scan.perturbation.apply(scan.case_id, found.image, [lay.mask for lay in found.layers])
+                found = replace(
+                    found,
+                    image=image,
+                    layers=[replace(lay, mask=m) for lay, m in zip(found.layers, masks, strict=True)],
+                )
             image = found.image
             image_hash = _content_hash(image)
             mask_hash = _masks_hash([_content_hash(layer.mask) for layer in found.layers])

@@ -20,7 +20,7 @@ from importlib import metadata
 
 import yaml
 
-from ..errors import SpecError, did_you_mean
+from ..errors import Problem, SpecError, did_you_mean
 
 _level_before_import = logging.getLogger("radiomics").level
 
@@ -100,37 +100,46 @@ def validate_params(text: str, *, source: str) -> None:
     try:
         parsed = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise SpecError(f"params file {source!r} is not valid YAML: {err}") from None
+        raise SpecError(f"params file {source!r}", "is not valid YAML", str(err)) from None
     if not isinstance(parsed, dict):
-        raise SpecError(f"params file {source!r} must be a mapping, got {type(parsed).__name__}")
+        raise SpecError(f"params file {source!r}", "must be a mapping of settings", f"got {type(parsed).__name__}")
     if parsed.get("voxelSetting"):
-        raise SpecError(f"params file {source!r}: voxel-based extraction (voxelSetting) is not supported")
+        raise SpecError(
+            f"params file {source!r}",
+            "voxel-based extraction (voxelSetting) is not supported",
+            "remove it: radcluster extracts one row per region",
+        )
     problems = _schema_problems(parsed, _schema(), "")
     if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise SpecError(f"params file {source!r} has {len(problems)} problem(s):\n{lines}")
+        raise SpecError.listing(f"params file {source!r}", problems)
     try:
         extractor = get_extractor(text)  # cached: the run that follows uses the same one
     except Exception as err:  # pykwalify raises its own SchemaError; pyradiomics raises ValueError
         reason = getattr(err, "msg", None) or str(err)
-        raise SpecError(f"params file {source!r} rejected by pyradiomics' schema: {reason.strip()}") from None
+        raise SpecError(f"params file {source!r}", "rejected by pyradiomics' schema", reason.strip()) from None
     interpolator = extractor.settings.get("interpolator")
     if isinstance(interpolator, int) and interpolator not in _interpolator_numbers():
         # pyradiomics' schema allows 1-10, SimpleITK's numbering of its day; 3 (then B-spline)
         # is no interpolator in SimpleITK 2, and every scan would fail in the resampler
         raise SpecError(
-            f"params file {source!r}: interpolator {interpolator} is not an interpolator in this SimpleITK; "
-            "give its name (e.g. 'sitkBSpline', 'sitkLinear')"
+            f"params file {source!r}",
+            f"interpolator {interpolator} is not an interpolator in this SimpleITK",
+            "give its name (e.g. 'sitkBSpline', 'sitkLinear')",
         )
     for image_type in extractor.enabledImagetypes:
         missing = _missing_for(image_type)
         if missing:
             raise SpecError(
-                f"params file {source!r} enables imageType {image_type}, which needs the package "
-                f"{missing!r}, not installed here; install it or remove {image_type}"
+                f"params file {source!r}",
+                f"enables imageType {image_type}, which needs the package {missing!r}, not installed here",
+                f"install it or remove {image_type}",
             )
     if extractor.settings.get("voxelBased"):
-        raise SpecError(f"params file {source!r}: voxel-based extraction (voxelSetting) is not supported")
+        raise SpecError(
+            f"params file {source!r}",
+            "voxel-based extraction (voxelSetting) is not supported",
+            "remove it: radcluster extracts one row per region",
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -151,18 +160,18 @@ _SCALAR_TYPES = {
 }
 
 
-def _unknown(kind: str, path: str, name: object, valid: list[str]) -> str:
-    return f"unknown {kind} {path!r}; {did_you_mean(name, valid)}"
+def _unknown(kind: str, path: str, name: object, valid: list[str]) -> Problem:
+    return Problem(f"key {path!r}", f"unknown {kind}", did_you_mean(name, valid))
 
 
-def _schema_problems(value: object, rule: dict, path: str) -> list[str]:
+def _schema_problems(value: object, rule: dict, path: str) -> list[Problem]:
     """Unknown keys (with the closest valid one) and wrongly typed values, all at once.
 
     Walks the part of pykwalify's schema language that pyradiomics' schema uses (mappings
     with fixed and ``regex;`` keys, sequences, scalar types); ranges, enums and the custom
     functions are left to pyradiomics' own validation, which runs next.
     """
-    problems: list[str] = []
+    problems: list[Problem] = []
     if isinstance(value, dict) and "mapping" in rule:
         fixed = {k: r for k, r in rule["mapping"].items() if not k.startswith("regex;")}
         patterns = [(re.compile(k[len("regex;") :]), r) for k, r in rule["mapping"].items() if k.startswith("regex;")]
@@ -194,7 +203,7 @@ def _schema_problems(value: object, rule: dict, path: str) -> list[str]:
     elif value is not None and rule.get("type") in _SCALAR_TYPES:
         types, expected = _SCALAR_TYPES[rule["type"]]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            problems.append(f"key {path!r}: expected {expected} ({rule['type']}), got {value!r}")
+            problems.append(Problem(f"key {path!r}", f"expected {expected} ({rule['type']})", f"got {value!r}"))
     return problems
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
 from .config import AGGREGATIONS, IBSIConfig
 from .names import NameRow, name_table
 
@@ -108,14 +108,18 @@ def read_reference(path: Path) -> dict[str, tuple[float, float]]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     if not lines or lines[0].strip().split(";") != ["reference value", "tolerance", "tag"]:
         raise SpecError(
-            f"{str(path)!r} is not an IBSI reference file: the first line must be 'reference value;tolerance;tag'"
+            f"IBSI reference file {str(path)!r}",
+            f"first line is {lines[0] if lines else ''!r}",
+            "must be 'reference value;tolerance;tag'",
         )
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         parts = line.strip().split(";")
         if len(parts) != 3:
-            raise SpecError(f"{str(path)!r} line {number}: expected 3 ';'-separated fields, got {line!r}")
+            raise SpecError(
+                f"IBSI reference file {str(path)!r} line {number}", "expected 3 ';'-separated fields", f"got {line!r}"
+            )
         ref, tol, tag = parts
         if ref.strip() == "":
             continue
@@ -355,17 +359,18 @@ def check_compliance(
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise SpecError(
-            f"IBSI reference folder {str(root)!r} lacks {', '.join(missing)}; expected the layout "
-            "reference_values/ibsi_1_dig_phantom.csv, digital_phantom/image.nii.gz, "
-            "digital_phantom/mask.nii.gz (and optionally ct_phantom/, ibsi_1_chest_config_*.csv)"
+            f"IBSI reference folder {str(root)!r}",
+            f"lacks {', '.join(missing)}",
+            "expected the layout reference_values/ibsi_1_dig_phantom.csv, digital_phantom/image.nii.gz, "
+            "digital_phantom/mask.nii.gz (and optionally ct_phantom/, ibsi_1_chest_config_*.csv)",
         )
     for mode in modes:
         if mode not in MODES:
-            raise SpecError(f"compliance mode must be one of {list(MODES)}; got {mode!r}")
+            raise SpecError("compliance mode", f"must be one of {list(MODES)}", f"got {mode!r}")
     known = [c for _, c, _, _ in _DATASETS]
     for name in configs or ():
         if name not in known:
-            raise SpecError(f"unknown IBSI data set {name!r}; known: {known}")
+            raise SpecError(f"IBSI data set {name!r}", "unknown", did_you_mean(name, known, listing="known"))
     results = []
     for title, config_name, folder, ref_file in _DATASETS:
         image_path, mask_path = root / folder / "image.nii.gz", root / folder / "mask.nii.gz"

@@ -78,18 +78,20 @@ class IBSIConfig:
             spacing = tuple(self.spacing)
             if len(spacing) != 3 or any(s is not None and not (_number(s) and s > 0) for s in spacing):
                 raise SpecError(
-                    f"IBSI config {self.name!r}: 'spacing' must be three positive numbers "
-                    f"(x, y, z in mm, None to keep an axis) or None; got {self.spacing!r}"
+                    f"IBSI config {self.name!r} key 'spacing'",
+                    "must be three positive numbers (x, y, z in mm, None to keep an axis) or None",
+                    f"got {self.spacing!r}",
                 )
             set_(self, "spacing", tuple(None if s is None else float(s) for s in spacing))
         if self.interpolation not in _INTERPOLATIONS:
             raise SpecError(
-                f"IBSI config {self.name!r}: 'interpolation' must be one of "
-                f"{list(_INTERPOLATIONS)}; got {self.interpolation!r}"
+                f"IBSI config {self.name!r} key 'interpolation'",
+                f"must be one of {list(_INTERPOLATIONS)}",
+                f"got {self.interpolation!r}",
             )
         if not (_number(self.mask_threshold) and 0 < self.mask_threshold <= 1):
             raise SpecError(
-                f"IBSI config {self.name!r}: 'mask_threshold' must be in (0, 1]; got {self.mask_threshold!r}"
+                f"IBSI config {self.name!r} key 'mask_threshold'", "must be in (0, 1]", f"got {self.mask_threshold!r}"
             )
         if self.resegment_range is not None:
             rng = tuple(self.resegment_range)
@@ -99,31 +101,38 @@ class IBSIConfig:
                 or (None not in rng and rng[0] > rng[1])
             ):
                 raise SpecError(
-                    f"IBSI config {self.name!r}: 'resegment_range' must be [lower, upper] "
-                    f"with lower <= upper (None for an open bound); got {self.resegment_range!r}"
+                    f"IBSI config {self.name!r} key 'resegment_range'",
+                    "must be [lower, upper] with lower <= upper (None for an open bound)",
+                    f"got {self.resegment_range!r}",
                 )
             set_(self, "resegment_range", tuple(None if v is None else float(v) for v in rng))
         if self.outlier_sigma is not None and not (_number(self.outlier_sigma) and self.outlier_sigma > 0):
             raise SpecError(
-                f"IBSI config {self.name!r}: 'outlier_sigma' must be a positive number or None; "
-                f"got {self.outlier_sigma!r}"
+                f"IBSI config {self.name!r} key 'outlier_sigma'",
+                "must be a positive number or None",
+                f"got {self.outlier_sigma!r}",
             )
         if (self.bin_width is None) == (self.bin_count is None):
             raise SpecError(
-                f"IBSI config {self.name!r}: set exactly one of 'bin_width' (fixed bin size) and "
-                f"'bin_count' (fixed bin number); got bin_width={self.bin_width!r}, "
-                f"bin_count={self.bin_count!r}"
+                f"IBSI config {self.name!r}",
+                "set exactly one of 'bin_width' (fixed bin size) and 'bin_count' (fixed bin number)",
+                f"got bin_width={self.bin_width!r}, bin_count={self.bin_count!r}",
             )
         if self.bin_width is not None:
             if not (_number(self.bin_width) and self.bin_width > 0):
-                raise SpecError(f"IBSI config {self.name!r}: 'bin_width' must be positive; got {self.bin_width!r}")
+                raise SpecError(
+                    f"IBSI config {self.name!r} key 'bin_width'", "must be positive", f"got {self.bin_width!r}"
+                )
             set_(self, "bin_width", float(self.bin_width))
         if self.bin_count is not None and not (isinstance(self.bin_count, int) and self.bin_count >= 1):
-            raise SpecError(f"IBSI config {self.name!r}: 'bin_count' must be an integer >= 1; got {self.bin_count!r}")
+            raise SpecError(
+                f"IBSI config {self.name!r} key 'bin_count'", "must be an integer >= 1", f"got {self.bin_count!r}"
+            )
         if self.aggregation not in AGGREGATIONS:
             raise SpecError(
-                f"IBSI config {self.name!r}: 'aggregation' must be one of {list(AGGREGATIONS)}; "
-                f"got {self.aggregation!r}"
+                f"IBSI config {self.name!r} key 'aggregation'",
+                f"must be one of {list(AGGREGATIONS)}",
+                f"got {self.aggregation!r}",
             )
 
     @classmethod
@@ -132,7 +141,9 @@ class IBSIConfig:
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
-                raise SpecError(f"IBSI config: unknown key {key!r}; {did_you_mean(key, known, listing='valid keys')}")
+                raise SpecError(
+                    f"IBSI config key {key!r}", "unknown key", did_you_mean(key, known, listing="valid keys")
+                )
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +156,9 @@ class IBSIConfig:
         try:
             return NAMED_CONFIGS[name]
         except KeyError:
-            raise SpecError(f"unknown IBSI configuration {name!r}; known: {sorted(NAMED_CONFIGS)}") from None
+            raise SpecError(
+                f"IBSI configuration {name!r}", "unknown", did_you_mean(name, sorted(NAMED_CONFIGS), listing="known")
+            ) from None
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> IBSIConfig:
@@ -163,8 +176,9 @@ class IBSIConfig:
         interp = _SITK_INTERPOLATORS.get(s.get("interpolator", "sitkBSpline") or "sitkBSpline")
         if spacing is not None and interp is None:
             raise SpecError(
-                f"IBSI mode: interpolator {s.get('interpolator')!r} is not supported; use one of "
-                f"{sorted(_SITK_INTERPOLATORS)}"
+                "params key 'setting.interpolator' in IBSI mode",
+                f"{s.get('interpolator')!r} is not supported",
+                f"use one of {sorted(_SITK_INTERPOLATORS)}",
             )
         rng = s.get("resegmentRange")
         mode = s.get("resegmentMode", "absolute")
@@ -176,8 +190,9 @@ class IBSIConfig:
                 sigma = float(rng[1])
             else:
                 raise SpecError(
-                    f"IBSI mode: resegmentMode {mode!r} with resegmentRange {rng!r} has no IBSI "
-                    "equivalent; use 'absolute' or a symmetric 'sigma' range"
+                    "params key 'setting.resegmentMode' in IBSI mode",
+                    f"{mode!r} with resegmentRange {rng!r} has no IBSI equivalent",
+                    "use 'absolute' or a symmetric 'sigma' range",
                 )
         if s.get("binCount") is not None:
             width, count = None, int(s["binCount"])
@@ -185,12 +200,17 @@ class IBSIConfig:
             width, count = float(s.get("binWidth", 25)), None
         dims = "2_5D" if s.get("force2D") else "3D"
         if s.get("force2D") and s.get("force2Ddimension", 0) != 0:
-            raise SpecError("IBSI mode: force2Ddimension must be 0 (axial slices)")
+            raise SpecError(
+                "params key 'setting.force2Ddimension' in IBSI mode",
+                f"is {s['force2Ddimension']!r}",
+                "must be 0 (axial slices)",
+            )
         weighting = s.get("weightingNorm")
         if weighting not in (None, "no_weighting"):
             raise SpecError(
-                f"IBSI mode: weightingNorm {weighting!r} has no IBSI aggregation; use none "
-                "(IBSI 'avg') or 'no_weighting' (IBSI 'comb')"
+                "params key 'setting.weightingNorm' in IBSI mode",
+                f"{weighting!r} has no IBSI aggregation",
+                "use none (IBSI 'avg') or 'no_weighting' (IBSI 'comb')",
             )
         method = "comb" if weighting == "no_weighting" else "avg"
         return cls(
@@ -260,5 +280,5 @@ def resolve_config(config: IBSIConfig | str | dict | None, params: dict | None) 
     if isinstance(config, dict):
         return IBSIConfig.from_dict(config)
     raise SpecError(
-        f"IBSI config must be an IBSIConfig, a configuration name or a mapping; got {type(config).__name__}"
+        "IBSI config", f"is a {type(config).__name__}", "give an IBSIConfig, a configuration name or a mapping"
     )

@@ -478,17 +478,20 @@ def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str
     params = params or {}
     if not isinstance(params, dict):
         raise SpecError(
-            f"IBSI mode: params must be a mapping (a parsed pyradiomics params file); got {type(params).__name__}"
+            "params in IBSI mode",
+            "must be a mapping (a parsed pyradiomics params file)",
+            f"got {type(params).__name__}",
         )
     unknown = [k for k in params if k not in _PARAMS_KEYS]
     if unknown:
-        raise SpecError(f"IBSI mode: params key(s) {unknown} not supported; expected {list(_PARAMS_KEYS)}")
+        raise SpecError(f"params key(s) {unknown} in IBSI mode", "not supported", f"expected {list(_PARAMS_KEYS)}")
     image_types = params.get("imageType") or {"Original": {}}
     others = [t for t in image_types if t != "Original"]
     if others:
         raise SpecError(
-            f"IBSI mode computes features of the original image only; params enable imageType "
-            f"{others}: remove them, or extract them without IBSI mode"
+            "params key 'imageType' in IBSI mode",
+            f"enables {others}, but IBSI mode computes features of the original image only",
+            "remove them, or extract them without IBSI mode",
         )
     requested = params.get("featureClass")
     if requested is None:
@@ -498,7 +501,9 @@ def check_ibsi_params(params: dict[str, Any] | None) -> tuple[dict[str, list[str
         if name not in _FEATURE_CLASSES:
             hint = " (IBSI has no 2D shape features)" if name == "shape2D" else ""
             raise SpecError(
-                f"IBSI mode: featureClass {name!r} is not supported{hint}; supported: {list(_FEATURE_CLASSES)}"
+                f"params key 'featureClass.{name}' in IBSI mode",
+                f"not supported{hint}",
+                f"supported: {list(_FEATURE_CLASSES)}",
             )
         classes[name] = list(features) if features else None
     setting = params.get("setting") or {}

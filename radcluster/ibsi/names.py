@@ -153,10 +153,12 @@ def to_ibsi_names(df: pd.DataFrame, *, aggregation: str | None = "3D_avg", unmap
     -0.5
     """
     if unmapped not in ("keep", "drop"):
-        raise SpecError(f"to_ibsi_names: 'unmapped' must be 'keep' or 'drop'; got {unmapped!r}")
+        raise SpecError("to_ibsi_names argument 'unmapped'", "must be 'keep' or 'drop'", f"got {unmapped!r}")
     if aggregation is not None and aggregation not in AGGREGATIONS:
         raise SpecError(
-            f"to_ibsi_names: 'aggregation' must be one of {list(AGGREGATIONS)} or None; got {aggregation!r}"
+            "to_ibsi_names argument 'aggregation'",
+            f"must be one of {list(AGGREGATIONS)} or None",
+            f"got {aggregation!r}",
         )
     table = ibsi_tags(aggregation)
     columns: dict[str, pd.Series] = {}
@@ -174,6 +176,10 @@ def to_ibsi_names(df: pd.DataFrame, *, aggregation: str | None = "3D_avg", unmap
         row = rows[0]
         tag = row.tag(aggregation)
         if tag in columns:
-            raise SpecError(f"to_ibsi_names: columns {col!r} and another both map to IBSI tag {tag!r}")
+            raise SpecError(
+                f"to_ibsi_names column {col!r}",
+                f"maps to IBSI tag {tag!r}, as another column does",
+                "keep one of the two before renaming",
+            )
         columns[tag] = df[col] + row.offset if row.offset else df[col]
     return pd.DataFrame(columns, index=df.index)

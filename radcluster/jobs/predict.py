@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ModelError, SpecError
+from ..extract.perturb import PERTURBATION_OF
 from ..learn.cv import score_columns
 from ..learn.dataset import matrix_params_hashes, merge_clinical, pivot_by_label, read_store_columns
 
@@ -28,8 +29,9 @@ def predict_store(
     clinical: str | None = None,
     trust: tuple[str, ...] = (),
 ) -> pd.DataFrame:
-    """Apply a registry version (a folder or a URL) to every row of a store; optionally write
-    the Parquet ``out``.
+    """Apply a registry version (a folder or a URL) to every row of a store but the perturbed
+    copies of scans (``extraction.perturb``: stability material, no patient's scan); optionally
+    write the Parquet ``out``.
 
     Runs on the current Dask scheduler (a distributed client if one is active). The store
     must hold every feature the model was trained on (any order, extra ones ignored).
@@ -46,6 +48,11 @@ def predict_store(
     store = open_store(store_url)
     X, rows, names = store.matrix()
     rows = rows.assign(case_id=rows["case_id"].astype(str))
+    copies = read_store_columns(store, [PERTURBATION_OF])
+    if PERTURBATION_OF in copies and copies[PERTURBATION_OF].notna().any():
+        copy_ids = set(copies.loc[copies[PERTURBATION_OF].notna(), "case_id"])
+        keep = ~rows["case_id"].isin(copy_ids).to_numpy()
+        X, rows = X[np.flatnonzero(keep)], rows.loc[keep].reset_index(drop=True)
     feats = version.features
     combat = feats.get("combat")
     if combat or feats.get("pivot_labels"):
@@ -126,11 +133,12 @@ def predict_job(
 
     version = job.predict.version
     if version == "champion":
-        champion = read_champion(job.resolve(job.registry)) if job.registry else None
+        champion = read_champion(job.resolve(job.registry))  # the spec requires a registry here
         if champion is None:
             raise SpecError(
-                "predict.version 'champion' needs a 'registry' with a champion "
-                "(run `radcluster retrain` first) or a version folder"
+                f"registry {job.registry!r}",
+                "has no champion for predict.version 'champion'",
+                "run `radcluster retrain` first, or give a version folder",
             )
         version = champion["version"]
     else:

@@ -97,9 +97,7 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
     from .extract import extract_job
     from .train import train_store
 
-    spec = parse_train_spec(job.train)
-    if spec.target is None:
-        raise SpecError("a retrain job's train section needs a 'target' to compare models on")
+    spec = parse_train_spec(job.train)  # with a target: the spec requires it of a retrain job
     store_url, registry = job.resolve(job.store), job.resolve(job.registry)
     clinical = job.resolve(spec.clinical) if spec.clinical else None
     targets = [c for c in (spec.target, spec.event) if c]
@@ -113,8 +111,9 @@ def retrain_job(job, *, client=None, on_dashboard=None) -> RetrainDecision:
         task = spec.resolved_task() or (infer_task(frame[spec.target]) if spec.target in frame else "binary")
         if task not in _COMPARABLE:
             raise SpecError(
-                f"retrain compares models on {', '.join(_COMPARABLE)} tasks; "
-                f"target {spec.target!r} makes this a {task!r} task"
+                f"key 'train.target' ({spec.target!r})",
+                f"makes this a {task!r} task",
+                f"retrain compares models on {', '.join(_COMPARABLE)} tasks",
             )
         return task
 

@@ -53,7 +53,12 @@ def screen_store(
     from ..spec.training import parse_train_spec
 
     if (time is None) != (event is None) or (time is None) == (target is None):
-        raise SpecError("screen: give either --time and --event (survival) or --target (a binary outcome)")
+        given = [f"--{name}" for name, v in (("time", time), ("event", event), ("target", target)) if v is not None]
+        raise SpecError(
+            "screen options",
+            f"{', '.join(given) or 'none'} given",
+            "give either --time and --event (survival) or --target (a binary outcome)",
+        )
     spec = parse_train_spec(
         {"target": time or target, "event": event, "task": "survival" if time else "binary", "clinical": clinical}
     )

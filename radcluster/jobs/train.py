@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from .. import _io
-from ..errors import ModelError
 from ..learn.cv import cross_validate, evaluate, fit_final, make_splits, score_columns
 from ..learn.dataset import (
     TrainingData,
@@ -34,6 +33,7 @@ from ..learn.dataset import (
 from ..learn.explain import contributions, decision_curve, permutation_importance
 from ..learn.models import main_metric, make_model, save_model
 from ..learn.preprocess import Preprocessor
+from ..learn.search import candidates
 from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, feature_kind, parse_train_spec
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ class TrainResult:
             block = m.get(part)
             if block:
                 lines.append(f"{part}: {_metric_line(block, main)}")
+        searched = m.get("search")
+        if searched:
+            chosen = "; ".join(f"fold {i}: {f['params']}" for i, f in enumerate(searched["folds"]) if f)
+            lines.append(f"search: {chosen}; final model: {searched['final']['params']}")
         held = m.get("leave_out")
         if held:
             for site in held["sites"]:
@@ -85,31 +89,42 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def _stability_filter(data: TrainingData, icc_min: float) -> tuple[TrainingData, pd.DataFrame]:
-    """Drop the features whose test-retest ICC(3,1) is below ``icc_min`` (before any fold)."""
-    import dask
+def _stability_filter(data: TrainingData, icc_min: float) -> tuple[TrainingData, pd.DataFrame, dict[str, Any]]:
+    """Drop the features whose ICC is below ``icc_min`` over the retest pairs or the perturbed
+    copies (before any fold); returns the data, the ICC table and what the metrics record."""
+    from ..learn.stability import stability_table
 
-    from ..learn.stability import icc_table, retest_pairs
-
-    if data.retest_rows is None:
-        raise ModelError("select.icc_min needs retest scans: a 'retest_of' column naming the scan each repeats")
-    first, second = retest_pairs(data.rows, data.retest_rows)
-    if first.size < 3:
-        raise ModelError(f"select.icc_min: {first.size} test-retest pair(s) found; need at least 3")
-    a, b = dask.compute(data.X[first], data.retest_X[second])
-    table = icc_table(a, b, data.feature_names)
-    keep = ~(table["icc"].to_numpy() < icc_min)  # NaN (no variance) left to the constant filter
-    table["kept"] = keep
-    logger.info(
-        "stability: %d of %d feature(s) have ICC(3,1) < %g over %d pair(s)",
-        int((~keep).sum()),
-        keep.size,
-        icc_min,
-        first.size,
+    table = stability_table(
+        data.X,
+        data.rows,
+        data.feature_names,
+        retest=None if data.retest_rows is None else (data.retest_X, data.retest_rows),
+        perturbed=None if data.perturbed_rows is None else (data.perturbed_X, data.perturbed_rows),
     )
+    low = table.loc[table["icc"] < icc_min, "feature"]  # NaN (no variance) left to the constant filter
+    keep = ~pd.Index(data.feature_names).isin(low)
+    table["kept"] = ~table["feature"].isin(low)
+    sources = {
+        source: {
+            "n": int(part["n"].iloc[0]),
+            "k": int(part["k"].iloc[0]),
+            "dropped": int((part["icc"] < icc_min).sum()),
+        }
+        for source, part in table.groupby("source", sort=True)
+    }
+    for source, s in sources.items():
+        logger.info(
+            "stability (%s): %d feature(s) have ICC < %g over %d scan(s)", source, s["dropped"], icc_min, s["n"]
+        )
     cols = np.flatnonzero(keep)
     names = [data.feature_names[i] for i in cols]
-    return dataclasses.replace(data, X=data.X[:, cols], feature_names=names), table
+    record = {
+        "icc_min": icc_min,
+        "n_pairs": sources.get("retest", {}).get("n", 0),
+        "sources": sources,
+        "dropped": [n for n, k in zip(data.feature_names, keep, strict=True) if not k],
+    }
+    return dataclasses.replace(data, X=data.X[:, cols], feature_names=names), table, record
 
 
 def _extraction_record(store_url: str) -> dict[str, Any]:
@@ -131,14 +146,28 @@ def _extraction_record(store_url: str) -> dict[str, Any]:
     }
 
 
-def _explain(final, target, names: list[str], task: str, seed: int) -> tuple[str, pd.DataFrame] | None:
+# Contributions are computed for at most this many development rows (a fixed random sample):
+# on 160,000 rows XGBoost's TreeSHAP took longer than fitting the model, and the report draws
+# 5,000 rows of them.
+EXPLAIN_MAX_ROWS = 5000
+
+
+def _explain(
+    final, target, names: list[str], task: str, seed: int, case_ids: np.ndarray
+) -> tuple[str, pd.DataFrame] | None:
     """The final model explained on the development rows: additive contributions (XGBoost's
-    TreeSHAP, Cox terms) or, for the other models, permutation importance."""
+    TreeSHAP, Cox terms; with the ``case_id`` of each row) or, for the other models,
+    permutation importance."""
     if task == "clustering":
         return None
     inputs = final.pre.feature_names_out(names)
-    table = contributions(final.model, final.scores_train, inputs)
+    Z, rows = final.scores_train, np.arange(len(case_ids))
+    if rows.size > EXPLAIN_MAX_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows.size, EXPLAIN_MAX_ROWS, replace=False))
+        Z = Z[rows]
+    table = contributions(final.model, Z, inputs)
     if table is not None:
+        table.insert(0, "case_id", case_ids[rows])
         return "contributions.parquet", table
     return "permutation_importance.parquet", permutation_importance(
         final.model, final.scores_train, target.y, task, inputs, seed=seed
@@ -246,34 +275,17 @@ def _train_store(
     data = load_training_data(store_url, spec, clinical=clinical)
     icc = None
     if spec.select.icc_min is not None:
-        data, icc = _stability_filter(data, spec.select.icc_min)
-        n_pairs = int(icc["n_pairs"].iloc[0]) if len(icc) else 0
-        stability = {
-            "icc_min": spec.select.icc_min,
-            "n_pairs": n_pairs,
-            "dropped": icc.loc[~icc["kept"], "feature"].tolist(),
-        }
+        data, icc, stability = _stability_filter(data, spec.select.icc_min)
     X, target, groups, batch = data.X, data.target, data.groups, data.batch
     task = target.task
     if spec.persist:
         X = client.persist(X)
-    p = spec.preprocess
     seed = spec.cv.seed
 
     def make_pre() -> Preprocessor:
-        return Preprocessor(
-            impute=p.impute,
-            max_missing_fraction=p.max_missing_fraction,
-            max_mode_fraction=p.max_mode_fraction,
-            min_relative_std=p.min_relative_std,
-            max_correlation=p.max_correlation,
-            scale=p.scale,
-            pca=p.pca,
-            pca_max_components=p.pca_max_components,
-            pca_solver=p.pca_solver,
-            select=_select_params(spec, task),
-            random_state=seed,
-        )
+        # the preprocess keys are the Preprocessor's own parameters; ComBat runs before it
+        options = spec.preprocess.model_dump(exclude={"combat"})
+        return Preprocessor(**options, select=_select_params(spec, task), random_state=seed)
 
     def make_mdl():
         return make_model(
@@ -322,6 +334,7 @@ def _train_store(
             seed=seed,
             on_fold=on_fold,
             metric_options=mopts,
+            search=spec.search,
         )
         metrics["cv"] = evaluate(
             d_target,
@@ -360,6 +373,7 @@ def _train_store(
             seed=seed,
             n_boot=spec.metrics.bootstrap,
             metric_options=mopts,
+            search=spec.search,
         )
         metrics["leave_out"]["column"] = column
     final = fit_final(
@@ -371,7 +385,15 @@ def _train_store(
         batch=d_batch,
         validation_fraction=spec.cv.validation_fraction,
         seed=seed,
+        search=spec.search,
     )
+    if final.search is not None:
+        # the parameters of the saved model: chosen by the same inner search on all development rows
+        metrics["search"] = {
+            "candidates": candidates(spec.search),
+            "final": final.search,
+            "folds": [f.get("search") for f in metrics["folds"]],
+        }
     pca_scores = None
     if final.pre.pca_components_ is not None:
         pca_scores = final.scores_train[:, : min(2, final.pre.n_components_)].compute()
@@ -394,7 +416,7 @@ def _train_store(
     metrics["left_out"] = int(len(data.left_out))
     metrics["n_development"] = int(len(dev))
     metrics["n_test"] = int(len(test))
-    explained = _explain(final, d_target, data.feature_names, task, seed)
+    explained = _explain(final, d_target, data.feature_names, task, seed, data.rows["case_id"].to_numpy()[dev])
     if task == "binary" and scores_all is not None:
         scored = np.isin(split_col, ("cv", "test"))
         metrics["decision_curve"] = decision_curve(target.y[scored], scores_all[scored, 1])
@@ -406,8 +428,6 @@ def _train_store(
             icc.to_parquet(v.path / "stability.parquet", index=False)
         if explained is not None:
             name, table = explained
-            if name == "contributions.parquet":
-                table.insert(0, "case_id", data.rows["case_id"].to_numpy()[dev])
             table.to_parquet(v.path / name, index=False)
         report_path = None
         if spec.report:

@@ -103,6 +103,7 @@ class FoldFit:
     pre: Preprocessor
     model: Any
     scores_train: Any = None
+    search: dict[str, Any] | None = None  # the inner search's choice (train.search), if any
 
 
 @dataclass
@@ -125,10 +126,18 @@ def _fit_once(
     batch: np.ndarray | None,
     validation_fraction: float,
     seed: int,
+    search=None,
 ) -> FoldFit:
-    pre = make_pre().fit(X, target.y, batch=batch)  # y: for a select step only
-    Z = pre.transform(X, batch=batch).persist()
+    pre = make_pre()
+    Z = pre.fit_transform(X, target.y, batch=batch).persist()  # y: for a select step only
     model = make_mdl()
+    chosen = None
+    if search is not None and target.y is not None:
+        from .search import tune
+
+        # the inner loop: these training rows only, split again
+        chosen = tune(model, Z, target, groups, search, seed=seed)
+        model.set_params(params={**(model.params or {}), **chosen["params"]})
     if (
         target.y is None
         or not hasattr(model, "early_stopping_rounds")
@@ -136,7 +145,7 @@ def _fit_once(
         or validation_fraction <= 0
     ):
         model.fit(Z, target.y)
-        return FoldFit(pre, model, Z)
+        return FoldFit(pre, model, Z, chosen)
     # Early stopping watches a validation split carved from the training rows only.
     n_val = max(2, round(1 / validation_fraction))
     try:
@@ -145,9 +154,9 @@ def _fit_once(
         )[0]
     except ModelError:
         model.fit(Z, target.y)
-        return FoldFit(pre, model, Z)
+        return FoldFit(pre, model, Z, chosen)
     model.fit(Z[fit_idx], target.y[fit_idx], eval_set=(Z[val_idx], target.y[val_idx]))
-    return FoldFit(pre, model, Z)
+    return FoldFit(pre, model, Z, chosen)
 
 
 def cross_validate(
@@ -163,8 +172,10 @@ def cross_validate(
     seed: int = 0,
     on_fold: Callable[[int, dict[str, Any]], None] | None = None,
     metric_options: dict[str, Any] | None = None,
+    search=None,
 ) -> CVResult:
-    """Out-of-fold model outputs: every fold refits preprocessing and model on its training rows."""
+    """Out-of-fold model outputs: every fold refits preprocessing and model (and, with a
+    ``search``, chooses the model's parameters: :func:`.search.tune`) on its training rows."""
     from .survival import evaluation_grid
 
     n = X.shape[0]
@@ -183,6 +194,7 @@ def cross_validate(
             batch=None if batch is None else batch[tr],
             validation_fraction=validation_fraction,
             seed=seed + k,
+            search=search,
         )
         Z = fitted.pre.transform(X[te], batch=None if batch is None else batch[te])
         fold_curves = None
@@ -203,6 +215,8 @@ def cross_validate(
         m["fold"] = k
         m["n_train"] = int(len(tr))
         m["inputs_kept"] = fitted.pre.kept_inputs().tolist()
+        if fitted.search is not None:
+            m["search"] = fitted.search
         per_fold.append(m)
         if on_fold is not None:
             on_fold(k, m)
@@ -220,6 +234,7 @@ def fit_final(
     batch: np.ndarray | None = None,
     validation_fraction: float = 0.2,
     seed: int = 0,
+    search=None,
 ) -> FoldFit:
     """Preprocessing and model fitted on all the given (development) rows."""
     return _fit_once(
@@ -231,6 +246,7 @@ def fit_final(
         batch=batch,
         validation_fraction=validation_fraction,
         seed=seed,
+        search=search,
     )
 
 

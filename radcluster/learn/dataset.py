@@ -15,6 +15,7 @@ import pandas as pd
 
 from .. import _io
 from ..errors import ModelError
+from ..extract.perturb import PERTURBATION, PERTURBATION_OF
 from ..spec.training import TrainSpec, feature_kind
 from .cv import Target
 from .models import check_model
@@ -28,6 +29,7 @@ __all__ = [
     "read_clinical",
     "pivot_by_label",
     "matrix_params_hashes",
+    "split_aside",
 ]
 
 
@@ -48,10 +50,15 @@ class TrainingData:
     # kept for stability (ICC). ``X`` rows (dask) and their case_id / retest_of.
     retest_X: Any = None
     retest_rows: pd.DataFrame | None = None
+    # Perturbed copies of scans (extraction.perturb: a ``perturbation_of`` column), likewise.
+    perturbed_X: Any = None
+    perturbed_rows: pd.DataFrame | None = None
 
 
 # The manifest column that marks a retest scan: the case_id of the scan it repeats.
 RETEST_COLUMN = "retest_of"
+# Columns of the rows kept aside for stability, never trained on: retests and perturbed copies.
+ASIDE_COLUMNS = (RETEST_COLUMN, PERTURBATION_OF, PERTURBATION)
 
 
 def read_store_columns(store, columns: list[str]) -> pd.DataFrame:
@@ -219,7 +226,7 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
             spec.preprocess.combat,
             spec.validation.leave_out,
             "patient_id",
-            RETEST_COLUMN,
+            *ASIDE_COLUMNS,
             None if spec.cv.group in ("auto", "none") else spec.cv.group,
         )
         if c
@@ -231,16 +238,9 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
     pivot_labels = None
     if spec.labels == "pivot":
         X, frame, names, pivot_labels = pivot_by_label(X, frame, names)
-    retest_X = retest_rows = None
-    if RETEST_COLUMN in frame and frame[RETEST_COLUMN].notna().any():
-        is_retest = frame[RETEST_COLUMN].notna().to_numpy()
-        retest_X = X[np.flatnonzero(is_retest)]
-        retest_rows = frame.loc[is_retest, ["case_id", "label", RETEST_COLUMN]].reset_index(drop=True)
-        logger.info("%d retest scan(s) kept aside for stability, not trained on", int(is_retest.sum()))
-        X = X[np.flatnonzero(~is_retest)]
-        frame = frame.loc[~is_retest].reset_index(drop=True)
+    X, frame, retest, perturbed = split_aside(X, frame)
     for col in needed:
-        if col not in ("patient_id", RETEST_COLUMN) and col not in frame.columns:
+        if col not in ("patient_id", *ASIDE_COLUMNS) and col not in frame.columns:
             where = "the store's carried columns" + (" or the clinical table" if clinical else "")
             avail = [c for c in frame.columns if c not in ("case_id", "label")]
             raise ModelError(f"column {col!r} is not in {where}; available: {', '.join(avail) or 'none'}")
@@ -268,10 +268,44 @@ def load_training_data(store_url: str, spec: TrainSpec, *, clinical: str | None 
             frame, [c for c in (spec.target, spec.event) if c], _groups(frame, "auto"), spec.cv.seed
         )
     target = _make_target(frame, spec, task)
-    check_model(spec.model, task, spec.params.get(spec.model, {}))
+    searched = dict.fromkeys(spec.search.parameters()) if spec.search else {}
+    check_model(spec.model, task, {**spec.params.get(spec.model, {}), **searched})
     batch = frame[spec.preprocess.combat].astype(str).to_numpy() if spec.preprocess.combat else None
     hashes = matrix_params_hashes(store)
-    return TrainingData(X, frame, names, groups, target, batch, left_out, pivot_labels, hashes, retest_X, retest_rows)
+    return TrainingData(
+        X,
+        frame,
+        names,
+        groups,
+        target,
+        batch,
+        left_out,
+        pivot_labels,
+        hashes,
+        *(retest or (None, None)),
+        *(perturbed or (None, None)),
+    )
+
+
+def split_aside(X, frame: pd.DataFrame):
+    """``(X, frame, retest, perturbed)``: the rows to learn from, and ``(X, rows)`` of the
+    retest scans and of the perturbed copies (None when there are none), kept aside for
+    stability (:func:`radcluster.learn.stability.stability_table`)."""
+    aside = np.zeros(len(frame), dtype=bool)
+    out = []
+    for column, what in ((RETEST_COLUMN, "retest scan(s)"), (PERTURBATION_OF, "perturbed cop(ies) of scans")):
+        if column not in frame or not frame[column].notna().any():
+            out.append(None)
+            continue
+        mine = frame[column].notna().to_numpy() & ~aside
+        cols = [c for c in ("case_id", "label", *ASIDE_COLUMNS) if c in frame]
+        out.append((X[np.flatnonzero(mine)], frame.loc[mine, cols].reset_index(drop=True)))
+        logger.info("%d %s kept aside for stability, not trained on", int(mine.sum()), what)
+        aside |= mine
+    if aside.any():
+        X = X[np.flatnonzero(~aside)]
+        frame = frame.loc[~aside].reset_index(drop=True)
+    return X, frame, *out
 
 
 def matrix_params_hashes(store) -> list[str]:

@@ -1,9 +1,10 @@
 """Preprocessing fitted on training rows only, on dask arrays without gathering the matrix.
 
 :class:`Preprocessor`: finite check and imputation, dropping of mostly-missing, constant and
-near-constant features, optional ComBat harmonisation, optional correlation filter, dask-ml
-``StandardScaler``, dask-ml ``PCA``. Only per-feature statistics (vectors, and a features x
-features matrix for the correlation filter) come back to the client.
+near-constant features, optional ComBat harmonisation, optional correlation filter, scaling
+to zero mean and unit variance, PCA (dask's SVD solvers on one persisted float32 copy of the scaled
+training rows). Only per-feature statistics (vectors, and a features x features matrix for
+the correlation filter) and the components come back to the client.
 """
 
 from __future__ import annotations
@@ -55,10 +56,9 @@ class Preprocessor(BaseEstimator, TransformerMixin):
     deviation at most ``min_relative_std`` times the absolute mean, or at least
     ``max_mode_fraction`` of the rows equal to the feature's median); an optional
     correlation filter keeps the first feature (store order) of every pair with
-    ``|r| > max_correlation``; dask-ml ``StandardScaler``; dask-ml ``PCA`` with ``pca``
-    components (an int) or as many as explain that share of the variance (a float in
-    (0, 1); at most ``pca_max_components`` are fitted, since dask-ml's PCA takes no
-    fraction).
+    ``|r| > max_correlation``; scaling (as scikit-learn's ``StandardScaler``); PCA with ``pca`` components (an
+    int) or as many as explain that share of the variance (a float in (0, 1); at most
+    ``pca_max_components`` are fitted, since the randomized solver needs a number).
 
     Parameters
     ----------
@@ -136,6 +136,22 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             raise ModelError(f"Preprocessor: 'pca' {err}; got {self.pca!r}") from None
 
     def fit(self, X, y=None, *, batch: np.ndarray | None = None):
+        self._fit(X, y, batch)
+        return self
+
+    def fit_transform(self, X, y=None, *, batch: np.ndarray | None = None):
+        """Fit on ``X`` and return ``X`` preprocessed (dask in, dask out).
+
+        With PCA, the scores come from the scaled matrix the fit already holds in worker
+        memory, so ``X`` is not read and preprocessed a second time.
+        """
+        centred = self._fit(X, y, batch)
+        if centred is None or array_module(X) is np:
+            return self.transform(X, batch=batch)
+        return centred @ self.pca_components_[: self.n_components_].T
+
+    def _fit(self, X, y, batch: np.ndarray | None):
+        """Fit; with PCA, returns the centred training rows it was fitted on (persisted)."""
         import dask
         import dask.array as da
 
@@ -151,8 +167,9 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         need_median = self.impute == "median" or self.max_mode_fraction is not None
         median = _column_medians(Xf) if need_median else None
         mean = da.nanmean(Xf, axis=0)
+        spread = da.nanvar(Xf, axis=0) if batch is None else None  # see the scaler below
         with np.errstate(all="ignore"):
-            missing, median, mean = dask.compute(missing, median, mean)
+            missing, median, mean, spread = dask.compute(missing, median, mean, spread)
         centre = median if self.impute == "median" else mean
         ok = (missing / n <= self.max_missing_fraction) & np.isfinite(centre)
         dropped["missing"] = int((~ok).sum())
@@ -167,13 +184,20 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             self.combat_ = ComBat().fit(Xi, batch=batch)
             Xi = self.combat_.transform(Xi, batch=batch)
 
-        # dask-ml's StandardScaler on every remaining column: its means and variances also
-        # drive the constant and correlation filters (one pass over the data for all three).
-        from dask_ml.preprocessing import StandardScaler
+        # The mean and standard deviation of every remaining column scale it and drive the
+        # constant and correlation filters. Without ComBat they follow from the observed
+        # values' (parallel axes: c rows observed with mean m and variance v, n - c set to f),
+        # with no second pass over the data; ComBat's output goes through dask-ml's scaler.
+        if self.combat_ is None:
+            observed, m, f = n - missing[self.columns_], mean[self.columns_], self.impute_values_
+            mu = (observed * m + (n - observed) * f) / n
+            var = (observed * (spread[self.columns_] + (m - mu) ** 2) + (n - observed) * (f - mu) ** 2) / n
+        else:
+            from dask_ml.preprocessing import StandardScaler
 
-        scaler = StandardScaler().fit(Xi)
-        mu = np.asarray(dask.compute(scaler.mean_)[0], dtype=float)
-        sd = np.sqrt(np.asarray(dask.compute(scaler.var_)[0], dtype=float))
+            scaler = StandardScaler().fit(Xi)
+            mu, var = (np.asarray(v, dtype=float) for v in dask.compute(scaler.mean_, scaler.var_))
+        sd = np.sqrt(var)
         keep = sd > np.maximum(self.min_relative_std * np.abs(mu), 1e-12)
         dropped["constant"] = int((~keep).sum())
         if self.max_mode_fraction is not None:
@@ -208,14 +232,13 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             Xs = (Xs - self.scale_mean_) / self.scale_scale_
 
         self.pca_components_ = self.pca_mean_ = self.explained_variance_ratio_ = self.n_components_ = None
-        if self.pca is not None:
-            # Materialised for dask-ml's PCA, which makes several passes over it (the randomized
-            # solver about ten): recomputing the preprocessing in each would also hand dask the
-            # same keys in differently fused graphs (its "different run_spec" warning).
-            Xs = Xs.rechunk({1: -1}).persist()
-            del Xi
-            self._fit_pca(Xs)
-        return self
+        if self.pca is None:
+            return None
+        # PCA's mean is the mean of the rows it sees: 0 once scaled, the feature means if not;
+        # its total variance follows from the scaler's variances (no pass over the data).
+        self.pca_mean_ = np.zeros(support.size) if self.scale else mu[support]
+        variance = np.ones(support.size) if self.scale else sd[support] ** 2
+        return self._fit_pca(Xs if self.scale else Xs - self.pca_mean_, variance)
 
     def _impute(self, X):
         xp = array_module(X)
@@ -234,10 +257,21 @@ class Preprocessor(BaseEstimator, TransformerMixin):
                 kept.append(j)
         return support[kept]
 
-    def _fit_pca(self, Xs) -> None:
-        from dask_ml.decomposition import PCA
+    def _fit_pca(self, Xc, variance: np.ndarray):
+        """PCA of the centred (lazy) training rows ``Xc``, whose columns have ``variance``
+        (ddof 0); returns ``Xc`` as persisted.
 
-        n, p = Xs.shape
+        ``Xc`` is computed once, fused with the imputation and scaling, and held in float32:
+        every pass of the SVD (about ten for the randomized solver) reads that one copy. The
+        values are scaled or centred, so float32 keeps 7 significant digits of each (XGBoost
+        reads its input as float32 anyway). dask-ml's PCA is not used: it centres its input
+        again inside the solver's graph, and dask holds that second, float64 copy through all
+        the passes.
+        """
+        import dask
+        import dask.array as da
+
+        n, p = Xc.shape
         wanted = self.pca if isinstance(self.pca, int) else self.pca_max_components
         k = int(min(wanted, n - 1, p))
         if isinstance(self.pca, int) and k < self.pca:
@@ -245,14 +279,22 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         solver = self.pca_solver
         if solver == "auto":
             solver = "randomized" if n * p > 5_000_000 and k < 0.2 * min(n, p) else "tsqr"
-        Xs = Xs.rechunk({1: -1})
-        if solver == "tsqr" and Xs.chunks[0][0] < p:  # tsqr wants tall blocks
-            Xs = Xs.rechunk({0: max(p, min(n, 4096))})
-        pca = PCA(n_components=k, svd_solver=solver, iterated_power=4, random_state=self.random_state, whiten=False)
-        pca.fit(Xs)
-        self.pca_components_ = np.asarray(pca.components_, dtype=float)
-        self.pca_mean_ = np.asarray(pca.mean_, dtype=float)
-        ratio = np.asarray(pca.explained_variance_ratio_, dtype=float)
+        Xc = Xc.astype(np.float32).rechunk({1: -1})
+        if solver == "tsqr" and Xc.chunks[0][0] < p:  # tsqr wants tall blocks
+            Xc = Xc.rechunk({0: max(p, min(n, 4096))})
+        Xc = Xc.persist()
+        if solver == "tsqr":
+            _, s, v = da.linalg.svd(Xc)
+        else:
+            # Orthonormalised between the power iterations ("QR"): unnormalised ones, dask's
+            # default, lose the smaller components to rounding, and in float32 can overflow.
+            _, s, v = da.linalg.svd_compressed(
+                Xc, k, iterator="QR", n_power_iter=4, seed=self.random_state, compute=True
+            )
+        s, v = dask.compute(s[:k], v[:k])
+        self.pca_components_ = np.asarray(v, dtype=float)
+        # explained variance s^2 / (n - 1) over the total, sum(variance) * n / (n - 1)
+        ratio = np.asarray(s, dtype=float) ** 2 / (n * variance.sum())
         self.explained_variance_ratio_ = ratio
         if isinstance(self.pca, float):
             cum = np.cumsum(ratio)
@@ -269,6 +311,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
                 self.n_components_ = int(reached[0]) + 1
         else:
             self.n_components_ = k
+        return Xc
 
     def transform(self, X, *, batch: np.ndarray | None = None):
         """The preprocessed matrix (dask in, dask out; numpy in, numpy out)."""

@@ -1,4 +1,4 @@
-"""Feature stability from test-retest scans: ICC(3,1) per feature.
+"""Feature stability from test-retest scans and perturbed copies: an ICC per feature.
 
 A manifest's ``retest_of`` column marks a scan as a repeat of another (the same patient
 scanned twice); :mod:`.dataset` keeps those scans aside. :func:`icc_table` computes, for every
@@ -11,8 +11,19 @@ from the two-way ANOVA of the n x k table (rows: patients, columns: scan and ret
 computed for all features at once with numpy: pingouin's ``intraclass_corr`` gives the same
 numbers one feature at a time through a long-format ANOVA, which takes seconds per thousand
 features and pulls seaborn and xarray; the test checks the formula against Shrout & Fleiss'
-published example. ``select: {icc_min: 0.75}`` drops the features below the threshold
-before any fold is fitted (the ICC uses no target, so it cannot leak one).
+published example.
+
+Perturbed copies of a scan (``extraction.perturb``, :mod:`radcluster.extract.perturb`: rows
+with a ``perturbation_of``) give each feature the one-way random-effects ICC(1,1) over the
+scan and its k perturbations (Shrout & Fleiss case 1):
+
+    ICC(1,1) = (MS_rows - MS_within) / (MS_rows + (k - 1) MS_within)
+
+one-way because a perturbation is no fixed rater: a shift every scan shares (a dilation
+enlarges every volume) counts against the feature, which the consistency form of ICC(3,1)
+would forgive. :func:`stability_table` gives one row per (feature, source); ``select:
+{icc_min: 0.75}`` drops a feature below the threshold in any source before any fold is
+fitted (the ICC uses no target, so it cannot leak one).
 """
 
 from __future__ import annotations
@@ -22,7 +33,16 @@ import pandas as pd
 
 from ..errors import ModelError
 
-__all__ = ["icc_3_1", "icc_table", "retest_pairs"]
+__all__ = [
+    "icc_1_1",
+    "icc_3_1",
+    "icc_table",
+    "retest_pairs",
+    "perturbation_sets",
+    "stability_table",
+    "describe",
+    "store_stability",
+]
 
 
 def icc_3_1(Y: np.ndarray) -> np.ndarray:
@@ -36,18 +56,44 @@ def icc_3_1(Y: np.ndarray) -> np.ndarray:
     >>> round(float(icc_3_1(ratings[:, :, None])[0]), 2)
     0.71
     """
+    _, k, ms_rows, _, ms_error = _mean_squares(Y)
+    return _icc(ms_rows, ms_error, k)
+
+
+def icc_1_1(Y: np.ndarray) -> np.ndarray:
+    """ICC(1,1) of every feature of ``Y`` (n subjects x k measurements x p features).
+
+    Examples
+    --------
+    Shrout & Fleiss (1979), Table 2 (as in :func:`icc_3_1`): ICC(1,1) = 0.17.
+
+    >>> ratings = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]])
+    >>> round(float(icc_1_1(ratings[:, :, None])[0]), 2)
+    0.17
+    """
+    _, k, ms_rows, ms_within, _ = _mean_squares(Y)
+    return _icc(ms_rows, ms_within, k)
+
+
+def _mean_squares(Y: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, k, MS_rows, MS_within, MS_error)`` per feature of the n x k x p table ``Y``: the
+    two-way ANOVA's mean squares between subjects, within subjects, and residual."""
     Y = np.asarray(Y, dtype=float)
     if Y.ndim != 3 or Y.shape[0] < 2 or Y.shape[1] < 2:
         raise ModelError(f"ICC: need at least 2 subjects x 2 measurements per feature; got shape {Y.shape}")
     n, k, _ = Y.shape
     grand = Y.mean(axis=(0, 1))
+    ss_total = ((Y - grand) ** 2).sum(axis=(0, 1))
     ss_rows = k * ((Y.mean(axis=1) - grand) ** 2).sum(axis=0)
     ss_cols = n * ((Y.mean(axis=0) - grand) ** 2).sum(axis=0)
-    ss_error = ((Y - grand) ** 2).sum(axis=(0, 1)) - ss_rows - ss_cols
-    ms_rows = ss_rows / (n - 1)
-    ms_error = ss_error / ((n - 1) * (k - 1))
+    ms_within = (ss_total - ss_rows) / (n * (k - 1))
+    ms_error = (ss_total - ss_rows - ss_cols) / ((n - 1) * (k - 1))
+    return n, k, ss_rows / (n - 1), ms_within, ms_error
+
+
+def _icc(ms_rows: np.ndarray, ms_other: np.ndarray, k: int) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (ms_rows - ms_error) / (ms_rows + (k - 1) * ms_error)
+        return (ms_rows - ms_other) / (ms_rows + (k - 1) * ms_other)
 
 
 def retest_pairs(rows: pd.DataFrame, retest_rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -70,3 +116,90 @@ def icc_table(first: np.ndarray, retest: np.ndarray, names: list[str]) -> pd.Dat
     ok = np.isfinite(first).all(axis=1) & np.isfinite(retest).all(axis=1)
     icc = icc_3_1(np.stack([first[ok], retest[ok]], axis=1))
     return pd.DataFrame({"feature": names, "icc": icc, "n_pairs": int(ok.sum())})
+
+
+def perturbation_sets(rows: pd.DataFrame, perturbed_rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(first, copies, names)``: the position in ``rows`` of every scan that has a row for
+    each perturbation ``names`` (same label), and the positions of those rows in
+    ``perturbed_rows`` (n x k, in the order of ``names``)."""
+    from ..extract.perturb import PERTURBATION, PERTURBATION_OF
+
+    names = sorted(perturbed_rows[PERTURBATION].astype(str).unique())
+    where = {
+        (str(of), int(lab), str(p)): j
+        for j, (of, lab, p) in enumerate(
+            zip(perturbed_rows[PERTURBATION_OF], perturbed_rows["label"], perturbed_rows[PERTURBATION], strict=True)
+        )
+    }
+    first, copies = [], []
+    for i, (case, lab) in enumerate(zip(rows["case_id"], rows["label"], strict=True)):
+        found = [where.get((str(case), int(lab), p)) for p in names]
+        if None not in found:
+            first.append(i)
+            copies.append(found)
+    return np.asarray(first, dtype=int), np.asarray(copies, dtype=int).reshape(len(first), len(names)), names
+
+
+def stability_table(
+    X, rows: pd.DataFrame, names: list[str], *, retest=None, perturbed=None, min_subjects: int = 3
+) -> pd.DataFrame:
+    """``feature, source, icc, n, k`` for every feature of the (dask) matrix ``X``.
+
+    ``retest`` and ``perturbed`` are ``(X, rows)`` of the scans kept aside (either may be
+    None): ``source`` "retest" rows hold ICC(3,1) over ``n`` pairs, "perturbation" rows
+    ICC(1,1) over ``n`` scans each with ``k - 1`` perturbed copies.
+
+    Raises
+    ------
+    ModelError
+        When neither source has ``min_subjects`` scans with their retest or every perturbation.
+    """
+    import dask
+
+    parts, found = [], []
+    if retest is not None:
+        first, second = retest_pairs(rows, retest[1])
+        found.append(f"{first.size} test-retest pair(s)")
+        if first.size >= min_subjects:
+            a, b = dask.compute(X[first], retest[0][second])
+            parts.append(icc_table(a, b, names).rename(columns={"n_pairs": "n"}).assign(source="retest", k=2))
+    if perturbed is not None:
+        first, copies, kinds = perturbation_sets(rows, perturbed[1])
+        found.append(f"{first.size} scan(s) with all {len(kinds)} perturbation(s)")
+        if first.size >= min_subjects:
+            a, b = dask.compute(X[first], perturbed[0][copies.ravel()])
+            Y = np.concatenate([np.asarray(a, dtype=float)[:, None, :], np.asarray(b).reshape(*copies.shape, -1)], 1)
+            ok = np.isfinite(Y).all(axis=(1, 2))
+            parts.append(
+                pd.DataFrame(
+                    {"feature": names, "icc": icc_1_1(Y[ok]), "n": int(ok.sum()), "source": "perturbation"}
+                ).assign(k=Y.shape[1])
+            )
+    if not parts:
+        have = "; ".join(found) or "no retest scans ('retest_of') and no perturbed scans (extraction.perturb)"
+        raise ModelError(f"stability: need at least {min_subjects} scans with a retest or perturbations; found {have}")
+    return pd.concat(parts, ignore_index=True)[["feature", "source", "icc", "n", "k"]]
+
+
+def describe(record: dict) -> str:
+    """What a training's stability filter did, in words (the report and the checklist):
+    ``record`` is ``metrics["stability"]``."""
+    sources = record.get("sources") or {"retest": {"n": record.get("n_pairs"), "k": 2}}  # versions before perturbations
+    parts = []
+    for source, s in sorted(sources.items()):
+        if source == "retest":
+            parts.append(f"ICC(3,1) over {s['n']} test-retest pair(s)")
+        else:
+            parts.append(f"ICC(1,1) over {s['n']} scan(s) and {s['k'] - 1} perturbed copies of each")
+    return f"ICC >= {record['icc_min']:g} ({'; '.join(parts)}): {len(record['dropped'])} feature(s) dropped"
+
+
+def store_stability(store) -> pd.DataFrame:
+    """:func:`stability_table` of every current row of ``store`` (a :class:`~radcluster.store.Store`)."""
+    from .dataset import ASIDE_COLUMNS, read_store_columns, split_aside
+
+    X, rows, names = store.matrix()
+    rows = rows.assign(case_id=rows["case_id"].astype(str))
+    frame = rows.merge(read_store_columns(store, list(ASIDE_COLUMNS)), on=["case_id", "label"], how="left")
+    X, frame, retest, perturbed = split_aside(X, frame)
+    return stability_table(X, frame, names, retest=retest, perturbed=perturbed)

@@ -35,6 +35,7 @@ def leave_group_out(
     seed: int = 0,
     n_boot: int = 1000,
     metric_options: dict[str, Any] | None = None,
+    search=None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Every site in turn held out; returns ``(metrics, scores)``.
 
@@ -59,9 +60,10 @@ def leave_group_out(
         validation_fraction=validation_fraction,
         seed=seed,
         metric_options=opts,
+        search=search,
     )
     per_site = []
-    for name, (train, test) in zip(names, splits, strict=True):
+    for name, (train, test), fold in zip(names, splits, result.fold_metrics, strict=True):
         curves = None if result.survival is None else result.survival[test]
         m = evaluate(
             target.subset(test),
@@ -72,7 +74,8 @@ def leave_group_out(
             grid=result.grid,
             **opts,
         )
-        per_site.append({"site": str(name), "n_train": int(train.size), **m})
+        chosen = {"search": fold["search"]} if "search" in fold else {}  # train.search's choice for this site
+        per_site.append({"site": str(name), "n_train": int(train.size), **m, **chosen})
         logger.info("site %s held out: %d test row(s), %d training row(s)", name, test.size, train.size)
     pooled = evaluate(target, result.scores, groups, n_boot=n_boot, survival=result.survival, grid=result.grid, **opts)
     return {"pooled": pooled, "sites": per_site}, result.scores

@@ -15,7 +15,8 @@ Layout of a registry folder::
         importance.json        importances of the model inputs and of the input features
         pca_scores.parquet     first two PCA scores of the training rows (for the report)
         cases.json             case ids trained on, held out for test, and left out
-        contributions.parquet  per-row contributions of the model inputs (xgboost, cox, coxnet), or
+        contributions.parquet  per-row contributions of the model inputs (xgboost, cox, coxnet; at most
+                               5,000 development rows, a fixed sample), or
         permutation_importance.parquet  for the other models
         stability.parquet      ICC(3,1) of every feature (with select.icc_min)
         report.html            derived from the files above (re-rendered by `radcluster report`;

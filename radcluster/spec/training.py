@@ -14,10 +14,19 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..errors import SpecError, did_you_mean
-from ._base import Section, format_errors
+from ..errors import did_you_mean
+from ._base import Section, spec_error
 
-__all__ = ["TrainSpec", "PreprocessSpec", "CVSpec", "MetricsSpec", "SelectSpec", "ValidationSpec", "parse_train_spec"]
+__all__ = [
+    "TrainSpec",
+    "PreprocessSpec",
+    "CVSpec",
+    "MetricsSpec",
+    "SelectSpec",
+    "SearchSpec",
+    "ValidationSpec",
+    "parse_train_spec",
+]
 
 # What `features:` selects. Deep engines (radcluster.extract.engines, kind "deep") name their
 # columns deep_<name>_<i>; every other feature column is radiomics (pyradiomics, IBSI mode).
@@ -120,6 +129,66 @@ class SelectSpec(Section):
     q: float | None = Field(None, gt=0, le=1, description="univariate: keep features with BH q <= this; null: off")
 
 
+# The distributions ``search.random`` takes besides a list of values: {name: [low, high]}.
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+
+
+def _distribution(key: str, value: Any) -> Any:
+    """A ``search.random`` entry checked: a non-empty list, or ``{uniform|loguniform|randint: [low, high]}``."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(f"parameter {key!r} has an empty list of values; give at least one")
+        return list(value)
+    if isinstance(value, dict) and len(value) == 1:
+        ((name, bounds),) = value.items()
+        if name not in DISTRIBUTIONS:
+            raise ValueError(f"parameter {key!r}: unknown distribution {name!r}; {did_you_mean(name, DISTRIBUTIONS)}")
+        ok = isinstance(bounds, list | tuple) and len(bounds) == 2 and all(isinstance(b, int | float) for b in bounds)
+        if not ok or not bounds[0] < bounds[1] or (name == "loguniform" and bounds[0] <= 0):
+            raise ValueError(
+                f"parameter {key!r}: {name} bounds {bounds!r}; give [low, high] with low < high (loguniform: low > 0)"
+            )
+        return {name: list(bounds)}
+    raise ValueError(
+        f"parameter {key!r} is {value!r}; give a list of values or {{uniform|loguniform|randint: [low, high]}}"
+    )
+
+
+class SearchSpec(Section):
+    """Hyperparameter search, in an inner cross-validation of each outer training fold (nested CV)."""
+
+    grid: dict[str, list[Any]] | None = Field(
+        None, description="model parameters and the values to try: every combination (scikit-learn's ParameterGrid)"
+    )
+    random: dict[str, Any] | None = Field(
+        None,
+        description="model parameters and a list of values or {uniform|loguniform|randint: [low, high]}: "
+        "n_iter draws (scikit-learn's ParameterSampler)",
+    )
+    n_iter: int = Field(10, ge=1, description="random: candidates drawn")
+    inner_folds: int = Field(3, ge=2, description="grouped, stratified inner folds of each outer training fold")
+    seed: int = Field(0, ge=0, description="seed of the random draw")
+
+    @field_validator("random")
+    @classmethod
+    def _random(cls, v):
+        return None if v is None else {k: _distribution(k, value) for k, value in v.items()}
+
+    @model_validator(mode="after")
+    def _one(self) -> SearchSpec:
+        if (self.grid is None) == (self.random is None):
+            raise ValueError("both or neither of 'grid' and 'random'; give either 'grid' or 'random' (with n_iter)")
+        if not (self.grid or self.random):
+            raise ValueError("names no parameter to search; give at least one in 'grid' or 'random'")
+        empty = [k for k, values in (self.grid or {}).items() if not values]
+        if empty:
+            raise ValueError(f"grid parameter(s) {', '.join(empty)} without a value; give each at least one")
+        return self
+
+    def parameters(self) -> list[str]:
+        return list(self.grid or self.random or {})
+
+
 class ValidationSpec(Section):
     """Validation beyond the folds: leave one group (a site) out at a time."""
 
@@ -149,6 +218,9 @@ class TrainSpec(Section):
     metrics: MetricsSpec = MetricsSpec()
     select: SelectSpec = SelectSpec()
     validation: ValidationSpec = ValidationSpec()
+    search: SearchSpec | None = Field(
+        None, description="hyperparameter search on each training fold, scored by inner folds only (nested CV)"
+    )
     max_gather_mb: float = Field(512.0, gt=0, description="largest matrix gathered for scikit-learn models")
     persist: bool = Field(True, description="keep the training matrix in cluster memory while training")
     features: tuple[Literal["radiomics", "deep"], ...] | None = Field(
@@ -177,7 +249,7 @@ class TrainSpec(Section):
         known = list(families())
         unknown = [k for k in v if k not in known]
         if unknown:
-            raise ValueError(f"keys are model names ({', '.join(known)}); unknown: {', '.join(unknown)}")
+            raise ValueError(f"unknown model(s) {', '.join(unknown)}; keys are model names: {', '.join(known)}")
         return v
 
     @field_validator("features")
@@ -190,15 +262,20 @@ class TrainSpec(Section):
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
         if self.target is None and self.model != "kmeans":
-            raise ValueError("'target' is required (only model 'kmeans' trains without one)")
+            raise ValueError("'target' is required (only model 'kmeans' trains without one); set the target column")
         if self.task == "survival" and self.event is None:
-            raise ValueError("task 'survival' needs 'event' (and 'target' as the time column)")
+            raise ValueError("task 'survival' needs 'event'; set 'event' (1 event, 0 censored) and 'target' (the time)")
         if (
             self.model == "kmeans"
             and self.task not in ("auto", "clustering")
             or (self.task == "clustering" and self.model != "kmeans")
         ):
-            raise ValueError("task 'clustering' goes with model 'kmeans' and only with it")
+            raise ValueError(
+                f"task {self.task!r} with model {self.model!r}; "
+                "task 'clustering' goes with model 'kmeans' and only with it"
+            )
+        if self.search is not None and self.model == "kmeans":
+            raise ValueError("search needs a target to score candidates: not with model 'kmeans'; drop 'search'")
         return self
 
     def resolved_task(self) -> str | None:
@@ -213,11 +290,11 @@ class TrainSpec(Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "(train section)") -> TrainSpec:
+def parse_train_spec(data: dict[str, Any] | TrainSpec | None, *, source: str = "the train section") -> TrainSpec:
     """Validate a ``train`` mapping; :class:`SpecError` names every bad key and the closest valid one."""
     if isinstance(data, TrainSpec):
         return data
     try:
         return TrainSpec.model_validate(data or {})
     except ValidationError as err:
-        raise SpecError(format_errors(err, source, TrainSpec, prefix=("train",))) from None
+        raise spec_error(err, source, TrainSpec, prefix=("train",)) from None

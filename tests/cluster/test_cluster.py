@@ -186,3 +186,28 @@ def test_local_workers_profile_only_when_asked(profile):
     with connect(spec) as client:
         [enabled] = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks).values()
     assert enabled is profile
+
+
+def _inc(i):
+    return i + 1
+
+
+def test_dask_keeps_a_short_message_log_so_sent_tasks_are_not_held():
+    """Each comm's log of recent batches holds the messages themselves (tasks with their
+    arguments); at Dask's default of 1,000 the driver of a long run held its last 1,000 tasks
+    per worker. Within connect() the scheduler's stream to each worker and the client's to the
+    scheduler keep 64, and after 200 tasks the scheduler's log holds no more than that."""
+    from radcluster.cluster import _LOW_LEVEL_LOG_LENGTH
+
+    with connect(LocalClusterSpec(workers=1, dashboard_address=":0")) as client:
+        for i in range(200):
+            assert client.submit(_inc, i, pure=False).result() == i + 1
+        scheduler = client.cluster.scheduler
+        [stream] = scheduler.stream_comms.values()
+        assert stream.recent_message_log.maxlen == _LOW_LEVEL_LOG_LENGTH == 64
+        assert 0 < len(stream.recent_message_log) <= 64
+        assert client.scheduler_comm.recent_message_log.maxlen == 64
+        assert scheduler.transition_log.maxlen == 64
+    import dask
+
+    assert dask.config.get("distributed.admin.low-level-log-length") == 1000  # restored on exit

@@ -2,7 +2,7 @@
 
 The tests marked ``slow`` start SLURM with ``deploy/slurm/single-node.sh start`` (root; installs the
 Debian packages slurm-wlm and munge when missing) and stop it afterwards unless it was already running.
-Run them alone with ``pytest -m slow tests/test_slurm.py``.
+Run them alone with ``pytest -m slow tests/cluster/test_slurm.py``.
 """
 
 from __future__ import annotations

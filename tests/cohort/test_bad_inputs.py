@@ -407,12 +407,12 @@ CLI_PROBLEMS = {
     "params-unknown-key": (
         [_good_row("b1")],
         "setting:\n  binWidht: 25\n",
-        ["my params.yaml", "unknown key 'setting.binWidht'; did you mean 'binWidth'?"],
+        ["my params.yaml", "key 'setting.binWidht': unknown key; did you mean 'binWidth'?"],
     ),
     "params-wrong-type": (
         [_good_row("b1")],
         'setting:\n  binWidth: "abc"\n',
-        ["my params.yaml", "key 'setting.binWidth': expected a number (float), got 'abc'"],
+        ["my params.yaml", "key 'setting.binWidth': expected a number (float); got 'abc'"],
     ),
 }
 
@@ -500,11 +500,11 @@ def test_params_problems_are_listed_all_at_once(tmp_path):
     message = str(info.value)
     assert f"params file {str(params)!r} has 6 problem(s)" in message
     for line in (
-        "key 'setting.binWidth': expected a number (float), got '25'",
-        "key 'setting.force2D': expected true or false (bool), got 1",
-        "unknown key 'setting.interpolatr'; did you mean 'interpolator'?",
-        "unknown imageType 'imageType.Orignal'; did you mean 'Original'?",
-        "unknown key 'imageType.LoG.sigmaa'; did you mean 'sigma'?",
-        "unknown feature 'featureClass.glcm.Contrst'; did you mean 'Contrast'?",
+        "key 'setting.binWidth': expected a number (float); got '25'",
+        "key 'setting.force2D': expected true or false (bool); got 1",
+        "key 'setting.interpolatr': unknown key; did you mean 'interpolator'?",
+        "key 'imageType.Orignal': unknown imageType; did you mean 'Original'?",
+        "key 'imageType.LoG.sigmaa': unknown key; did you mean 'sigma'?",
+        "key 'featureClass.glcm.Contrst': unknown feature; did you mean 'Contrast'?",
     ):
         assert line in message

@@ -130,9 +130,9 @@ def test_to_ibsi_names_follows_the_aggregation():
 
 
 def test_to_ibsi_names_rejects_bad_arguments():
-    with pytest.raises(SpecError, match="'unmapped' must be 'keep' or 'drop'; got 'ignore'"):
+    with pytest.raises(SpecError, match="'unmapped': must be 'keep' or 'drop'; got 'ignore'"):
         to_ibsi_names(_features(), unmapped="ignore")
-    with pytest.raises(SpecError, match="'aggregation' must be one of"):
+    with pytest.raises(SpecError, match="'aggregation': must be one of"):
         to_ibsi_names(_features(), aggregation="3D")
 
 
@@ -188,15 +188,15 @@ def test_named_configurations_follow_ibsi_table_5_1():
 
 
 def test_config_errors_name_the_key_and_the_fix():
-    with pytest.raises(SpecError, match="unknown key 'bin_widht'; did you mean 'bin_width'"):
+    with pytest.raises(SpecError, match="key 'bin_widht': unknown key; did you mean 'bin_width'"):
         IBSIConfig.from_dict({"bin_widht": 25})
     with pytest.raises(SpecError, match="set exactly one of 'bin_width'"):
         IBSIConfig(bin_width=25, bin_count=32)
-    with pytest.raises(SpecError, match="'interpolation' must be one of"):
+    with pytest.raises(SpecError, match="key 'interpolation': must be one of"):
         IBSIConfig(bin_count=32, interpolation="tricubic")
-    with pytest.raises(SpecError, match="'resegment_range' must be"):
+    with pytest.raises(SpecError, match="key 'resegment_range': must be"):
         IBSIConfig(bin_count=32, resegment_range=(400, -1000))
-    with pytest.raises(SpecError, match="unknown IBSI configuration 'F'"):
+    with pytest.raises(SpecError, match="IBSI configuration 'F': unknown"):
         IBSIConfig.named("F")
 
 
@@ -217,14 +217,14 @@ def test_config_round_trips_and_reads_pyradiomics_params():
         }
     )
     assert (p.spacing, p.outlier_sigma, p.bin_count, p.aggregation) == ((2, 2, None), 3, 32, "2_5D_comb")
-    with pytest.raises(SpecError, match="weightingNorm 'manhattan' has no IBSI aggregation"):
+    with pytest.raises(SpecError, match="'setting.weightingNorm' in IBSI mode: 'manhattan' has no IBSI aggregation"):
         IBSIConfig.from_params({"setting": {"weightingNorm": "manhattan"}})
 
 
 def test_params_ibsi_mode_cannot_honour_are_rejected_up_front():
-    with pytest.raises(SpecError, match=r"original image only; params enable imageType \['Wavelet'\]"):
+    with pytest.raises(SpecError, match=r"enables \['Wavelet'\], but IBSI mode computes features of the original"):
         ibsi.check_ibsi_params({"imageType": {"Original": {}, "Wavelet": {}}})
-    with pytest.raises(SpecError, match="featureClass 'shape2D' is not supported"):
+    with pytest.raises(SpecError, match="'featureClass.shape2D' in IBSI mode: not supported"):
         ibsi.check_ibsi_params({"featureClass": {"shape2D": None}})
     classes, settings = ibsi.check_ibsi_params(
         {"featureClass": {"glcm": ["Contrast"]}, "setting": {"binWidth": 10, "distances": [1, 2]}}
@@ -420,7 +420,7 @@ def test_ct_phantom_configuration_c_through_the_extraction_hook():
 
 
 @needs_ct
-@pytest.mark.slow
+@pytest.mark.slow  # every dataset, mode and config again; the default tier checks the CT phantom config by config
 def test_committed_report_is_what_the_code_generates():
     """docs/ibsi-compliance.md is regenerated, not edited: it must equal a fresh run (bar versions)."""
     committed = Path(__file__).resolve().parents[2] / "docs" / "ibsi-compliance.md"

@@ -75,4 +75,4 @@ def test_predict_job_applies_the_champion(client, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "radcluster.cli", "run", str(job)], capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 2 and "needs a 'registry' with a champion" in proc.stderr
+    assert proc.returncode == 2 and "has no champion for predict.version 'champion'" in proc.stderr

@@ -268,3 +268,27 @@ def test_current_rows_follow_each_cases_latest_extraction(client, tmp_path):
     assert sorted(zip(rows["case_id"], rows["label"], strict=True)) == [("atlas", 1), ("atlas", 2), ("brain", 1)]
     by_key = back.set_index(["case_id", "label"]).loc[list(zip(rows["case_id"], rows["label"], strict=True))]
     np.testing.assert_array_equal(X.compute(), by_key[names].to_numpy(dtype="float64"))
+
+
+def test_parts_are_cut_by_size_unless_flush_rows_is_given(tmp_path):
+    """Without ``flush_rows`` a part holds about ``part_bytes`` of feature values (Parquet's cost
+    is per column chunk: wide rows want many rows a part); with it, that many rows."""
+    from radcluster.extract import ScanResult
+    from radcluster.jobs.extract import _Packed, _Writer
+
+    names = [f"original_firstorder_F{j}" for j in range(100)]
+
+    def write(flush_rows, part_bytes):
+        store = open_store(tmp_path / f"store-{flush_rows}-{part_bytes}", must_exist=False)
+        writer = _Writer(store, "r1", {"params_hash": "p"}, flush_rows, 3600, part_bytes=part_bytes)
+        for i in range(10):
+            row = {"case_id": f"c{i}", "label": 1, "params_hash": "p"}
+            writer.add(_Packed(ScanResult(f"c{i}", [row], [], 0.0, "h", "m", names), np.full((1, 100), i, float)), [])
+        writer.flush()
+        assert sorted(store.features(names[:1])["case_id"]) == [f"c{i}" for i in range(10)]
+        return [store._dataset([p]).count_rows() for p in sorted(store.parts())]  # rows of each part, in order
+
+    # 100 float64 features are 800 bytes a row: 2,400 bytes is three rows
+    assert write(None, 2400) == [3, 3, 3, 1]
+    assert write(4, 2400 * 100) == [4, 4, 2]
+    assert write(None, 2400 * 100) == [10]

@@ -45,7 +45,7 @@ def test_screen_needs_time_and_event_or_a_target(planted_store):
             screen_store(str(planted_store), **kwargs)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # extracts the 170-scan survival cohort (_stores.SURVIVAL_COHORT)
 def test_screen_ranks_the_two_planted_survival_features_first(tmp_path_factory, client):
     store = survival_store(tmp_path_factory, client)
     table = screen_store(str(store), time="survival_time", event="event", client=client)

@@ -144,7 +144,7 @@ def test_binary_report_has_a_decision_curve_and_permutation_importance(client, p
 
 
 # --- the numbers, on the extracted synthetic survival cohort ------------------------
-@pytest.mark.slow
+@pytest.mark.slow  # extracts the 170-scan survival cohort (_stores.SURVIVAL_COHORT)
 @pytest.mark.parametrize("model", ["cox", "coxnet"])
 def test_cox_models_on_the_synthetic_cohort(tmp_path_factory, client, tmp_path, model):
     store = str(survival_store(tmp_path_factory, client))
@@ -162,7 +162,7 @@ def test_cox_models_on_the_synthetic_cohort(tmp_path_factory, client, tmp_path, 
         assert all(freq.get(f) == 5 for f in PLANTED_SURVIVAL)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the survival cohort, and a stability filter and leave-site-out CV on it
 def test_stability_filter_and_leave_site_out_on_the_synthetic_cohort(tmp_path_factory, client, tmp_path):
     store = str(survival_store(tmp_path_factory, client))
     spec = {

@@ -86,6 +86,15 @@ def test_classification_metrics_fields():
     assert {"balanced_accuracy", "f1", "confusion_matrix"} <= set(m)
     for key in ("balanced_accuracy", "f1", "brier"):  # every metric has its patient-bootstrap interval
         assert m[f"{key}_ci"][0] < m[key] < m[f"{key}_ci"][1]
+    # the binary F1 and balanced accuracy counted by hand are scikit-learn's, resample by resample
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    references = {
+        "f1": lambda yy, pp: float(f1_score(yy, pp.argmax(axis=1), zero_division=0)),
+        "balanced_accuracy": lambda yy, pp: float(balanced_accuracy_score(yy, pp.argmax(axis=1))),
+    }
+    for key, fn in references.items():
+        assert m[f"{key}_ci"] == list(metrics.bootstrap_ci(fn, (y, np.column_stack([1 - p, p])), n_boot=50))
     r = metrics.regression_metrics(p * 10, p * 10 + rng.normal(size=2000), n_boot=50)
     for key in ("r2", "mae", "rmse"):
         assert r[f"{key}_ci"][0] < r[key] < r[f"{key}_ci"][1]
@@ -114,6 +123,18 @@ def test_preprocessor_imputes_and_drops_constant_and_near_constant():
     assert pre.feature_names_out([f"f{i}" for i in range(6)]) == ["f0", "f1", "f5"]
 
 
+def test_scaling_statistics_are_those_of_the_imputed_columns():
+    # computed from the observed values' mean and variance, without a pass over the imputed matrix
+    rng = np.random.default_rng(12)
+    X = rng.normal(3, 2, size=(200, 5)) * [1, 10, 100, 1e3, 1e4]
+    X[rng.random(X.shape) < 0.2] = np.nan
+    for impute in ("median", "mean"):
+        pre = Preprocessor(impute=impute, max_mode_fraction=None).fit(_dask(X))
+        filled = np.where(np.isnan(X), pre.impute_values_, X)
+        assert np.allclose(pre.scale_mean_, filled.mean(axis=0), rtol=1e-12)
+        assert np.allclose(pre.scale_scale_, filled.std(axis=0), rtol=1e-12)
+
+
 def test_correlation_filter_keeps_the_first_of_each_pair():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=(2, 200))
@@ -138,6 +159,30 @@ def test_pca_share_matches_scikit_learn():
     ours, theirs = scores[:, 0], ref.transform(StandardScaler().fit_transform(X))[:, 0]
     assert abs(np.corrcoef(ours, theirs)[0, 1]) == pytest.approx(1.0, abs=1e-6)  # same up to sign
     assert Preprocessor(pca=3, max_mode_fraction=None).fit(_dask(X)).n_components_ == 3
+
+
+def test_randomized_pca_in_float32_matches_exact_pca():
+    # The randomized solver reads the scaled rows as one persisted float32 copy, scaled in
+    # float64 first: features far from zero (offsets 1e6 times their spread, where float32
+    # has a step of 0.06 spreads) keep their signal. Components, variance shares and the
+    # training scores fit_transform returns agree with scikit-learn's exact float64 PCA and
+    # with transform() to float32 precision.
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(11)
+    latent = rng.normal(size=(3000, 8)) * [8, 6, 4, 3, 2, 1.5, 1, 0.5]  # distinct variances
+    spread = np.exp(rng.normal(0, 2, 60))
+    X = (latent @ rng.normal(size=(8, 60)) + 0.3 * rng.normal(size=(3000, 60))) * spread + 1e6 * spread
+    pre = Preprocessor(pca=5, pca_solver="randomized", max_mode_fraction=None)
+    scores = pre.fit_transform(_dask(X, 500)).compute()
+    Xs = StandardScaler().fit_transform(X)
+    ref = PCA(n_components=5, svd_solver="full").fit(Xs)
+    assert np.allclose(pre.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-4)
+    cosines = np.abs(np.sum(pre.pca_components_ * ref.components_, axis=1))  # same axes, up to sign
+    assert np.allclose(cosines, 1, atol=1e-5)
+    assert np.allclose(np.abs(scores), np.abs(ref.transform(Xs)), rtol=1e-4, atol=1e-4)
+    assert np.allclose(scores, pre.transform(_dask(X, 500)).compute(), rtol=1e-5, atol=1e-4)
 
 
 def test_preprocessor_uses_training_rows_only_and_round_trips():
@@ -221,7 +266,7 @@ def test_wrappers_follow_scikit_learn_rules():
 
 
 def test_train_spec_errors_name_the_key():
-    with pytest.raises(SpecError, match=r"unknown key 'train.preprocess.pac'; did you mean 'pca'"):
+    with pytest.raises(SpecError, match=r"key 'train.preprocess.pac': unknown key; did you mean 'pca'"):
         parse_train_spec({"target": "outcome", "preprocess": {"pac": 5}})
     with pytest.raises(SpecError, match=r"key 'train.model': unknown model; did you mean 'xgboost'"):
         parse_train_spec({"target": "outcome", "model": "xgbost"})

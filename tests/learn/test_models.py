@@ -76,6 +76,28 @@ def test_fit_predict_save_load(name, task, tmp_path, client):
         verify(folder)
 
 
+def test_xgboost_trains_on_quantile_matrices(client, monkeypatch):
+    # The memory of distributed training rests on this: xgboost.dask's estimator (tree_method
+    # hist) bins the training rows into a DaskQuantileDMatrix, holding no float copy of them,
+    # and bins the validation rows by the training's cuts (ref) instead of its own.
+    import xgboost.dask as dxgb
+
+    made = []
+    init = dxgb.DaskQuantileDMatrix.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append((self, kwargs.get("ref")))
+
+    monkeypatch.setattr(dxgb.DaskQuantileDMatrix, "__init__", spy)
+    X, y = _data("binary")
+    model = make_model("xgboost", "binary", _FAST["xgboost"], early_stopping_rounds=5)
+    model.fit(X[:60], y[:60], eval_set=(X[60:], y[60:]))
+    assert len(made) == 2
+    (train, no_ref), (_, ref) = made
+    assert no_ref is None and ref is train
+
+
 def test_a_model_refuses_a_task_it_does_not_do():
     for name, family in families().items():
         other = next((t for t in TASKS if t not in family.tasks), None)

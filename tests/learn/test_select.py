@@ -77,6 +77,7 @@ def test_selection_frequency_is_reported(client, tmp_path):
     assert result.metrics["cv"]["roc_auc"] > 0.85
 
 
+# slow for cox: Cox fits on 150 features in every fold
 @pytest.mark.parametrize("model", ["logistic_regression", pytest.param("cox", marks=pytest.mark.slow)])
 def test_selection_inside_folds_stays_at_chance_with_the_target_shuffled(client, tmp_path, model):
     """The leak test: 240 noise-only rows x 150 features; the target permuted across patients.

@@ -19,20 +19,26 @@ from radcluster.spec import (
 
 
 def test_unknown_key_suggests_closest():
-    with pytest.raises(SpecError, match=r"unknown key 'extraction.fsat'; did you mean 'fast'\?"):
+    with pytest.raises(SpecError, match=r"key 'extraction.fsat': unknown key; did you mean 'fast'\?"):
         build_job({"manifest": "m.csv", "extraction": {"fsat": True}})
-    with pytest.raises(SpecError, match=r"unknown key 'cluster.wrokers'; did you mean 'workers'\?"):
+    with pytest.raises(SpecError, match=r"key 'cluster.wrokers': unknown key; did you mean 'workers'\?"):
         build_job({"cluster": {"kind": "local", "wrokers": 2}})
-    with pytest.raises(SpecError, match=r"unknown key 'manifets'; did you mean 'manifest'\?"):
+    with pytest.raises(SpecError, match=r"key 'manifets': unknown key; did you mean 'manifest'\?"):
         build_job({"manifets": "m.csv"})
 
 
-def test_each_kind_names_what_it_needs():
+def test_each_kind_names_what_it_needs(monkeypatch):
+    monkeypatch.delenv("RADCLUSTER_REGISTRY", raising=False)
     with pytest.raises(SpecError, match=r"the job: an extract job needs 'manifest' and 'store'"):
         build_job({})
     with pytest.raises(SpecError, match=r"a retrain job needs 'registry' and 'train'"):
         build_job({"kind": "retrain", "store": "s"})
-    assert build_job({"kind": "predict", "store": "s"}).predict.version == "champion"
+    with pytest.raises(SpecError, match=r"a retrain job needs 'train.target'"):
+        build_job({"kind": "retrain", "store": "s", "registry": "r", "train": {"model": "kmeans"}})
+    with pytest.raises(SpecError, match=r"predict.version 'champion' needs a 'registry'"):
+        build_job({"kind": "predict", "store": "s"})
+    assert build_job({"kind": "predict", "store": "s", "registry": "r"}).predict.version == "champion"
+    assert build_job({"kind": "predict", "store": "s", "predict": {"version": "v1"}}).registry is None
 
 
 def test_wrong_type_names_key_and_value():
@@ -88,7 +94,7 @@ def test_defaults_document_every_key():
     text = defaults_yaml()
     for key in (
         "manifest:",
-        "flush_rows: 256",
+        "flush_rows: null",
         "threads_per_worker: 1",
         "maximum_jobs: 4",
         "kind: slurm",
@@ -99,7 +105,7 @@ def test_defaults_document_every_key():
 
 
 def test_precedence_flag_then_job_file_then_environment_then_default(monkeypatch):
-    base = {"kind": "predict", "store": "s"}
+    base = {"kind": "predict", "store": "s", "predict": {"version": "v1"}}
     assert build_job(base).registry is None and isinstance(build_job(base).cluster, LocalClusterSpec)
     monkeypatch.setenv("RADCLUSTER_REGISTRY", "env-models")
     monkeypatch.setenv("RADCLUSTER_SCHEDULER_ADDRESS", "tcp://10.0.0.5:8786")

@@ -22,7 +22,6 @@ the kinds apart.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from importlib import metadata
 from typing import Any, ClassVar
 
 from ...cohort import ALL_LABELS, Scan
-from ...errors import ScanError, SpecError
+from ...errors import ScanError, SpecError, did_you_mean
 from ...spec.training import DEEP_PREFIX, FEATURE_KINDS
 
 __all__ = [
@@ -185,16 +184,19 @@ def engine_class(name: str) -> type[Engine]:
         return getattr(importlib.import_module(module), attr)
     ep = _entry_points().get(name)
     if ep is None:
-        names = engine_names()
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"installed: {', '.join(names)}"
-        raise SpecError(f"unknown feature engine {name!r}; {hint}")
+        raise SpecError(f"feature engine {name!r}", "unknown", did_you_mean(name, engine_names(), listing="installed"))
     try:
         cls = ep.load()
     except Exception as err:  # a broken plugin must not look like a typo
-        raise SpecError(f"feature engine {name!r} ({ep.value}) cannot be loaded: {err}") from None
+        raise SpecError(
+            f"feature engine {name!r} ({ep.value})", f"cannot be loaded ({err})", "fix or reinstall the package"
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
-        raise SpecError(f"feature engine {name!r} ({ep.value}) is not a radcluster.extract.engines.Engine subclass")
+        raise SpecError(
+            f"feature engine {name!r} ({ep.value})",
+            f"is a {type(cls).__name__}",
+            "register a radcluster.extract.engines.Engine subclass",
+        )
     return cls
 
 
@@ -209,7 +211,7 @@ def make_engine(name: str, options: Any = None) -> Engine:
     try:
         return cls(**options)
     except TypeError as err:
-        raise SpecError(f"feature engine {name!r}: {err}") from None
+        raise SpecError(f"feature engine {name!r}", f"options refused ({err})", f"got {dict(options)!r}") from None
 
 
 def combined_key(params_hash: str, engines: Sequence[Engine]) -> str:
@@ -276,7 +278,7 @@ def run_engines(engines: Sequence[Engine], scan: ScanImage, settings) -> tuple[d
 
 
 def from_spec(extraction, params_text: str, resolve: Callable[[str], str] = str) -> tuple[Engine, ...]:
-    """The prepared engines of a job's ``extraction`` section (:class:`radcluster.spec.ExtractionSpec`).
+    """The prepared engines of a job's ``extraction`` section (:class:`radcluster.spec.extraction.ExtractionSpec`).
 
     Every engine is checked here, on the client, before any cluster starts (an ONNX model is
     read, hashed and run once on zeros). ``extraction.ibsi`` keeps its meaning: with it set,
@@ -299,13 +301,14 @@ def from_spec(extraction, params_text: str, resolve: Callable[[str], str] = str)
     names = [name for name, _ in entries]
     if "pyradiomics" in names and "ibsi" in names:
         raise SpecError(
-            "extraction.engines: 'pyradiomics' and 'ibsi' give the same columns (pyradiomics' "
-            "feature names); run one of them (IBSI mode: 'ibsi', or extraction.ibsi)"
+            "key 'extraction.engines'",
+            "'pyradiomics' and 'ibsi' give the same columns (pyradiomics' feature names)",
+            "run one of them (IBSI mode: 'ibsi', or extraction.ibsi)",
         )
     deep = [opts.name for name, opts in entries if name == "onnx"]
     twice = sorted({n for n in deep if deep.count(n) > 1} | {n for n in names if n != "onnx" and names.count(n) > 1})
     if twice:
-        raise SpecError(f"extraction.engines: {twice} given twice; each engine (each onnx name) once")
+        raise SpecError("key 'extraction.engines'", f"{twice} given twice", "each engine (each onnx name) once")
     engines = []
     for name, options in entries:
         if name in ("pyradiomics", "ibsi") and (extraction.ibsi or name == "ibsi"):

@@ -72,7 +72,9 @@ def _import_ort():
         import onnxruntime
     except ImportError:
         raise SpecError(
-            "the onnx engine needs ONNX Runtime: pip install 'radcluster[onnx]' (or onnxruntime-gpu for CUDA)"
+            "feature engine 'onnx'",
+            "needs ONNX Runtime, not installed here",
+            "pip install 'radcluster[onnx]' (or onnxruntime-gpu for CUDA)",
         ) from None
     return onnxruntime
 
@@ -124,52 +126,57 @@ def load_session(model: str, sha256: str, threads: int, providers=None):
 def inspect_model(options) -> ModelInfo:
     """Check ``options`` against the model's declared input and output, and run it once on
     zeros; raise :class:`SpecError` naming the mismatch. Runs on the client, before any cluster."""
-    where = f"onnx engine {options.name!r}: model {options.model!r}"
+    where = f"onnx engine {options.name!r} model {options.model!r}"
     try:
         data = _io.read_bytes(options.model)
     except Exception as err:  # fsspec and the OS raise many types
-        raise SpecError(f"{where} cannot be read: {err}") from None
+        raise SpecError(where, f"cannot be read ({err})", "give the path or fsspec URL of an ONNX file") from None
     try:
         sess = _new_session(data, 1, ["CPUExecutionProvider"])
     except SpecError:
         raise
     except Exception as err:  # ONNX Runtime raises its own types for invalid models
-        raise SpecError(f"{where} is not a model ONNX Runtime can load: {err}") from None
+        raise SpecError(where, f"is not a model ONNX Runtime can load ({err})", "give an ONNX model file") from None
     inputs = {i.name: i for i in sess.get_inputs()}
     if options.input is None and len(inputs) != 1:
-        raise SpecError(f"{where} has {len(inputs)} inputs {list(inputs)}; name the image one with 'input'")
+        raise SpecError(where, f"has {len(inputs)} inputs {list(inputs)}", "name the image one with 'input'")
     inp = inputs.get(options.input) if options.input else next(iter(inputs.values()))
     if inp is None:
-        raise SpecError(f"{where} has no input {options.input!r}; its inputs: {list(inputs)}")
+        raise SpecError(where, f"has no input {options.input!r}", f"its inputs: {list(inputs)}")
     if inp.type not in _DTYPES:
-        raise SpecError(f"{where}: input {inp.name!r} is {inp.type}; supported: {', '.join(_DTYPES)}")
+        raise SpecError(where, f"input {inp.name!r} is {inp.type}", f"supported: {', '.join(_DTYPES)}")
     shape = list(inp.shape)
     rank = 5 if options.mode == "3d" else 4
     if len(shape) != rank:
         axes = "[batch, channels, z, y, x]" if rank == 5 else "[batch, channels, y, x]"
         hint = {4: "; it is a 2D model: use mode '2.5d'", 5: "; it is a 3D model: use mode '3d'"}.get(len(shape), "")
         raise SpecError(
-            f"{where}: input {inp.name!r} has shape {shape} (rank {len(shape)}); mode {options.mode!r} needs "
-            f"{axes} (rank {rank}){hint}"
+            where,
+            f"input {inp.name!r} has shape {shape} (rank {len(shape)})",
+            f"mode {options.mode!r} needs {axes} (rank {rank}){hint}",
         )
     declared = shape[2:]
     if options.size is not None and len(options.size) != len(declared):
         raise SpecError(
-            f"{where}: size {list(options.size)} has {len(options.size)} values; input {inp.name!r} {shape} has "
-            f"{len(declared)} spatial axes"
+            where,
+            f"size {list(options.size)} has {len(options.size)} values",
+            f"input {inp.name!r} {shape} has {len(declared)} spatial axes",
         )
     size = []
     for i, d in enumerate(declared):
         given = options.size[i] if options.size is not None else None
         if isinstance(d, int) and given is not None and given != d:
             raise SpecError(
-                f"{where}: input {inp.name!r} has shape {shape}, spatial size {declared}; the job's size is "
-                f"{list(options.size)}"
+                where,
+                f"the job's size is {list(options.size)}, input {inp.name!r} has shape {shape}, "
+                f"spatial size {declared}",
+                "give the model's spatial size, or leave 'size' out",
             )
         if not isinstance(d, int) and given is None:
             raise SpecError(
-                f"{where}: input {inp.name!r} has shape {shape}: spatial axis {i + 2} is dynamic; give the "
-                "patch size with 'size'"
+                where,
+                f"input {inp.name!r} has shape {shape}: spatial axis {i + 2} is dynamic",
+                "give the patch size with 'size'",
             )
         size.append(d if isinstance(d, int) else given)
     channels = shape[1] if isinstance(shape[1], int) else 1
@@ -177,16 +184,21 @@ def inspect_model(options) -> ModelInfo:
     outputs = {o.name: o for o in sess.get_outputs()}
     out = outputs.get(options.output) if options.output else next(iter(outputs.values()))
     if out is None:
-        raise SpecError(f"{where} has no output {options.output!r}; its outputs: {list(outputs)}")
+        raise SpecError(where, f"has no output {options.output!r}", f"its outputs: {list(outputs)}")
     x = np.zeros((batch or 1, channels, *size), _DTYPES[inp.type])
     try:
         y = sess.run([out.name], {inp.name: x})[0]
     except Exception as err:  # the declared shapes were not the whole story
-        raise SpecError(f"{where} fails on an input of shape {list(x.shape)}: {err}") from None
+        raise SpecError(
+            where,
+            f"fails on an input of shape {list(x.shape)} ({err})",
+            "check the model's input axes, 'mode' and 'size'",
+        ) from None
     if y.ndim < 1 or y.shape[0] != x.shape[0]:
         raise SpecError(
-            f"{where}: output {out.name!r} has shape {list(y.shape)} for a batch of {x.shape[0]}; "
-            "expected [batch, ...] (one embedding per sample)"
+            where,
+            f"output {out.name!r} has shape {list(y.shape)} for a batch of {x.shape[0]}",
+            "expected [batch, ...] (one embedding per sample)",
         )
     return ModelInfo(
         hashlib.sha256(data).hexdigest(),
@@ -307,7 +319,7 @@ def _embed(sess, info: ModelInfo, samples: list[np.ndarray], batch: int) -> list
 @dataclass(frozen=True)
 class OnnxEngine(Engine):
     """An ONNX model as a feature engine; ``options`` is the job's ``{onnx: {...}}`` section
-    (:class:`radcluster.spec.OnnxEngineSpec`), ``model`` what :meth:`prepare` found."""
+    (:class:`radcluster.spec.extraction.OnnxEngineSpec`), ``model`` what :meth:`prepare` found."""
 
     options: Any
     model: ModelInfo | None = None

@@ -67,8 +67,8 @@ class PyradiomicsEngine(Engine):
 
 def _plain(scan: ScanImage, extractor, label: int):
     try:
-        if scan.scan.dicom or scan.mask.HasMetaDataKey(REORIENTED):
-            # pyradiomics reads no DICOM series, and a reoriented mask is not its file
+        if scan.scan.dicom or scan.mask.HasMetaDataKey(REORIENTED) or scan.scan.perturbation is not None:
+            # pyradiomics reads no DICOM series, and a reoriented or perturbed scan is not its files
             return extractor.execute(scan.image, scan.mask, label=label)
         with _io.local_file(scan.scan.image) as img, _io.local_file(scan.scan.mask) as msk:
             return extractor.execute(img, msk, label=label)

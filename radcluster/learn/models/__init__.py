@@ -133,7 +133,7 @@ def family(name: str) -> ModelFamily:
     """The registration of model ``name``; :class:`SpecError` with the closest name otherwise."""
     known = families()
     if name not in known:
-        raise SpecError(f"unknown model {name!r}; {did_you_mean(name, known, listing='registered')}")
+        raise SpecError(f"model {name!r}", "unknown", did_you_mean(name, known, listing="registered"))
     return known[name]
 
 
@@ -147,12 +147,12 @@ def check_model(name: str, task: str, params: Mapping[str, Any]) -> None:
     spec = family(name)
     if task not in spec.tasks:
         able = [m for m, f in families().items() if task in f.tasks]
-        raise SpecError(f"model {name!r} does not do task {task!r}; models that do: {', '.join(able) or 'none'}")
+        raise SpecError(f"model {name!r}", f"does not do task {task!r}", f"models that do: {', '.join(able) or 'none'}")
     valid = spec.param_names(task)
     for key in params:
         if key not in valid:
             hint = did_you_mean(key, sorted(valid))
-            raise SpecError(f"params.{name}: unknown parameter {key!r} for task {task!r}; {hint}")
+            raise SpecError(f"model {name!r} parameter {key!r}", f"unknown for task {task!r}", hint)
 
 
 def make_model(

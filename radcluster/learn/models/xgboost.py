@@ -103,6 +103,9 @@ class XGBoostModel(BaseEstimator):
         if eval_set is not None:
             Xv = as_dask(eval_set[0])
             evals = [(Xv, da.from_array(np.asarray(eval_set[1]), chunks=(Xv.chunks[0],)))]
+        # With tree_method hist (the default), the estimator bins the rows into a
+        # DaskQuantileDMatrix, which keeps no float copy of them, and the validation rows by
+        # the training's bins (its ``ref``); tests/learn/test_models.py holds it to that.
         # XGBoost's own warnings (a worker holding no rows of a small matrix: "Empty dataset
         # at worker") follow this logger: shown when the application logs INFO (radcluster -v).
         # xgboost.dask hands this configuration to the workers that train.
