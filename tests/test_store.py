@@ -236,3 +236,21 @@ def test_store_commands_print_info_and_compact(tmp_path):
     after = subprocess.run([*cmd, "info", url], capture_output=True, text=True, timeout=120)
     assert "features  1 part file(s)" in after.stdout and "(1 compacted, generation 1)" in after.stdout
     assert _ids(url) == [f"c{i:05d}" for i in range(12)]
+
+
+def test_matrix_append_places_reordered_and_new_features_by_name(tmp_path):
+    """Rows whose features come in the stored order are written as they are; rows in another
+    order, or with a feature the matrix lacks, land in their columns by name (NaN where a row
+    has no value)."""
+    store = open_store(tmp_path / "store", must_exist=False)
+    keys = pd.DataFrame({"case_id": ["a", "b"], "label": [1, 1], "extracted_at": ["t1", "t1"]})
+    store.append_matrix(keys, np.array([[1.0, 2.0], [3.0, 4.0]]), ["f1", "f2"])
+    keys2 = pd.DataFrame({"case_id": ["c"], "label": [1], "extracted_at": ["t2"]})
+    store.append_matrix(keys2, np.array([[9.0, 5.0, 6.0]]), ["f3", "f2", "f1"])
+    store.append_matrix(keys.assign(case_id=["d", "e"]), np.array([[7.0, 8.0], [0.5, 0.25]]), ["f1", "f2"])
+    X, rows, names = store.matrix()
+    assert names == ["f1", "f2", "f3"] and list(rows["case_id"]) == ["a", "b", "c", "d", "e"]
+    np.testing.assert_array_equal(
+        X.compute(),
+        [[1, 2, np.nan], [3, 4, np.nan], [6, 5, 9], [7, 8, np.nan], [0.5, 0.25, np.nan]],
+    )
