@@ -16,7 +16,6 @@ import itertools
 import logging
 import re
 import threading
-from importlib import metadata
 
 import yaml
 
@@ -34,19 +33,7 @@ radiomics.logger.setLevel(_level_before_import)
 # docs recommend for libraries, satisfies it and leaves the output to the application.
 logging.getLogger("pykwalify.core").addHandler(logging.NullHandler())
 
-__all__ = ["get_extractor", "validate_params", "versions", "expected_groups", "captured_warnings", "RADIOMICS_DIST"]
-
-
-def _radiomics_distribution() -> str:
-    for dist in ("pyradiomics-bhklab", "pyradiomics"):
-        try:
-            return f"{dist} {metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return f"radiomics {radiomics.__version__}"
-
-
-RADIOMICS_DIST = _radiomics_distribution()
+__all__ = ["get_extractor", "validate_params", "versions", "expected_groups", "captured_warnings"]
 
 
 def _interpolator_numbers() -> set[int]:
@@ -76,13 +63,14 @@ def _missing_for(image_type: str) -> str | None:
     """
     import importlib.util
 
-    import scipy.special
-
     if image_type == "LBP2D" and importlib.util.find_spec("skimage") is None:
         return "scikit-image"
     if image_type == "LBP3D":
         if importlib.util.find_spec("trimesh") is None:
             return "trimesh"
+        # only here: importing scipy.special costs the command ~0.5 s before its cluster starts
+        import scipy.special
+
         if not hasattr(scipy.special, "sph_harm"):
             return "scipy<1.17 (scipy.special.sph_harm was removed in SciPy 1.17)"
     return None
@@ -226,16 +214,11 @@ def get_extractor(text: str) -> featureextractor.RadiomicsFeatureExtractor:
 
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    """Versions recorded in every row's provenance."""
-    import SimpleITK as sitk
+    """Versions recorded in every row's provenance: ``radcluster_version``, ``pyradiomics_version``
+    (which distribution, and its version) and ``simpleitk_version``."""
+    from .._software import software_versions
 
-    from .. import __version__
-
-    return {
-        "radcluster_version": __version__,
-        "pyradiomics_version": RADIOMICS_DIST,
-        "simpleitk_version": sitk.Version_VersionString(),
-    }
+    return {f"{name.lower()}_version": v for name, v in software_versions("pyradiomics", "SimpleITK").items()}
 
 
 def image_type_names(name: str, args: dict, ndim: int) -> list[str]:

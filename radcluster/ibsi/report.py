@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import os
 import re
 from pathlib import Path
@@ -26,20 +25,12 @@ def _ratio(counts: tuple[int, int, int]) -> str:
 
 
 def _versions() -> str:
-    import numpy
-    import SimpleITK
+    """'radcluster 0.1.0, pyradiomics-bhklab 3.1.4, SimpleITK 2.5.7, numpy 2.3.1, scipy 1.16.0'."""
+    from .._software import software_versions
 
-    from .. import __version__
-    from ..extract._radiomics import RADIOMICS_DIST
-
-    try:
-        scipy = f", scipy {metadata.version('scipy')}"
-    except metadata.PackageNotFoundError:  # pragma: no cover
-        scipy = ""
-    return (
-        f"radcluster {__version__}, {RADIOMICS_DIST}, SimpleITK {SimpleITK.Version_VersionString()}, "
-        f"numpy {numpy.__version__}{scipy}"
-    )
+    found = software_versions("pyradiomics", "SimpleITK", "numpy", "scipy")
+    # the pyradiomics value already names its distribution
+    return ", ".join(v if name == "pyradiomics" else f"{name} {v}" for name, v in found.items())
 
 
 def _config_row(d: DatasetResult) -> str:

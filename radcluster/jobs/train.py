@@ -203,12 +203,11 @@ def _metric_line(block: dict[str, Any], main: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import platform
+    """What made a model version, as its metadata records it."""
+    from .._software import software_versions
 
-    from .. import __version__
-
-    out = {"radcluster": __version__, "python": platform.python_version()}
-    for mod in (
+    return software_versions(
+        "python",
         "numpy",
         "pandas",
         "dask",
@@ -220,10 +219,7 @@ def _versions() -> dict[str, str]:
         "zarr",
         "sksurv",
         "statsmodels",
-    ):
-        with contextlib.suppress(Exception):
-            out[mod] = __import__(mod).__version__
-    return out
+    )
 
 
 def train_store(
@@ -320,22 +316,18 @@ def _train_store(
     d_target, d_groups = target.subset(dev), groups[dev]
     d_batch = None if batch is None else batch[dev]
     Xdev = X[dev] if len(test) else X
+    # how every fit of this training is made: each fold's, each left-out site's and the final one
+    fitting: dict[str, Any] = {
+        "make_pre": make_pre,
+        "make_mdl": make_mdl,
+        "batch": d_batch,
+        "validation_fraction": spec.cv.validation_fraction,
+        "seed": seed,
+        "search": spec.search,
+    }
     if spec.cv.folds and task != "clustering":
         splits = make_splits(spec.cv.folds, d_target.strata, d_groups, seed=seed)
-        cv = cross_validate(
-            Xdev,
-            d_target,
-            d_groups,
-            splits,
-            make_pre=make_pre,
-            make_mdl=make_mdl,
-            batch=d_batch,
-            validation_fraction=spec.cv.validation_fraction,
-            seed=seed,
-            on_fold=on_fold,
-            metric_options=mopts,
-            search=spec.search,
-        )
+        cv = cross_validate(Xdev, d_target, d_groups, splits, **fitting, on_fold=on_fold, metric_options=mopts)
         metrics["cv"] = evaluate(
             d_target,
             cv.scores,
@@ -366,27 +358,12 @@ def _train_store(
             d_target,
             d_groups,
             data.rows[column].to_numpy()[dev],
-            make_pre=make_pre,
-            make_mdl=make_mdl,
-            batch=d_batch,
-            validation_fraction=spec.cv.validation_fraction,
-            seed=seed,
+            **fitting,
             n_boot=spec.metrics.bootstrap,
             metric_options=mopts,
-            search=spec.search,
         )
         metrics["leave_out"]["column"] = column
-    final = fit_final(
-        Xdev,
-        d_target,
-        d_groups,
-        make_pre=make_pre,
-        make_mdl=make_mdl,
-        batch=d_batch,
-        validation_fraction=spec.cv.validation_fraction,
-        seed=seed,
-        search=spec.search,
-    )
+    final = fit_final(Xdev, d_target, d_groups, **fitting)
     if final.search is not None:
         # the parameters of the saved model: chosen by the same inner search on all development rows
         metrics["search"] = {

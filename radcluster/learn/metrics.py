@@ -55,6 +55,38 @@ def _resample_rows(group_codes: np.ndarray, n_groups: int, rng: np.random.Genera
     return np.repeat(np.arange(group_codes.size), counts[group_codes])
 
 
+def bootstrap_intervals(
+    values: Callable[[np.ndarray], dict[str, float]],
+    n: int,
+    *,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap interval of every value ``values(rows)`` returns, over resamples
+    of the ``n`` rows (of whole ``groups`` when given).
+
+    Resamples where a value is undefined (one class drawn) are skipped for it; a value with
+    fewer than ten defined resamples gets NaN bounds; none at all when ``n_boot`` is 0.
+    """
+    if n_boot <= 0:
+        return {}
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n)
+    n_groups = int(codes.max()) + 1 if n else 0
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        for key, value in values(_resample_rows(codes, n_groups, rng)).items():
+            if np.isfinite(value):
+                draws.setdefault(key, []).append(value)
+    tail = (1 - level) / 2 * 100
+    return {
+        k: [float(x) for x in np.percentile(v, [tail, 100 - tail])] if len(v) >= 10 else [math.nan, math.nan]
+        for k, v in draws.items()
+    }
+
+
 def bootstrap_ci(
     metric: Callable[..., float],
     arrays: tuple[np.ndarray, ...],
@@ -83,29 +115,14 @@ def bootstrap_cis(
 ) -> dict[str, tuple[float, float]]:
     """:func:`bootstrap_ci` of several metrics, each computed on the same resamples (drawn
     once: on 40,000 rows drawing them cost as much as the metrics)."""
-    if n_boot <= 0:
-        return dict.fromkeys(metrics, (math.nan, math.nan))
-    n = len(arrays[0])
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n)
-    n_groups = int(codes.max()) + 1 if n else 0
-    rng = np.random.default_rng(seed)
-    values: dict[str, list[float]] = {name: [] for name in metrics}
-    for _ in range(n_boot):
-        idx = _resample_rows(codes, n_groups, rng)
+
+    def values(idx: np.ndarray) -> dict[str, float]:
         drawn = [a[idx] for a in arrays]
-        for name, metric in metrics.items():
-            value = metric(*drawn)
-            if np.isfinite(value):
-                values[name].append(value)
-    tail = (1 - level) / 2 * 100
-    out = {}
-    for name, drawn_values in values.items():
-        if len(drawn_values) < 10:
-            out[name] = (math.nan, math.nan)
-            continue
-        lo, hi = np.percentile(drawn_values, [tail, 100 - tail])
-        out[name] = (float(lo), float(hi))
-    return out
+        return {name: metric(*drawn) for name, metric in metrics.items()}
+
+    ci = bootstrap_intervals(values, len(arrays[0]), groups=groups, n_boot=n_boot, level=level, seed=seed)
+    nan = (math.nan, math.nan)
+    return {name: (ci[name][0], ci[name][1]) if name in ci else nan for name in metrics}
 
 
 def _calibration(y: np.ndarray, p: np.ndarray, bins: int) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -135,29 +134,6 @@ def _ibs(time, event, surv: np.ndarray, grid: np.ndarray) -> float:
         return math.nan
 
 
-def _bootstrap(
-    fn: Callable[[np.ndarray], dict[str, float]], n: int, groups, n_boot: int, level: float, seed: int
-) -> dict[str, list[float]]:
-    """Percentile intervals of every value ``fn(rows)`` returns, over patient-level resamples."""
-    from .metrics import _resample_rows
-
-    if n_boot <= 0:
-        return {}
-    codes = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n)
-    n_groups = int(codes.max()) + 1 if n else 0
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        for key, value in fn(_resample_rows(codes, n_groups, rng)).items():
-            if np.isfinite(value):
-                draws.setdefault(key, []).append(value)
-    tail = (1 - level) / 2 * 100
-    return {
-        k: [float(x) for x in np.percentile(v, [tail, 100 - tail])] if len(v) >= 10 else [math.nan, math.nan]
-        for k, v in draws.items()
-    }
-
-
 def risk_groups(time: np.ndarray, event: np.ndarray, risk: np.ndarray, *, n_groups: int = 2) -> dict[str, Any]:
     """Kaplan-Meier curve of each predicted-risk group (split at risk quantiles) and the
     log-rank test between them (scikit-survival)."""
@@ -213,6 +189,8 @@ def survival_metrics(
     ``horizons`` default to the quartiles of the event times (:func:`default_horizons`); a
     horizon outside this set's follow-up gives NaN.
     """
+    from .metrics import bootstrap_intervals  # metrics imports this module
+
     time = np.asarray(time, dtype=float)
     event = np.asarray(event).astype(int)
     risk = np.asarray(risk, dtype=float)
@@ -229,7 +207,7 @@ def survival_metrics(
         return out
 
     point = values(slice(None))
-    ci = _bootstrap(values, time.size, groups, n_boot, level, seed)
+    ci = bootstrap_intervals(values, time.size, groups=groups, n_boot=n_boot, level=level, seed=seed)
     out: dict[str, Any] = {"n": int(time.size), "events": int(event.sum()), "horizons": hz, "tau": tau}
     for key, value in point.items():
         out[key] = value

@@ -170,20 +170,17 @@ def read_series(case_id: str, location: str, series_uid: str | None = None) -> S
     iop = _floats(first.ImageOrientationPatient, 6)
     spacing = _floats(first.PixelSpacing, 2)
     for path, ds in slices[1:]:
-        other_iop = _floats(ds.ImageOrientationPatient, 6)
-        if other_iop is None or np.abs(other_iop - iop).max() > _HEADER_TOLERANCE:
-            raise fail(
-                f"slices have different orientations: {os.path.basename(path)} has {list(ds.ImageOrientationPatient)}, "
-                f"{os.path.basename(slices[0][0])} {list(first.ImageOrientationPatient)}",
-                path,
-            )
-        other_sp = _floats(ds.PixelSpacing, 2)
-        if other_sp is None or np.abs(other_sp - spacing).max() > _HEADER_TOLERANCE:
-            raise fail(
-                f"slices have different pixel spacings: {list(ds.PixelSpacing)} here, {list(first.PixelSpacing)} in "
-                f"{os.path.basename(slices[0][0])}",
-                path,
-            )
+        for attribute, what, ref in (
+            ("ImageOrientationPatient", "orientations", iop),
+            ("PixelSpacing", "pixel spacings", spacing),
+        ):
+            value = _floats(ds[attribute].value, ref.size)
+            if value is None or np.abs(value - ref).max() > _HEADER_TOLERANCE:
+                raise fail(
+                    f"slices have different {what}: {list(ds[attribute].value)} here, "
+                    f"{list(first[attribute].value)} in {os.path.basename(slices[0][0])}",
+                    path,
+                )
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
             raise fail(f"slices have different sizes: {ds.Rows}x{ds.Columns} here, {first.Rows}x{first.Columns}", path)
 

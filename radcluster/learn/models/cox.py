@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from ...errors import ModelError
-from .._arrays import as_dask, blockwise
+from .._arrays import blockwise, gather
 from . import ModelFamily, check_model, register, skops_dump, skops_load
 
 # What skops may rebuild when loading a Cox model; anything else is refused.
@@ -96,15 +96,7 @@ class CoxModel(BaseEstimator):
 
         params = dict(self.params or {})
         check_model(self.name, "survival", params)
-        X = as_dask(X)
-        mb = X.shape[0] * X.shape[1] * 8 / 2**20
-        if mb > self.max_gather_mb:
-            raise ModelError(
-                f"model {self.name!r} is fitted in one process on the gathered matrix, which would be "
-                f"{mb:.0f} MB (max_gather_mb={self.max_gather_mb:g}): reduce it with preprocess.pca or "
-                "select, raise max_gather_mb, or use model 'xgboost'"
-            )
-        Xn = np.asarray(X.compute(), dtype=float)
+        Xn = gather(X, model=self.name, max_mb=self.max_gather_mb)
         time, event = split_target(y)
         if not event.any():
             raise ModelError(f"model {self.name!r}: the training rows hold no event")

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ...errors import ModelError
-from .._arrays import as_dask
+from .._arrays import as_dask, gather
 from . import ModelFamily, check_model, register, skops_dump, skops_load
 
 # Types skops may rebuild when loading a model of this module; anything else is refused.
@@ -85,15 +84,7 @@ class SklearnModel(BaseEstimator):
         from dask_ml.wrappers import ParallelPostFit
 
         est = self._build()
-        X = as_dask(X)
-        mb = X.shape[0] * X.shape[1] * 8 / 2**20
-        if mb > self.max_gather_mb:
-            raise ModelError(
-                f"model {self.name!r} is fitted in one process on the gathered matrix, which would be "
-                f"{mb:.0f} MB (max_gather_mb={self.max_gather_mb:g}): reduce it with preprocess.pca, "
-                "raise max_gather_mb, or use model 'xgboost'"
-            )
-        Xn = X.compute()
+        Xn = gather(X, model=self.name, max_mb=self.max_gather_mb)
         y = np.asarray(y)
         self.estimator_ = ParallelPostFit(estimator=est).fit(Xn, y)
         self.n_features_in_ = Xn.shape[1]

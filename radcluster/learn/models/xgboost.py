@@ -6,6 +6,7 @@ Early stopping on a validation split; saved as XGBoost UBJSON.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ class XGBoostModel(BaseEstimator):
         import dask.array as da
         import xgboost
         import xgboost.dask as dxgb
+        from distributed import default_client
 
         params = dict(self.params or {})
         check_model("xgboost", self.task, params)
@@ -89,7 +91,13 @@ class XGBoostModel(BaseEstimator):
             eval_set = None
         stop = self.early_stopping_rounds if eval_set is not None else None
         y = np.asarray(y)
-        yd = da.from_array(y, chunks=(X.chunks[0],))
+        client = default_client()  # the one xgboost.dask trains on
+        evals = None
+        if eval_set is None:
+            yd = da.from_array(y, chunks=(X.chunks[0],))
+        else:
+            X, yd, Xv, yv = _colocated(client, X, y, as_dask(eval_set[0]), np.asarray(eval_set[1]))
+            evals = [(Xv, yv)]
         if self.task in ("binary", "multiclass"):
             self.n_classes_ = int(y.max()) + 1
             metric = "logloss" if self.n_classes_ == 2 else "mlogloss"
@@ -99,18 +107,17 @@ class XGBoostModel(BaseEstimator):
             objective = "survival:cox" if self.task == "survival" else "reg:squarederror"
             metric = None if self.task == "survival" else "rmse"
             est = dxgb.DaskXGBRegressor(objective=objective, eval_metric=metric, early_stopping_rounds=stop, **params)
-        evals = None
-        if eval_set is not None:
-            Xv = as_dask(eval_set[0])
-            evals = [(Xv, da.from_array(np.asarray(eval_set[1]), chunks=(Xv.chunks[0],)))]
+        client.run(_keep_native_output)
         # With tree_method hist (the default), the estimator bins the rows into a
         # DaskQuantileDMatrix, which keeps no float copy of them, and the validation rows by
         # the training's bins (its ``ref``); tests/learn/test_models.py holds it to that.
-        # XGBoost's own warnings (a worker holding no rows of a small matrix: "Empty dataset
-        # at worker") follow this logger: shown when the application logs INFO (radcluster -v).
-        # xgboost.dask hands this configuration to the workers that train.
-        with xgboost.config_context(verbosity=1 if logger.isEnabledFor(logging.INFO) else 0):
-            est.fit(X, yd, eval_set=evals, verbose=False)
+        # XGBoost's own warnings follow this logger: shown when the application logs INFO
+        # (radcluster -v). xgboost.dask hands this configuration to the workers that train.
+        try:
+            with xgboost.config_context(verbosity=1 if logger.isEnabledFor(logging.INFO) else 0):
+                est.fit(X, yd, eval_set=evals, verbose=False)
+        finally:
+            _log_native_output(client)
         booster = est.get_booster()
         best = getattr(est, "best_iteration", None) if stop else None
         if best is not None:
@@ -164,6 +171,93 @@ class XGBoostModel(BaseEstimator):
         model.n_classes_ = meta["n_classes"]
         model._set_booster(booster, meta["n_features"])
         return model
+
+
+# xgboost's native library prints through a callback registered per thread: Python's print()
+# in the thread that imported xgboost, stderr in any other, such as a Dask worker's task
+# threads. Each training worker's collective start-up line ("Task [xgboost.dask-0]:tcp://...
+# got rank 0") is printed whatever the verbosity, onto the terminal of a local cluster's
+# workers. So the thread that joins the collective keeps that output, and the client logs it
+# after training to the "xgboost" logger (INFO; WARNING for xgboost's warnings): the
+# application decides what it shows (radcluster -v: INFO).
+_native_logger = logging.getLogger("xgboost")
+_native_lines: deque[str] = deque(maxlen=1000)
+_native_callback = None
+
+
+def _keep_native_line(message: bytes) -> None:
+    _native_lines.append(message.decode(errors="replace").strip())
+
+
+def _keep_native_output() -> None:
+    """In this (worker) process, have xgboost.dask's collective context keep the native output
+    of the thread that enters it in :data:`_native_lines`. Idempotent."""
+    import ctypes
+
+    import xgboost.dask as dxgb
+    from xgboost.core import _LIB
+
+    global _native_callback
+    if _native_callback is not None:
+        return
+    _native_callback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(_keep_native_line)
+
+    class KeptOutputCommunicatorContext(dxgb.CommunicatorContext):
+        def __enter__(self):
+            _LIB.XGBRegisterLogCallback(_native_callback)
+            return super().__enter__()
+
+    dxgb.CommunicatorContext = KeptOutputCommunicatorContext
+
+
+def _take_native_output() -> list[str]:
+    lines = list(_native_lines)
+    _native_lines.clear()
+    return lines
+
+
+def _log_native_output(client) -> None:
+    for lines in client.run(_take_native_output).values():
+        for line in lines:
+            _native_logger.log(logging.WARNING if "WARNING:" in line else logging.INFO, "%s", line)
+
+
+def _colocated(client, X, y: np.ndarray, Xv, yv: np.ndarray):
+    """Training and validation rows, and their labels, placed so that every worker xgboost
+    trains on holds some of both.
+
+    xgboost.dask trains on each worker that holds a partition of either set; a worker holding
+    only one of them builds an empty DMatrix for the other (a warning from that worker, and
+    rows of one set that cannot join the other's loss there). Left to the scheduler, a small
+    matrix's one training block and one validation block often land on two workers. So with
+    k = as many workers as the training rows have blocks (at most), training block i goes to
+    worker i mod k, the validation rows are cut into at least k blocks, block j to worker j
+    mod k, and each label block is computed beside its rows.
+    """
+    workers = sorted(client.nthreads())
+    k = max(1, min(len(workers), X.numblocks[0], Xv.shape[0]))
+    if Xv.numblocks[0] < k:
+        n = Xv.shape[0]
+        Xv = Xv.rechunk({0: tuple(n // k + (i < n % k) for i in range(k))})
+    return (*_spread(client, X, y, workers[:k]), *_spread(client, Xv, yv, workers[:k]))
+
+
+def _spread(client, X, y: np.ndarray, workers: list[str]):
+    """``X`` and ``y`` as dask arrays whose row block i, rows and labels, is held by worker
+    ``workers[i % len(workers)]`` (strictly: work stealing would undo it)."""
+    import dask.array as da
+
+    bounds = np.cumsum((0, *X.chunks[0]))
+    xs: list = [None] * X.numblocks[0]
+    ys: list = [None] * X.numblocks[0]
+    for j, worker in enumerate(workers):
+        mine = range(j, X.numblocks[0], len(workers))
+        # a random name: equal label slices would otherwise share one key, held by one worker
+        labels = [da.from_array(y[bounds[i] : bounds[i + 1]], name=False) for i in mine]
+        placed = client.persist([X.blocks[i] for i in mine] + labels, workers=[worker], allow_other_workers=False)
+        for i, xb, yb in zip(mine, placed[: len(mine)], placed[len(mine) :], strict=True):
+            xs[i], ys[i] = xb, yb
+    return da.concatenate(xs), da.concatenate(ys)
 
 
 def _param_names(task: str) -> list[str]:
