@@ -291,13 +291,14 @@ def _instrument(stack, stages: _Stages) -> None:
     import radcluster.extract as ex
     import radcluster.extract.discretise as discretise
     import radcluster.extract.fast as fast
+    import radcluster.extract.readers as readers
 
     def patch(owner, attr: str, name: str, generator: bool = False) -> None:
         fn = getattr(owner, attr)
         wrapped = stages.wrap_generator(fn, name) if generator else stages.wrap(fn, name)
         stack.enter_context(mock.patch.object(owner, attr, wrapped))
 
-    patch(ex, "_read", "read (header: SimpleITK; gzip: ISA-L)")
+    patch(readers, "_read", "read (SimpleITK; gzip NIfTI: ISA-L)")
     patch(ex, "_content_hash", "hash (xxh3 of decoded voxels)")
     patch(ex, "_check_inputs", "check inputs")
     patch(ndimage, "find_objects", "find labels")

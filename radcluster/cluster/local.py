@@ -1,5 +1,6 @@
 """A LocalCluster on this machine: worker processes forked from a server that has imported
-Dask and pyradiomics, each advertising its memory limit as a Dask resource."""
+what an extraction task needs (Dask, pyradiomics, radcluster's task module), each advertising
+its memory limit as a Dask resource."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def local_cluster(spec: LocalClusterSpec):
         )
 
 
+# What a worker imports for its first extraction task, imported once by the fork server so
+# no worker pays it: Dask, pyradiomics, the task's module (radcluster.jobs.extract: the store
+# and plan modules, pyarrow's dataset and Parquet readers) and scipy.ndimage (labels are found
+# with find_objects); the last two were ~0.3 s of CPU in each worker's first task.
+WORKER_PRELOAD = ("distributed", "radcluster.extract._radiomics", "radcluster.jobs.extract", "scipy.ndimage")
+
 # What Dask's nanny puts in a spawned worker's environment before it imports anything
 # (distributed.nanny.pre-spawn-environ); a forked worker inherits the fork server's instead.
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -72,7 +79,7 @@ def prestart_local_workers(job) -> None:
         return
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["distributed", "radcluster.extract._radiomics"])
+    context.set_forkserver_preload(list(WORKER_PRELOAD))
     # BLAS reads its thread count when numpy is imported, which now happens in the server:
     # give it the single-thread setting Dask would give a spawned worker.
     environ = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}

@@ -72,8 +72,8 @@ def read_image(case_id: str, path: str, role: str, *, header_only: bool = False)
             return reader
         from ..extract.readers.fastread import read_gzip_voxels
 
-        # the common case (gzip NRRD or NIfTI) inflated faster; anything else, or a damaged
-        # file, is read and judged by SimpleITK below
+        # a gzip NIfTI inflated faster; anything else (NRRD: ITK's own reader is as fast),
+        # or a damaged file, is read and judged by SimpleITK below
         image = read_gzip_voxels(local, reader)
         if image is not None:
             return image

@@ -63,13 +63,14 @@ def _missing_for(image_type: str) -> str | None:
     """
     import importlib.util
 
-    import scipy.special
-
     if image_type == "LBP2D" and importlib.util.find_spec("skimage") is None:
         return "scikit-image"
     if image_type == "LBP3D":
         if importlib.util.find_spec("trimesh") is None:
             return "trimesh"
+        # only here: importing scipy.special costs the command ~0.5 s before its cluster starts
+        import scipy.special
+
         if not hasattr(scipy.special, "sph_harm"):
             return "scipy<1.17 (scipy.special.sph_harm was removed in SciPy 1.17)"
     return None

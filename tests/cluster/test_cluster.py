@@ -144,14 +144,19 @@ prestart_local_workers(job)
 with connect(job.cluster) as client:
     def probe():
         import sys, os
-        return {"radiomics": "radiomics" in sys.modules, "omp": os.environ.get("OMP_NUM_THREADS")}
+        return {
+            "radiomics": "radiomics" in sys.modules,
+            "task": {"radcluster.jobs.extract", "scipy.ndimage"} <= sys.modules.keys(),
+            "omp": os.environ.get("OMP_NUM_THREADS"),
+        }
     print(json.dumps(list(client.run(probe).values())))
 """
 
 
 @pytest.mark.parametrize("method", ["default", "spawn"])
 def test_cli_forks_local_workers_with_pyradiomics_imported(method):
-    """Workers come from a fork server that imported pyradiomics, with one BLAS thread each;
+    """Workers come from a fork server that imported pyradiomics and what the extraction task
+    imports (radcluster.jobs.extract, scipy.ndimage), with one BLAS thread each;
     a user's own DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD is left alone."""
     import json
     import os
@@ -167,8 +172,9 @@ def test_cli_forks_local_workers_with_pyradiomics_imported(method):
     assert out.returncode == 0, out.stderr
     workers = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(workers) == 2
-    # a spawned worker imports pyradiomics only at its first task
+    # a spawned worker imports pyradiomics and the task's modules only at its first task
     assert all(w["radiomics"] is (method == "default") for w in workers)
+    assert all(w["task"] is (method == "default") for w in workers)
     assert all(w["omp"] == "1" for w in workers)
 
 

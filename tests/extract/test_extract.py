@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,14 @@ def settings_for(params_file, **kw) -> ExtractionSettings:
 
 def direct(params_file, image, mask, label=1) -> dict[str, float]:
     """What a pyradiomics user gets: execute() on the files, diagnostics dropped."""
-    result = featureextractor.RadiomicsFeatureExtractor(str(params_file)).execute(str(image), str(mask), label=label)
+    return dict(_execute(str(params_file), str(image), str(mask), label))
+
+
+@functools.cache
+def _execute(params_file: str, image: str, mask: str, label: int) -> dict[str, float]:
+    """execute() once per params, files and label: the fast and the plain path of a case compare
+    with one reference (files a test writes are in its own tmp_path, never rewritten)."""
+    result = featureextractor.RadiomicsFeatureExtractor(params_file).execute(image, mask, label=label)
     return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
 
 

@@ -37,10 +37,23 @@ def assert_identical(ours: sitk.Image, path) -> None:
 
 
 @pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_sample_file_reads_identically(path):
-    image = _fast(path)
-    assert image is not None, "a gzip NRRD this reader should take"
-    assert_identical(image, path)
+def test_every_sample_file_reads_identically_as_nifti(tmp_path, path):
+    """Each sample case (NRRD, left to SimpleITK: see the next test) rewritten as gzip NIfTI."""
+    assert _fast(path) is None
+    nifti = tmp_path / "case.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(path)), str(nifti), useCompression=True)
+    image = _fast(nifti)
+    assert image is not None, "a gzip NIfTI this reader should take"
+    assert_identical(image, nifti)
+
+
+def test_gzip_nrrd_is_read_by_simpleitk(tmp_path):
+    """ITK's NRRD reader inflates as fast as ISA-L on CTs and 4-5x faster on label maps, so a
+    gzip NRRD never takes this path (it made every real-case task slower)."""
+    path = tmp_path / "mask.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), dtype=np.uint8)), str(path), useCompression=True)
+    assert _fast(path) is None
+    assert_identical(read_image("c", str(path), "mask"), path)
 
 
 def _geometry(image: sitk.Image) -> sitk.Image:
@@ -51,13 +64,12 @@ def _geometry(image: sitk.Image) -> sitk.Image:
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"])
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
-def test_written_by_simpleitk_reads_identically(tmp_path, dtype, suffix):
+def test_written_by_simpleitk_reads_identically(tmp_path, dtype):
     rng = np.random.default_rng(1)
     arr = (rng.normal(0, 50, (7, 9, 11)) + (0 if dtype.startswith("u") else -20)).clip(
         0 if dtype.startswith("u") else None
     )
-    path = tmp_path / f"image{suffix}"
+    path = tmp_path / "image.nii.gz"
     sitk.WriteImage(_geometry(sitk.GetImageFromArray(arr.astype(dtype))), str(path), useCompression=True)
     image = _fast(path)
     assert image is not None
