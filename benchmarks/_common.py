@@ -122,18 +122,11 @@ def add_split_peer_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _versions() -> str:
-    import dask
-    import distributed
-    import SimpleITK as sitk
+    from radcluster._software import software_versions
 
-    import radcluster
-    from radcluster.extract._radiomics import RADIOMICS_DIST
-
-    return (
-        f"radcluster {radcluster.__version__}, {RADIOMICS_DIST}, SimpleITK {sitk.Version_VersionString()}, "
-        f"dask {dask.__version__}, distributed {distributed.__version__}, "
-        f"Python {sys.version.split()[0]}"
-    )
+    found = software_versions("pyradiomics", "SimpleITK", "dask", "distributed", "python")
+    # pyradiomics' value already names its distribution ("pyradiomics-bhklab 3.1.4")
+    return ", ".join(v if k == "pyradiomics" else f"{'Python' if k == 'python' else k} {v}" for k, v in found.items())
 
 
 def header(title: str, args: argparse.Namespace) -> None:
