@@ -121,6 +121,36 @@ def add_split_peer_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+class PeakSampler:
+    """Peak RSS of a set of processes (name -> pid), sampled every ``interval`` seconds in a thread."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.2):
+        import psutil
+
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.peak = dict.fromkeys(pids, 0)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, proc in self.procs.items():
+                try:
+                    self.peak[name] = max(self.peak[name], proc.memory_info().rss)
+                except Exception:  # a process that ended keeps its last peak
+                    pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def _versions() -> str:
     from radcluster._software import software_versions
 

@@ -48,13 +48,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+from _common import PeakSampler
 
 _BIN = Path(sys.executable).parent
 TARGETS = {
@@ -158,29 +157,6 @@ class Figures:
         return (self.wall * self.workers - self.compute) / self.scans * 1000
 
 
-class _PeakRSS:
-    """The peak resident set of this process, sampled every 20 ms in a thread."""
-
-    def __init__(self):
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        proc = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, proc.memory_info().rss)
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def _write_cohort(root: str, n: int, folder_size: int, fs=None) -> str:
     """n images of a few hundred bytes in folders of ``folder_size``, one shared mask, and the
     manifest; ``root`` is a local folder or an s3:// prefix. Returns the manifest's path."""
@@ -220,7 +196,7 @@ def _measure(storage: str, n: int, manifest: str, store_url: str, args) -> Figur
     with connect(LocalClusterSpec(workers=args.workers, dashboard_address=":0")) as client:
         client.run(_warm_up)  # imports before the clock: the tasks' own seconds are their compute
         load = os.getloadavg()[0]
-        with _PeakRSS() as rss:
+        with PeakSampler({"driver": os.getpid()}, interval=0.02) as rss:
             start = time.perf_counter()
             cohort = read_manifest(manifest)
             summary = run_extract(
@@ -259,7 +235,7 @@ def _measure(storage: str, n: int, manifest: str, store_url: str, args) -> Figur
         wall,
         compute,
         args.workers,
-        rss.peak,
+        rss.peak["driver"],
         record["parts"]["features"],
         record["parts"]["features_bytes"],
         info["parts"],

@@ -34,11 +34,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import PeakSampler
 
 CHUNK_ROWS = 4096
 
@@ -112,36 +112,6 @@ def train_spec(args) -> dict:
         "metrics": {"bootstrap": 200},
         "persist": not args.no_persist,
     }
-
-
-class PeakSampler:
-    """Peak RSS of a set of processes, sampled every ``interval`` seconds in a thread."""
-
-    def __init__(self, pids: dict[str, int], interval: float = 0.2):
-        import psutil
-
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.peak = dict.fromkeys(pids, 0)
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, proc in self.procs.items():
-                try:
-                    self.peak[name] = max(self.peak[name], proc.memory_info().rss)
-                except Exception:  # a process that ended keeps its last peak
-                    pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def run_distributed(args) -> dict:
