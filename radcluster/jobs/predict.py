@@ -48,16 +48,15 @@ def predict_store(
     store = open_store(store_url)
     X, rows, names = store.matrix()
     rows = rows.assign(case_id=rows["case_id"].astype(str))
-    copies = read_store_columns(store, [PERTURBATION_OF])
-    if PERTURBATION_OF in copies and copies[PERTURBATION_OF].notna().any():
-        copy_ids = set(copies.loc[copies[PERTURBATION_OF].notna(), "case_id"])
-        keep = ~rows["case_id"].isin(copy_ids).to_numpy()
-        X, rows = X[np.flatnonzero(keep)], rows.loc[keep].reset_index(drop=True)
     feats = version.features
     combat = feats.get("combat")
+    # One read of the carried columns: which rows are perturbed copies, and the batch column.
+    extra = read_store_columns(store, [PERTURBATION_OF, combat] if combat else [PERTURBATION_OF])
+    rows = rows.merge(extra, on=["case_id", "label"], how="left")
+    if PERTURBATION_OF in rows and rows[PERTURBATION_OF].notna().any():
+        keep = rows[PERTURBATION_OF].isna().to_numpy()
+        X, rows = X[np.flatnonzero(keep)], rows.loc[keep].reset_index(drop=True)
     if combat or feats.get("pivot_labels"):
-        extra = read_store_columns(store, [combat] if combat else [])
-        rows = rows.merge(extra, on=["case_id", "label"], how="left")
         rows = merge_clinical(rows, clinical)
     if feats.get("pivot_labels"):
         X, rows, names, _ = pivot_by_label(X, rows, names, feats["pivot_labels"])
