@@ -96,6 +96,7 @@ def run_demo(
     from .cluster.local import prestart_local_workers
     from .jobs.extract import extract_job
     from .jobs.train import train_store
+    from .registry import DEFAULT_REGISTRY
     from .spec import build_job
 
     manifest = prepare_demo(out, n_cases=n_cases, seed=seed)
@@ -107,5 +108,5 @@ def run_demo(
         if on_dashboard is not None:
             on_dashboard(dashboard_link(client))
         summary = extract_job(job, progress=progress, client=client)
-        trained = train_store(str(out / "store"), DEMO_SPEC, client, out / "models")
+        trained = train_store(str(out / "store"), DEMO_SPEC, client, out / DEFAULT_REGISTRY)
     return DemoResult(manifest, summary, trained)

@@ -771,18 +771,30 @@ class Store:
         return x, rows, list(group.attrs["feature_names"])
 
     def info(self) -> dict[str, Any]:
-        """What ``radcluster store info`` prints: rows, parts and sizes, params, matrix, runs."""
+        """What ``radcluster store info`` prints: params, rows, the matrix, failed cases, runs,
+        every table the store holds (``tables``: rows, part files and bytes of ``features``,
+        ``failures`` and, once a run with perturbations wrote it, ``stability``) and a summary
+        of the stability table per source (``stability``: see ``_stability_summary``)."""
         keys = self._keys()
         latest = self._latest(keys)
         current = keys.merge(latest, on=["case_id", "extracted_at"], how="inner") if len(keys) else keys
+        stored = {"features": len(keys), "failures": len(self._read("failures", columns=["case_id"]))}
         tables = {}
         for table in TABLES:
             snap = self._read_consistent(table, lambda s: s)
             tables[table] = {
+                "rows": int(stored[table]),
                 "parts": len(snap.parts),
                 "bytes": sum(snap.parts.values()),
                 "compacted": len(snap.state.get("compacted", [])),
                 "generation": snap.generation,
+            }
+        stability = self.stability()
+        if stability is not None:
+            tables["stability"] = {
+                "rows": len(stability),
+                "parts": 1,
+                "bytes": self.fs.size(self._path(STABILITY_FILE)),
             }
         params = self.params()
         return {
@@ -797,6 +809,7 @@ class Store:
             "matrix_current_rows": self.matrix_rows(),
             "features": len(self.matrix_attrs().get("feature_names", [])),
             "runs": len(self.runs()),
+            "stability": None if stability is None else _stability_summary(stability),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -805,6 +818,33 @@ class Store:
             "rows": info["current_rows"],
             "cases": info["cases"],
         }
+
+
+# Koo & Li (2016)'s reading of an ICC (excellent, good, moderate, poor), by which a stability
+# summary counts features: the store does not know the icc_min a training will filter with.
+_ICC_BANDS = (("ICC >= 0.9", 0.9), ("0.75-0.9", 0.75), ("0.5-0.75", 0.5), ("< 0.5", -np.inf))
+
+
+def _stability_summary(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per source of a stability table (``feature, source, icc, n, k``): its features, the
+    fewest and most scans a feature's ICC was computed over (``n``), the measurements per scan
+    (``k``: the scan and its copies, or scan and retest), and how many features fall in each of
+    :data:`_ICC_BANDS`; ``undefined`` counts NaN ICCs (a feature without variance)."""
+    out = {}
+    for source, part in table.groupby("source", sort=True):
+        icc = part["icc"].to_numpy(dtype=float)
+        bands, upper = {}, np.inf
+        for name, lower in _ICC_BANDS:
+            bands[name] = int(((icc >= lower) & (icc < upper)).sum())
+            upper = lower
+        bands["undefined"] = int(np.isnan(icc).sum())
+        out[str(source)] = {
+            "features": len(part),
+            "scans": [int(part["n"].min()), int(part["n"].max())],
+            "k": int(part["k"].max()),
+            "icc": bands,
+        }
+    return out
 
 
 def latest_extractions(keys: pd.DataFrame) -> pd.DataFrame:

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _stores import matrix_store
 
-from radcluster.errors import StoreError
+from radcluster.errors import FailureRecord, StoreError
 from radcluster.store import open_store
 
 NAMES = [f"original_firstorder_F{j}" for j in range(6)]
@@ -179,6 +180,7 @@ def test_compaction_merges_parts_and_a_concurrent_reader_sees_every_row_once(tmp
     files = sorted(p.name for p in (Path(url) / "features").iterdir())
     assert [f for f in files if f.endswith(".parquet")] == [next(f for f in files if f.startswith("compact-000002"))]
     assert open_store(url).info()["tables"]["features"] == {
+        "rows": 150,
         "parts": 1,
         "bytes": open_store(url).info()["tables"]["features"]["bytes"],
         "compacted": 1,
@@ -236,6 +238,61 @@ def test_store_commands_print_info_and_compact(tmp_path):
     after = subprocess.run([*cmd, "info", url], capture_output=True, text=True, timeout=120)
     assert "features  1 part file(s)" in after.stdout and "(1 compacted, generation 1)" in after.stdout
     assert _ids(url) == [f"c{i:05d}" for i in range(12)]
+
+
+def test_store_info_lists_every_table_and_summarises_the_stability_table(tmp_path, capsys):
+    """Four scans, each with two perturbed copies (k = 3), written as an extraction with
+    extraction.perturb leaves them, and the ICC table the extract job writes from them."""
+    from radcluster.cli import main
+    from radcluster.learn.stability import store_stability
+
+    x = np.array([0.0, 10.0, 20.0, 30.0])
+    copies = {  # feature -> (scan, copy 1, copy 2) of each scan
+        "stable": np.stack([x, x, x], 1),  # ICC(1,1) 1
+        "spread": np.stack([x, x + 1, x - 1], 1),  # MS_rows 500, MS_within 1: 499 / 502
+        "noisy": np.stack([x / 10, x / 10 + 5, x / 10 - 5], 1),  # MS_rows 5, MS_within 25: -20 / 55
+        "constant": np.full((4, 3), 5.0),  # no variance: NaN
+    }
+    names = [f"original_firstorder_{n}" for n in copies]
+    X = np.concatenate([np.stack([v[:, j] for v in copies.values()], 1) for j in range(3)])
+    scans = ["a", "b", "c", "d"]
+    url = matrix_store(
+        tmp_path / "store",
+        X,
+        {
+            "perturbation_of": [None] * 4 + scans * 2,
+            "perturbation": [None] * 4 + ["p1"] * 4 + ["p2"] * 4,
+        },
+        names=names,
+        case_ids=scans + [f"{c}~p1" for c in scans] + [f"{c}~p2" for c in scans],
+    )
+    store = open_store(url)
+    failure = FailureRecord("e", None, "read", "FileNotFoundError", "case 'e': read failed (e.nrrd)", "e.nrrd")
+    store.write_part("failures", [failure.row(run_id="test", failed_at="2026-01-01T00:00:00")], run_id="test", seq=0)
+    store.write_stability(store_stability(store))
+
+    info = open_store(url).info()
+    tables = info["tables"]
+    assert list(tables) == ["features", "failures", "stability"]
+    assert (tables["features"]["rows"], tables["features"]["parts"]) == (12, 1)
+    assert (tables["failures"]["rows"], tables["failures"]["parts"]) == (1, 1)
+    assert (tables["stability"]["rows"], tables["stability"]["parts"]) == (4, 1)
+    assert tables["stability"]["bytes"] == (Path(url) / "stability.parquet").stat().st_size
+    icc = store.stability().set_index("feature")["icc"]
+    np.testing.assert_allclose(icc[names[:3]], [1.0, 499 / 502, -20 / 55], rtol=1e-12)
+    assert np.isnan(icc[names[3]])
+    bands = {"ICC >= 0.9": 2, "0.75-0.9": 0, "0.5-0.75": 0, "< 0.5": 1, "undefined": 1}
+    assert info["stability"] == {"perturbation": {"features": 4, "scans": [4, 4], "k": 3, "icc": bands}}
+
+    assert main(["store", "info", str(url)]) == 0
+    out = capsys.readouterr().out
+    assert "features  1 part file(s), 12 row(s)" in out and "failures  1 part file(s), 1 row(s)" in out
+    assert "failed    1 case(s)" in out
+    assert f"stability 1 part file(s), 4 row(s), {tables['stability']['bytes'] / 1024:.1f} KiB\n" in out
+    assert (
+        "  perturbation: ICC of 4 feature(s) over 4 scan(s), 3 measurements each; "
+        "ICC >= 0.9: 2, 0.75-0.9: 0, 0.5-0.75: 0, < 0.5: 1, undefined: 1\n"
+    ) in out
 
 
 def test_matrix_append_places_reordered_and_new_features_by_name(tmp_path):

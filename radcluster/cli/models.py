@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..registry import DEFAULT_REGISTRY
 from .common import EXIT_OK, fmt_score, run
 from .common import add_cluster_flags as _add_cluster_flags
 from .common import cluster_overrides as _cluster_overrides
@@ -85,7 +86,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from ..registry.versions import list_versions
     from ..spec import from_environment
 
-    registry = args.registry or from_environment("registry") or "models"
+    registry = args.registry or from_environment("registry") or DEFAULT_REGISTRY
     versions = list_versions(registry)
     if not versions:
         print(f"no model versions in {registry}")
@@ -126,7 +127,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("store", help="feature store folder or URL")
     p.add_argument("--config", help="job YAML (kind: train) whose 'train' section configures training")
     p.add_argument("--target", help="target column (carried in the store or in --clinical)")
-    p.add_argument("--registry", "-r", help="model registry folder or URL (default: the job's, else ./models)")
+    p.add_argument(
+        "--registry", "-r", help=f"model registry folder or URL (default: the job's, else ./{DEFAULT_REGISTRY})"
+    )
     # The registered models are listed by `config defaults`: reading the registry here would
     # import scikit-learn into every command's start.
     p.add_argument("--model", help="a registered model (default xgboost; `radcluster config defaults` lists them)")
@@ -178,6 +181,6 @@ def add_commands(subparsers) -> None:
     p.add_argument(
         "registry",
         nargs="?",
-        help="registry folder or URL (default: $RADCLUSTER_REGISTRY, else ./models)",
+        help=f"registry folder or URL (default: $RADCLUSTER_REGISTRY, else ./{DEFAULT_REGISTRY})",
     )
     p.set_defaults(func=cmd_models_list)

@@ -27,9 +27,14 @@ def cmd_store_info(args: argparse.Namespace) -> int:
         f"matrix    {info['matrix_current_rows']} current of {info['matrix_rows']} row(s) x {info['features']} features"
     )
     for table, t in info["tables"].items():
+        parts = f" ({t['compacted']} compacted, generation {t['generation']})" if "generation" in t else ""
+        print(f"{table:9s} {t['parts']} part file(s), {t['rows']} row(s), {_size(t['bytes'])}{parts}")
+    for source, s in (info["stability"] or {}).items():
+        low, high = s["scans"]
+        bands = ", ".join(f"{band}: {count}" for band, count in s["icc"].items())
+        scans = f"{low}" if low == high else f"{low}-{high}"
         print(
-            f"{table:9s} {t['parts']} part file(s), {_size(t['bytes'])} ({t['compacted']} compacted, generation "
-            f"{t['generation']})"
+            f"  {source}: ICC of {s['features']} feature(s) over {scans} scan(s), {s['k']} measurements each; {bands}"
         )
     print(f"failed    {info['failed_cases']} case(s)")
     print(f"runs      {info['runs']}")
@@ -84,7 +89,7 @@ def add_commands(subparsers) -> None:
     store = subparsers.add_parser("store", help="inspect or compact a feature store").add_subparsers(
         dest="store_cmd", required=True
     )
-    p = store.add_parser("info", help="rows, part files and sizes, params, matrix, runs")
+    p = store.add_parser("info", help="params, rows, matrix, failures, runs; rows, part files and sizes of every table")
     p.add_argument("store", help="store folder or URL")
     p.set_defaults(func=cmd_store_info)
     p = store.add_parser(

@@ -34,6 +34,7 @@ from ..learn.explain import contributions, decision_curve, permutation_importanc
 from ..learn.models import main_metric, make_model, save_model
 from ..learn.preprocess import Preprocessor
 from ..learn.search import candidates
+from ..registry import DEFAULT_REGISTRY
 from ..spec.training import CVSpec, MetricsSpec, PreprocessSpec, TrainSpec, feature_kind, parse_train_spec
 
 logger = logging.getLogger(__name__)
@@ -540,7 +541,7 @@ def train_job(job, *, client=None, on_dashboard=None, on_fold=None) -> TrainResu
     if spec.clinical:
         spec = spec.model_copy(update={"clinical": job.resolve(spec.clinical)})
     store_url = job.resolve(job.store)
-    registry = job.resolve(job.registry) or "models"
+    registry = job.resolve(job.registry) or DEFAULT_REGISTRY
     load_training_data(store_url, spec)  # every data problem surfaces before a cluster starts
     with contextlib.ExitStack() as stack:
         if client is None:

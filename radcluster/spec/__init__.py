@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SpecError
+from ..registry import DEFAULT_REGISTRY
 from ._base import Section, section_model, spec_error
 from .cluster import (
     CLUSTER_KINDS,
@@ -87,7 +88,11 @@ class JobSpec(Section):
     kind: Literal["extract", "train", "predict", "retrain"] = "extract"
     manifest: str | None = Field(None, description="cohort manifest (CSV/Parquet)")
     store: str | None = Field(None, description="feature store folder or URL")
-    registry: str | None = Field(None, description="model registry folder or URL")
+    registry: str | None = Field(
+        None,
+        description=f"model registry folder or URL (train, if neither this nor $RADCLUSTER_REGISTRY is set: "
+        f"./{DEFAULT_REGISTRY})",
+    )
     extraction: ExtractionSpec = ExtractionSpec()
     cluster: ClusterSpec = LocalClusterSpec()
     train: TrainSpec | None = Field(None, description="training section (see jobs/train.yaml)")

@@ -259,3 +259,32 @@ def test_training_computes_on_the_client_it_is_given(tmp_path, client):
     finally:
         other.close()
     assert len(seen) == 3 and all(c is other for c in seen)
+
+
+def test_one_default_registry_for_train_models_list_and_the_docs(tmp_path, monkeypatch, capsys):
+    """With no registry named anywhere, `train` writes where `models list` reads, and the help
+    and `config defaults` name that folder: all of them read DEFAULT_REGISTRY."""
+    import radcluster.jobs.train as train_module
+    from radcluster.registry import DEFAULT_REGISTRY
+    from radcluster.spec import build_job, defaults_yaml
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RADCLUSTER_REGISTRY", raising=False)
+    written_to = []
+    monkeypatch.setattr(train_module, "load_training_data", lambda *a, **k: None)
+    monkeypatch.setattr(train_module, "train_store", lambda url, spec, client, reg, **k: written_to.append(reg))
+    job = build_job({"kind": "train", "store": str(tmp_path / "s"), "train": {"target": "y"}})
+    train_module.train_job(job, client=object())
+    assert written_to == [DEFAULT_REGISTRY]
+
+    (tmp_path / DEFAULT_REGISTRY).mkdir()  # an empty registry, as the first train finds it
+    assert _cli(["models", "list"]) == 0
+    assert capsys.readouterr().out == f"no model versions in {DEFAULT_REGISTRY}\n"
+
+    parser = argparse.ArgumentParser(prog="radcluster")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    assert f"else ./{DEFAULT_REGISTRY})" in " ".join(capsys.readouterr().out.split())
+    registry_line = next(line for line in defaults_yaml().splitlines() if line.startswith("registry:"))
+    assert f"./{DEFAULT_REGISTRY})" in registry_line
