@@ -8,6 +8,7 @@ because starting one costs seconds on a 2-core machine.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,20 @@ def assert_same_features(row: dict, reference: dict[str, float], rtol: float = 1
     assert reference, "reference produced no features"
     differences = feature_differences(row, reference, rtol)
     assert not differences, f"{len(differences)} of {len(reference)} features differ: " + "; ".join(differences[:10])
+
+
+# Every line a configured handler writes starts with its record's time: the CLI's format and
+# Dask's (its workers' log) both begin with asctime.
+_LOGGED_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+
+
+def bare_lines(stderr: str) -> list[str]:
+    """The lines of a command's stderr that no configured log handler wrote.
+
+    A library that logs where nothing is configured (a worker process) reaches the terminal
+    through ``logging.lastResort``, the bare message; ``warnings.warn`` is bare text too.
+    """
+    return [line for line in stderr.splitlines() if line.strip() and not _LOGGED_LINE.match(line)]
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

@@ -33,7 +33,16 @@ radiomics.logger.setLevel(_level_before_import)
 # docs recommend for libraries, satisfies it and leaves the output to the application.
 logging.getLogger("pykwalify.core").addHandler(logging.NullHandler())
 
-__all__ = ["get_extractor", "validate_params", "versions", "expected_groups", "captured_warnings"]
+__all__ = ["get_extractor", "validate_params", "versions", "expected_groups", "captured_warnings", "PARAMS_NOTES"]
+
+# Warnings pyradiomics logs about a choice in the params, not about the scan: the same on every
+# scan, with every feature value right. pyradiomics' example Params.yaml (radcluster's default)
+# enables every GLCM feature with the default symmetrical GLCM, so every scan of a run with it
+# says that Sum Average is twice Joint Average. The run records them with the others; the
+# driver logs them at INFO (-v), so a default run's terminal is not a warning about the defaults.
+PARAMS_NOTES = frozenset(
+    {"GLCM is symmetrical, therefore Sum Average = 2 * Joint Average, only 1 needs to be calculated"}
+)
 
 
 def _interpolator_numbers() -> set[int]:

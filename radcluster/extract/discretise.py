@@ -101,7 +101,12 @@ def _precomputed_class(cls: type) -> type | None:
     # The base constructor lists the class's features with inspect.getmembers on every
     # instance; the list is a property of the class, so it is found once.
     names = cls.getFeatureNames()
-    return type(cls.__name__, (_Precomputed, cls), {"getFeatureNames": classmethod(lambda _: dict(names))})
+    # pyradiomics' base class logs through getLogger(self.__module__): the subclass keeps its
+    # class's module, so its warnings come from 'radiomics.glcm' (as with execute()), where the
+    # per-task capture collects them; a class made here would log as this module, unseen by
+    # the capture, and a worker without handlers printed them bare (logging.lastResort).
+    attributes = {"__module__": cls.__module__, "getFeatureNames": classmethod(lambda _: dict(names))}
+    return type(cls.__name__, (_Precomputed, cls), attributes)
 
 
 def compute_features(extractor, image, mask, image_type_name: str, **settings: Any) -> collections.OrderedDict:

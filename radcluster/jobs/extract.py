@@ -402,7 +402,7 @@ def run_extract(
     """
     from distributed import as_completed
 
-    from ..extract._radiomics import get_extractor, versions
+    from ..extract._radiomics import PARAMS_NOTES, get_extractor, versions
 
     store = open_store(store_url, must_exist=False)
     run_id = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
@@ -532,7 +532,8 @@ def run_extract(
                 plain_route.update(result.plain_filters)
                 for message in result.warnings:
                     if not warned[message]:
-                        logger.warning("pyradiomics (case %s and maybe others): %s", result.case_id, message)
+                        level = logging.INFO if message in PARAMS_NOTES else logging.WARNING
+                        logger.log(level, "pyradiomics (case %s and maybe others): %s", result.case_id, message)
                     warned[message] += 1
                 summary.rows += len(result.rows)
                 writer.add(packed, result.failures)

@@ -1,7 +1,9 @@
-"""What `radcluster train` prints on a user's terminal: its own lines, not xgboost's internals."""
+"""What `radcluster train` and `extract` print on a user's terminal: their own lines, not
+xgboost's internals or pyradiomics' per-scan log from the workers."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from _stores import matrix_store, planted
+from conftest import bare_lines
 
 # xgboost's collective start-up line on each training worker ("Task [xgboost.dask-0]:tcp://...
 # got rank 0") and the warning of a worker left without rows of one set.
@@ -43,3 +46,25 @@ def test_xgboost_collective_lines_stay_off_the_terminal(store, tmp_path):
 def test_with_v_they_are_logged(store, tmp_path):
     out = _train(store, tmp_path / "models", "-v")
     assert re.search(r"INFO xgboost.*got rank \d", out), out
+
+
+def test_extract_with_the_default_params_prints_no_worker_lines(sample_manifest, tmp_path):
+    """The default params (pyradiomics' example Params.yaml) enable GLCM Sum Average, on which
+    pyradiomics warns on every scan; the workers printed it bare, once per scan (logging's
+    last resort: the shared-discretisation classes logged outside pyradiomics' logger, so
+    outside the per-task capture). It is a note about the params: in the run record, at -v."""
+    store = tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, "-m", "radcluster.cli", "extract", str(sample_manifest), "--out", str(store)]
+        + ["--workers", "1", "--dashboard-address", ":0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "3 done, 0 failed" in proc.stdout, proc.stdout
+    assert not bare_lines(proc.stderr), proc.stderr
+    assert "Sum Average" not in proc.stderr, proc.stderr
+    record = json.loads(next((store / "runs").glob("*.json")).read_text())
+    note = "GLCM is symmetrical, therefore Sum Average = 2 * Joint Average, only 1 needs to be calculated"
+    assert record["pyradiomics_warnings"] == {note: 3}

@@ -17,6 +17,9 @@ from radcluster.extract import ExtractionSettings, extract_scan
 from radcluster.extract._radiomics import expected_groups, get_extractor, validate_params
 from radcluster.spec import params_hash
 
+# pyradiomics' note on every scan when Sum Average is enabled with a symmetrical GLCM (the default)
+SUM_AVERAGE = "GLCM is symmetrical, therefore Sum Average = 2 * Joint Average, only 1 needs to be calculated"
+
 
 def _run(case: str, params: dict):
     image, mask = case_paths(case)
@@ -88,9 +91,15 @@ def test_a_filter_that_produced_nothing_is_a_failure_not_a_short_row():
 
 
 def test_pyradiomics_warnings_come_back_with_the_scan():
-    _, _, result = _run("brain1", {"imageType": {"Original": {}, "LBP2D": {}}})
+    """A filter's warning (imageoperations) and a feature class's: the classes that share one
+    discretisation log through pyradiomics' own logger ('radiomics.glcm'), as execute()'s do."""
+    params = {"imageType": {"Original": {}, "LBP2D": {}}, "featureClass": {"glcm": ["SumAverage"]}}
+    _, _, result = _run("brain1", params)
     assert result.failures == []
-    assert "Calculating Local Binary Pattern in 2D, but extracting features in 3D. Use with caution!" in result.warnings
+    assert result.warnings == [
+        "Calculating Local Binary Pattern in 2D, but extracting features in 3D. Use with caution!",
+        SUM_AVERAGE,
+    ]
 
 
 @pytest.mark.parametrize("params", ["Params.yaml", "exampleCT.yaml"])
@@ -147,8 +156,10 @@ def test_run_record_names_the_plain_route_and_pyradiomics_warnings_are_logged(cl
         {"case_id": c, "image": str(case_paths(c)[0]), "mask": str(case_paths(c)[1])} for c in ("brain2", "breast1")
     ]
     manifest = write_manifest(tmp_path / "cohort.csv", rows)
-    text = yaml.safe_dump({"imageType": {"Original": {}, "LBP2D": {}, "LBP3D": {}}})
-    with caplog.at_level(logging.WARNING, logger="radcluster"):
+    text = yaml.safe_dump(
+        {"imageType": {"Original": {}, "LBP2D": {}, "LBP3D": {}}, "featureClass": {"glcm": ["SumAverage"]}}
+    )
+    with caplog.at_level(logging.INFO, logger="radcluster"):
         summary = run_extract(
             read_manifest(manifest), ExtractionSettings(text, params_hash(text)), str(tmp_path / "s"), client
         )
@@ -156,9 +167,11 @@ def test_run_record_names_the_plain_route_and_pyradiomics_warnings_are_logged(cl
     record = json.loads(next((tmp_path / "s" / "runs").glob("*.json")).read_text())
     assert record["plain_route"] == {"LBP3D": 2}
     lbp2d = "Calculating Local Binary Pattern in 2D, but extracting features in 3D. Use with caution!"
-    assert record["pyradiomics_warnings"][lbp2d] == 2
-    logged = [r.getMessage() for r in caplog.records if r.name.startswith("radcluster")]
-    assert sum(lbp2d in m for m in logged) == 1  # once per run, not once per scan
+    assert record["pyradiomics_warnings"] == {lbp2d: 2, SUM_AVERAGE: 2}
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("radcluster")]
+    # once per run, not once per scan; a note about the params at INFO (-v), not as a warning
+    assert [level for level, m in logged if lbp2d in m] == [logging.WARNING]
+    assert [level for level, m in logged if SUM_AVERAGE in m] == [logging.INFO]
 
 
 def test_cli_refuses_params_with_a_missing_package_before_a_cluster_starts(
