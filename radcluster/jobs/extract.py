@@ -213,6 +213,16 @@ def run_task(
     return results
 
 
+def _task_result(outcome):
+    """What a future of ``as_completed(with_results=True, raise_errors=False)`` gave:
+    the task's results (``run_task`` returns a list), or its error raised here."""
+    if isinstance(outcome, list):
+        return outcome
+    if isinstance(outcome, tuple):  # an erred task: (type, exception, traceback)
+        raise outcome[1].with_traceback(outcome[2])
+    raise outcome  # cancelled: the exception itself
+
+
 def _worker_threads() -> int:
     """The threads of the Dask worker running this task (1 outside one): what a task's engines
     may use for their own thread pools (ONNX Runtime's), as the worker runs that many tasks."""
@@ -456,7 +466,11 @@ def run_extract(
     futures: dict[Any, Task] = {}
     pending = collections.deque(plan.tasks)
     window = max(_MIN_WINDOW, _WINDOW_PER_SLOT * threads)
-    done = as_completed()
+    # with_results: each result is fetched by the client's event loop as its task finishes,
+    # concurrently with the others, instead of one fetch at a time by this thread; a fetch
+    # waits for the worker's event loop, which a busy task (holding the GIL) delays by
+    # milliseconds, so one at a time kept this thread waiting most of a run of tiny scans.
+    done = as_completed(with_results=True, raise_errors=False)
 
     def submit_more() -> None:
         while pending and len(futures) < window:
@@ -482,10 +496,10 @@ def run_extract(
     if progress is not None:
         iterator = progress(iterator, len(plan.tasks))
     try:
-        for fut in iterator:
+        for fut, outcome in iterator:
             task = futures.pop(fut)
             try:
-                results: list[_Packed] = fut.result()
+                results: list[_Packed] = _task_result(outcome)
             except Exception as err:  # the task itself died (FailureRecord.from_task_error)
                 if len(task.scans) > 1:
                     # One of the group killed its worker (or hit a bug): retry each scan
