@@ -49,15 +49,16 @@ def _tiny_cohort(folder, n: int, big: int = 0) -> Cohort:
 
 
 def test_tiny_scans_are_grouped_in_shrinking_groups(tmp_path):
-    tasks = make_plan(_tiny_cohort(tmp_path, 200), pd.DataFrame(), "p", ["Original"], slots=2).tasks
+    tasks = make_plan(_tiny_cohort(tmp_path, 600), pd.DataFrame(), "p", ["Original"], slots=2).tasks
     sizes = [len(t.scans) for t in tasks]
-    assert sum(sizes) == 200 and len({s.case_id for t in tasks for s in t.scans}) == 200
+    assert sum(sizes) == 600 and len({s.case_id for t in tasks for s in t.scans}) == 600
     assert sizes == sorted(sizes, reverse=True)  # groups shrink towards the end of the run
-    assert sizes[0] == 16 and sizes[-4:] == [1, 1, 1, 1]  # at most _BATCH_MAX, single scans last
-    assert 25 <= len(tasks) <= 50  # a few dozen tasks, not 200
+    # at most _BATCH_MAX (64), then 1/(4 x 2 slots) of what is left, single scans last
+    assert sizes[:4] == [64, 64, 59, 52] and sizes[-4:] == [1, 1, 1, 1]
+    assert 30 <= len(tasks) <= 50  # a few dozen tasks, not 600
     # the largest files first, within and across groups
     order = [s.case_id for t in tasks for s in t.scans]
-    assert order == [f"s{i:03d}" for i in range(199, -1, -1)]
+    assert order == [f"s{i:03d}" for i in range(599, -1, -1)]
 
 
 def test_large_scans_are_never_grouped(tmp_path):
