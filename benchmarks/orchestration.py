@@ -15,11 +15,12 @@ Its time is known and recorded (``scan_seconds``), so
     overhead per scan = (wall time x workers - sum of the tasks' own seconds) / scans
 
 is everything else: the driver, the scheduler, Dask's per-task cost, idle workers at the
-start and end. The scans are tiny files, so the plan groups them (up to 16 per task), as it
+start and end. The scans are tiny files, so the plan groups them (up to 64 per task), as it
 would a cohort of small scans.
 
 For each size and each storage (a local folder; ``--s3``: moto's S3 server on loopback, as
-tests/test_s3.py starts it, images and store both on it), the script:
+tests/test_s3.py starts it, images and store both on it), the script starts a process of
+its own (so each size's driver peak is its own, not what earlier sizes left allocated) that:
 
 1. writes the cohort (``--folder-size`` images per folder, one shared mask) and its manifest;
 2. starts radcluster's local cluster (``--workers`` processes, one thread each) and runs the
@@ -41,7 +42,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as _dt
+import json
 import os
 import shutil
 import socket
@@ -56,6 +59,8 @@ from pathlib import Path
 from _common import PeakSampler
 
 _BIN = Path(sys.executable).parent
+# How a child process hands its figures to the parent: one line of JSON after this prefix.
+_RESULT = "FIGURES "
 TARGETS = {
     "overhead_ms": 2.0,
     "rss_gib": 1.0,
@@ -351,6 +356,29 @@ def _verdicts(figures: list[Figures]) -> list[str]:
     return lines
 
 
+def _one(args) -> Figures:
+    """One size on one storage, in this process (started by :func:`main` for each size, so
+    each size's driver peak is its own, not what earlier sizes left allocated)."""
+    storage, n = args.one[0], int(args.one[1])
+    fs = None
+    if storage == "s3":
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    # moto serves a few hundred GETs a second on this machine: reading 100k images from it
+    # would measure moto, so on S3 the tasks do not read them (--s3-read does)
+    os.environ["RADCLUSTER_BENCH_READ"] = "1" if storage == "local" or args.s3_read else "0"
+    root = f"s3://bench/n{n}" if fs else os.path.join(args.workdir, f"n{n}")
+    started = time.perf_counter()
+    manifest = _write_cohort(root, n, args.folder_size, fs)
+    print(f"{storage} {n:,}: cohort written in {time.perf_counter() - started:.0f} s", flush=True)
+    try:
+        return _measure(storage, n, manifest, f"{root}/store", args)
+    finally:
+        if fs is None and not args.keep:
+            shutil.rmtree(root)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
@@ -363,17 +391,22 @@ def main(argv=None) -> int:
     p.add_argument("--no-local", action="store_true", help="only on S3")
     p.add_argument("--s3-read", action="store_true", help="on S3, tasks read their image too")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--one", nargs=2, metavar=("STORAGE", "N"), help=argparse.SUPPRESS)  # a child's size
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ["RADCLUSTER_BENCH_TASK_MS"] = str(args.task_ms)
     os.environ["RADCLUSTER_BENCH_FEATURES"] = str(args.features)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    if args.one:
+        print(_RESULT + json.dumps(dataclasses.asdict(_one(args))), flush=True)
+        return 0
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
     print(
         f"orchestration benchmark, {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, commit {commit}, "
         f"{os.cpu_count()} cores, {args.workers} workers, {args.features} features/row, "
-        f"{args.task_ms} ms/scan of known compute, flush_rows {args.flush_rows}",
+        f"{args.task_ms} ms/scan of known compute, flush_rows {args.flush_rows}; each size in its own process",
         flush=True,
     )
     work = tempfile.mkdtemp(prefix="radcluster-orch-")
@@ -382,27 +415,22 @@ def main(argv=None) -> int:
         storages = ([] if args.no_local else ["local"]) + (["s3"] if args.s3 else [])
         for storage in storages:
             with _s3_server() if storage == "s3" else contextlib.nullcontext():
-                fs = None
                 if storage == "s3":
                     import s3fs
 
-                    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-                    fs.mkdir("bench")
-                # moto serves a few hundred GETs a second on this machine: reading 100k images
-                # from it would measure moto, so on S3 the tasks do not read them (--s3-read does)
-                os.environ["RADCLUSTER_BENCH_READ"] = "1" if storage == "local" or args.s3_read else "0"
+                    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
                 for n in args.sizes:
-                    root = f"s3://bench/n{n}" if fs else os.path.join(work, f"n{n}")
-                    started = time.perf_counter()
-                    manifest = _write_cohort(root, n, args.folder_size, fs)
-                    print(f"{storage} {n:,}: cohort written in {time.perf_counter() - started:.0f} s", flush=True)
-                    figures.append(_measure(storage, n, manifest, f"{root}/store", args))
+                    child = [sys.executable, __file__, *(argv or sys.argv[1:]), "--one", storage, str(n)]
+                    out = subprocess.run([*child, "--workdir", work], stdout=subprocess.PIPE, text=True, check=True)
+                    for line in out.stdout.splitlines():
+                        if line.startswith(_RESULT):
+                            figures.append(Figures(**json.loads(line.removeprefix(_RESULT))))
+                        else:
+                            print(line, flush=True)
                     print(
                         "  " + " | ".join(f"{c}: {v}" for c, v in zip(COLUMNS, _row(figures[-1]), strict=True)),
                         flush=True,
                     )
-                    if fs is None and not args.keep:
-                        shutil.rmtree(root)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
