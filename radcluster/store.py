@@ -829,7 +829,8 @@ def _stability_summary(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per source of a stability table (``feature, source, icc, n, k``): its features, the
     fewest and most scans a feature's ICC was computed over (``n``), the measurements per scan
     (``k``: the scan and its copies, or scan and retest), and how many features fall in each of
-    :data:`_ICC_BANDS`; ``undefined`` counts NaN ICCs (a feature without variance)."""
+    :data:`_ICC_BANDS`; ``undefined`` counts NaN ICCs (a feature without variance, or with fewer
+    than 2 scans complete in every copy)."""
     out = {}
     for source, part in table.groupby("source", sort=True):
         icc = part["icc"].to_numpy(dtype=float)

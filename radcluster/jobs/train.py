@@ -102,20 +102,31 @@ def _stability_filter(data: TrainingData, icc_min: float) -> tuple[TrainingData,
         retest=None if data.retest_rows is None else (data.retest_X, data.retest_rows),
         perturbed=None if data.perturbed_rows is None else (data.perturbed_X, data.perturbed_rows),
     )
-    low = table.loc[table["icc"] < icc_min, "feature"]  # NaN (no variance) left to the constant filter
+    # NaN (no variance, or fewer than 2 complete scans): not judged, kept (a constant is the constant filter's)
+    low = table.loc[table["icc"] < icc_min, "feature"]
     keep = ~pd.Index(data.feature_names).isin(low)
     table["kept"] = ~table["feature"].isin(low)
+    # n counts the scans complete for each feature (a NaN removes a scan from that feature
+    # only): a source records the most and the fewest, and the features left without an ICC
     sources = {
         source: {
-            "n": int(part["n"].iloc[0]),
+            "n": int(part["n"].max()),
+            "n_min": int(part["n"].min()),
             "k": int(part["k"].iloc[0]),
             "dropped": int((part["icc"] < icc_min).sum()),
+            "undefined": int(part["icc"].isna().sum()),
         }
         for source, part in table.groupby("source", sort=True)
     }
     for source, s in sources.items():
         logger.info(
-            "stability (%s): %d feature(s) have ICC < %g over %d scan(s)", source, s["dropped"], icc_min, s["n"]
+            "stability (%s): %d feature(s) have ICC < %g over %d-%d scan(s), %d have none (kept)",
+            source,
+            s["dropped"],
+            icc_min,
+            s["n_min"],
+            s["n"],
+            s["undefined"],
         )
     cols = np.flatnonzero(keep)
     names = [data.feature_names[i] for i in cols]

@@ -24,6 +24,13 @@ enlarges every volume) counts against the feature, which the consistency form of
 would forgive. :func:`stability_table` gives one row per (feature, source); ``select:
 {icc_min: 0.75}`` drops a feature below the threshold in any source before any fold is
 fitted (the ICC uses no target, so it cannot leak one).
+
+Each feature's ICC is over the scans complete for that feature (the scan and every copy, or
+scan and retest, present with a value): a NaN, as a texture feature undefined on a tiny
+perturbed ROI, removes that scan from that feature's ICC only, not from every feature's. The
+table's ``n`` counts those scans per feature; with fewer than 2 the ICC is NaN, and such a
+feature, like one without variance, is kept by the filter and counted as such where the
+filter is described (:func:`describe`, ``radcluster store info``).
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ __all__ = [
 
 
 def icc_3_1(Y: np.ndarray) -> np.ndarray:
-    """ICC(3,1) of every feature of ``Y`` (n subjects x k measurements x p features).
+    """ICC(3,1) of every feature of ``Y`` (n subjects x k measurements x p features), each over
+    the subjects with all k measurements of it (not NaN); NaN with fewer than 2 of them.
 
     Examples
     --------
@@ -61,7 +69,8 @@ def icc_3_1(Y: np.ndarray) -> np.ndarray:
 
 
 def icc_1_1(Y: np.ndarray) -> np.ndarray:
-    """ICC(1,1) of every feature of ``Y`` (n subjects x k measurements x p features).
+    """ICC(1,1) of every feature of ``Y`` (n subjects x k measurements x p features), each over
+    the subjects with all k measurements of it (not NaN); NaN with fewer than 2 of them.
 
     Examples
     --------
@@ -75,20 +84,36 @@ def icc_1_1(Y: np.ndarray) -> np.ndarray:
     return _icc(ms_rows, ms_within, k)
 
 
-def _mean_squares(Y: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+def _complete(Y: np.ndarray) -> np.ndarray:
+    """n x p: whether each subject has all k measurements of each feature (none NaN)."""
+    return np.isfinite(Y).all(axis=1)
+
+
+def _mean_squares(Y: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
     """``(n, k, MS_rows, MS_within, MS_error)`` per feature of the n x k x p table ``Y``: the
-    two-way ANOVA's mean squares between subjects, within subjects, and residual."""
+    two-way ANOVA's mean squares between subjects, within subjects, and residual.
+
+    Each feature's are over the subjects complete for it (``n``, per feature): a NaN (a texture
+    feature undefined on one perturbed ROI) removes that subject from that feature only. With
+    fewer than 2 complete subjects a feature's mean squares are NaN.
+    """
     Y = np.asarray(Y, dtype=float)
     if Y.ndim != 3 or Y.shape[0] < 2 or Y.shape[1] < 2:
         raise ModelError(f"ICC: need at least 2 subjects x 2 measurements per feature; got shape {Y.shape}")
-    n, k, _ = Y.shape
-    grand = Y.mean(axis=(0, 1))
-    ss_total = ((Y - grand) ** 2).sum(axis=(0, 1))
-    ss_rows = k * ((Y.mean(axis=1) - grand) ** 2).sum(axis=0)
-    ss_cols = n * ((Y.mean(axis=0) - grand) ** 2).sum(axis=0)
-    ms_within = (ss_total - ss_rows) / (n * (k - 1))
-    ms_error = (ss_total - ss_rows - ss_cols) / ((n - 1) * (k - 1))
-    return n, k, ss_rows / (n - 1), ms_within, ms_error
+    k = Y.shape[1]
+    complete = _complete(Y)[:, None, :]
+    n = complete.sum(axis=0)[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grand = np.where(complete, Y, 0.0).sum(axis=(0, 1)) / (n * k)
+        dev = np.where(complete, Y - grand, 0.0)  # an incomplete subject adds nothing to any sum
+        ss_total = (dev**2).sum(axis=(0, 1))
+        ss_rows = k * (dev.mean(axis=1) ** 2).sum(axis=0)
+        ss_cols = n * ((dev.sum(axis=0) / n) ** 2).sum(axis=0)
+        few = n < 2
+        ms_rows = np.where(few, np.nan, ss_rows / (n - 1))
+        ms_within = np.where(few, np.nan, (ss_total - ss_rows) / (n * (k - 1)))
+        ms_error = np.where(few, np.nan, (ss_total - ss_rows - ss_cols) / ((n - 1) * (k - 1)))
+    return n, k, ms_rows, ms_within, ms_error
 
 
 def _icc(ms_rows: np.ndarray, ms_other: np.ndarray, k: int) -> np.ndarray:
@@ -110,12 +135,10 @@ def retest_pairs(rows: pd.DataFrame, retest_rows: pd.DataFrame) -> tuple[np.ndar
 
 
 def icc_table(first: np.ndarray, retest: np.ndarray, names: list[str]) -> pd.DataFrame:
-    """``feature, icc, n_pairs`` for paired matrices ``first`` and ``retest`` (n pairs x p)."""
-    first = np.asarray(first, dtype=float)
-    retest = np.asarray(retest, dtype=float)
-    ok = np.isfinite(first).all(axis=1) & np.isfinite(retest).all(axis=1)
-    icc = icc_3_1(np.stack([first[ok], retest[ok]], axis=1))
-    return pd.DataFrame({"feature": names, "icc": icc, "n_pairs": int(ok.sum())})
+    """``feature, icc, n_pairs`` for paired matrices ``first`` and ``retest`` (n pairs x p);
+    ``n_pairs`` counts, per feature, the pairs with both values (see :func:`icc_3_1`)."""
+    Y = np.stack([np.asarray(first, dtype=float), np.asarray(retest, dtype=float)], axis=1)
+    return pd.DataFrame({"feature": names, "icc": icc_3_1(Y), "n_pairs": _complete(Y).sum(axis=0)})
 
 
 def perturbation_sets(rows: pd.DataFrame, perturbed_rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -169,10 +192,9 @@ def stability_table(
         if first.size >= min_subjects:
             a, b = dask.compute(X[first], perturbed[0][copies.ravel()])
             Y = np.concatenate([np.asarray(a, dtype=float)[:, None, :], np.asarray(b).reshape(*copies.shape, -1)], 1)
-            ok = np.isfinite(Y).all(axis=(1, 2))
             parts.append(
                 pd.DataFrame(
-                    {"feature": names, "icc": icc_1_1(Y[ok]), "n": int(ok.sum()), "source": "perturbation"}
+                    {"feature": names, "icc": icc_1_1(Y), "n": _complete(Y).sum(axis=0), "source": "perturbation"}
                 ).assign(k=Y.shape[1])
             )
     if not parts:
@@ -183,15 +205,25 @@ def stability_table(
 
 def describe(record: dict) -> str:
     """What a training's stability filter did, in words (the report and the checklist):
-    ``record`` is ``metrics["stability"]``."""
+    ``record`` is ``metrics["stability"]``. Scans are counted per feature (those complete for
+    it), so a source gives the fewest and most; a feature without an ICC is said to be kept."""
     sources = record.get("sources") or {"retest": {"n": record.get("n_pairs"), "k": 2}}  # versions before perturbations
-    parts = []
+    parts, undefined = [], 0
     for source, s in sorted(sources.items()):
+        low = s.get("n_min", s["n"])  # versions before per-feature counts have one n
+        n = f"{s['n']}" if low == s["n"] else f"{low}-{s['n']}"
         if source == "retest":
-            parts.append(f"ICC(3,1) over {s['n']} test-retest pair(s)")
+            part = f"ICC(3,1) over {n} test-retest pair(s)"
         else:
-            parts.append(f"ICC(1,1) over {s['n']} scan(s) and {s['k'] - 1} perturbed copies of each")
-    return f"ICC >= {record['icc_min']:g} ({'; '.join(parts)}): {len(record['dropped'])} feature(s) dropped"
+            part = f"ICC(1,1) over {n} scan(s) and {s['k'] - 1} perturbed copies of each"
+        if low != s["n"]:
+            part += " (counted per feature: those complete for it)"
+        undefined += s.get("undefined", 0)
+        parts.append(part + (f", undefined for {s['undefined']} feature(s)" if s.get("undefined") else ""))
+    text = f"ICC >= {record['icc_min']:g} ({'; '.join(parts)}): {len(record['dropped'])} feature(s) dropped"
+    if undefined:
+        text += "; a feature without an ICC (no variance, or fewer than 2 complete scans) is kept"
+    return text
 
 
 def store_stability(store) -> pd.DataFrame:

@@ -18,7 +18,7 @@ Layout of a registry folder::
         contributions.parquet  per-row contributions of the model inputs (xgboost, cox, coxnet; at most
                                5,000 development rows, a fixed sample), or
         permutation_importance.parquet  for the other models
-        stability.parquet      ICC(3,1) of every feature (with select.icc_min)
+        stability.parquet      ICC of every feature per source, scans counted, kept (with select.icc_min)
         report.html            derived from the files above (re-rendered by `radcluster report`;
         checklist.md           not hashed): the report and its reporting checklist as Markdown
 
