@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.verbose:
         # pyradiomics' own log, printed by every worker. Without -v its warnings still reach
-        # the user: each scan returns them and the run logs each distinct one once.
+        # the user: each scan returns them and the run logs each distinct one once (a mere
+        # note on the params, extract._radiomics.PARAMS_NOTES, at INFO: with -v).
         os.environ.setdefault("DASK_LOGGING__RADIOMICS", logging.getLevelName(level).lower())
     try:
         return args.func(args)

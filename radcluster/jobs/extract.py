@@ -206,6 +206,14 @@ def run_task(
     orchestration benchmark passes a cost model of known compute). ``stats`` are the files'
     stats the plan took in bulk (a request per file saved on object stores); files missing
     from it are stat-ed here."""
+    from ..extract._radiomics import captured_warnings, get_extractor
+
+    # What pyradiomics says of the params when it builds their extractor (once per process:
+    # cached), e.g. that a fixed bin count is not recommended, is not news from a worker: the
+    # driver built the same extractor from the same text before submitting any task, and its
+    # log said it once. Built here unheard, each worker process no longer prints it bare.
+    with captured_warnings():
+        get_extractor(settings.params_text)
     fault = os.environ.get(FAULT_ENV)
     results = []
     names_seen: dict[tuple[str, ...], list[str]] = {}
