@@ -162,9 +162,9 @@ class Figures:
         return (self.wall * self.workers - self.compute) / self.scans * 1000
 
 
-def _write_cohort(root: str, n: int, folder_size: int, fs=None) -> str:
+def _write_cohort(root: str, n: int, folder_size: int, fs=None) -> None:
     """n images of a few hundred bytes in folders of ``folder_size``, one shared mask, and the
-    manifest; ``root`` is a local folder or an s3:// prefix. Returns the manifest's path."""
+    manifest ``cohort.csv``; ``root`` is a local folder or an s3:// prefix."""
     import pandas as pd
 
     local = tempfile.mkdtemp(prefix="orch-cohort-") if fs is not None else root
@@ -182,11 +182,9 @@ def _write_cohort(root: str, n: int, folder_size: int, fs=None) -> str:
     pd.DataFrame(rows, columns=["case_id", "image", "mask", "outcome"]).to_csv(
         os.path.join(local, "cohort.csv"), index=False
     )
-    if fs is None:
-        return os.path.join(root, "cohort.csv")
-    fs.put(local, root.removeprefix("s3://"), recursive=True)  # s3fs uploads concurrently
-    shutil.rmtree(local)
-    return f"{root}/cohort.csv"
+    if fs is not None:
+        fs.put(local, root.removeprefix("s3://"), recursive=True)  # s3fs uploads concurrently
+        shutil.rmtree(local)
 
 
 def _measure(storage: str, n: int, manifest: str, store_url: str, args) -> Figures:
@@ -357,26 +355,19 @@ def _verdicts(figures: list[Figures]) -> list[str]:
 
 
 def _one(args) -> Figures:
-    """One size on one storage, in this process (started by :func:`main` for each size, so
-    each size's driver peak is its own, not what earlier sizes left allocated)."""
+    """One size on one storage, in this process (started by :func:`main` for each size, after
+    it wrote the cohort, so each size's driver peak is its own run's, not what writing the
+    cohort or earlier sizes left allocated)."""
     storage, n = args.one[0], int(args.one[1])
-    fs = None
-    if storage == "s3":
-        import s3fs
-
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
     # moto serves a few hundred GETs a second on this machine: reading 100k images from it
     # would measure moto, so on S3 the tasks do not read them (--s3-read does)
     os.environ["RADCLUSTER_BENCH_READ"] = "1" if storage == "local" or args.s3_read else "0"
-    root = f"s3://bench/n{n}" if fs else os.path.join(args.workdir, f"n{n}")
-    started = time.perf_counter()
-    manifest = _write_cohort(root, n, args.folder_size, fs)
-    print(f"{storage} {n:,}: cohort written in {time.perf_counter() - started:.0f} s", flush=True)
-    try:
-        return _measure(storage, n, manifest, f"{root}/store", args)
-    finally:
-        if fs is None and not args.keep:
-            shutil.rmtree(root)
+    root = _root(storage, n, args.workdir)
+    return _measure(storage, n, f"{root}/cohort.csv", f"{root}/store", args)
+
+
+def _root(storage: str, n: int, workdir: str) -> str:
+    return f"s3://bench/n{n}" if storage == "s3" else os.path.join(workdir, f"n{n}")
 
 
 def main(argv=None) -> int:
@@ -415,11 +406,17 @@ def main(argv=None) -> int:
         storages = ([] if args.no_local else ["local"]) + (["s3"] if args.s3 else [])
         for storage in storages:
             with _s3_server() if storage == "s3" else contextlib.nullcontext():
+                fs = None
                 if storage == "s3":
                     import s3fs
 
-                    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
+                    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+                    fs.mkdir("bench")
                 for n in args.sizes:
+                    root = _root(storage, n, work)
+                    started = time.perf_counter()
+                    _write_cohort(root, n, args.folder_size, fs)
+                    print(f"{storage} {n:,}: cohort written in {time.perf_counter() - started:.0f} s", flush=True)
                     child = [sys.executable, __file__, *(argv or sys.argv[1:]), "--one", storage, str(n)]
                     out = subprocess.run([*child, "--workdir", work], stdout=subprocess.PIPE, text=True, check=True)
                     for line in out.stdout.splitlines():
@@ -431,6 +428,8 @@ def main(argv=None) -> int:
                         "  " + " | ".join(f"{c}: {v}" for c, v in zip(COLUMNS, _row(figures[-1]), strict=True)),
                         flush=True,
                     )
+                    if fs is None and not args.keep:
+                        shutil.rmtree(root)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
