@@ -643,10 +643,13 @@ class Store:
         return pd.DataFrame({k: group[k][:n] for k in _KEYS})
 
     def _matrix_current(self):
+        """(the matrix's group, which of its rows are current, their case ids): the rules of
+        :func:`latest_extractions` on the key arrays as Zarr gives them, without a pandas
+        frame of them (100k rows of text as Python strings were ~70 MB at a run's end)."""
         group = self._matrix_group()
-        keys = self._matrix_keys(group)
-        current = keys.merge(latest_extractions(keys).assign(_current=True), on=["case_id", "extracted_at"], how="left")
-        return group, current["_current"].notna().to_numpy(), keys
+        n = int(group.attrs["rows"])
+        case_id, extracted_at = group["case_id"][:n], group["extracted_at"][:n]
+        return group, _of_latest_extraction(case_id, extracted_at), case_id
 
     def append_matrix(self, keys: pd.DataFrame, values: np.ndarray, names: Sequence[str]) -> int:
         """Append rows (``keys``: case_id, label, extracted_at; ``values``: rows x ``names``).
@@ -760,14 +763,14 @@ class Store:
 
         if not self.has_matrix():
             raise StoreError(f"store {self.url!r} has no matrix.zarr; run `radcluster extract` first")
-        group, current, keys = self._matrix_current()
+        group, current, case_id = self._matrix_current()
         arr = group["X"]
-        n, p = len(keys), arr.shape[1]
+        n, p = len(case_id), arr.shape[1]
         block = max(_MATRIX_CHUNK_ROWS, _DASK_CHUNK_BYTES // max(8 * p, 1) // _MATRIX_CHUNK_ROWS * _MATRIX_CHUNK_ROWS)
         x = da.from_zarr(arr, chunks=(block, p))[:n]
         if not current.all():
             x = x[np.flatnonzero(current)]
-        rows = keys.loc[current, ["case_id", "label"]].reset_index(drop=True)
+        rows = pd.DataFrame({"case_id": case_id[current].astype(object), "label": group["label"][:n][current]})
         return x, rows, list(group.attrs["feature_names"])
 
     def info(self) -> dict[str, Any]:
@@ -856,6 +859,22 @@ def latest_extractions(keys: pd.DataFrame) -> pd.DataFrame:
     """
     ordered = keys[["case_id", "extracted_at"]].sort_values(["case_id", "extracted_at"], kind="stable")
     return ordered.drop_duplicates("case_id", keep="last").reset_index(drop=True)
+
+
+def _of_latest_extraction(case_id: np.ndarray, extracted_at: np.ndarray) -> np.ndarray:
+    """Whether each row is of its case's latest extraction (what :func:`latest_extractions`
+    selects), by sorting the arrays: no Python object per row."""
+    if not len(case_id):
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((extracted_at, case_id))
+    cases, stamps = case_id[order], extracted_at[order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = cases[1:] != cases[:-1]
+    group = np.cumsum(starts) - 1
+    ends = np.flatnonzero(np.r_[starts[1:], True])  # each case's last row: its latest stamp
+    current = np.empty(len(order), dtype=bool)
+    current[order] = stamps == stamps[ends][group]
+    return current
 
 
 def _merged_metadata(metas: list[dict[str, Any]]) -> dict[str, Any]:

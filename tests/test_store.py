@@ -311,3 +311,20 @@ def test_matrix_append_places_reordered_and_new_features_by_name(tmp_path):
         X.compute(),
         [[1, 2, np.nan], [3, 4, np.nan], [6, 5, 9], [7, 8, np.nan], [0.5, 0.25, np.nan]],
     )
+
+
+def test_current_rows_of_the_matrix_are_those_latest_extractions_selects():
+    """The matrix's current rows are found on its key arrays by sorting (no pandas frame of
+    100k text keys); on random keys they are the rows of each case's latest extraction."""
+    from numpy.dtypes import StringDType
+
+    from radcluster.store import _of_latest_extraction, latest_extractions
+
+    rng = np.random.default_rng(0)
+    for n in [0, 1, *rng.integers(2, 60, 200)]:
+        case_id = np.array([f"c{x}" for x in rng.integers(0, 8, n)], dtype=StringDType())
+        stamps = np.array([f"2026-12-0{x}" for x in rng.integers(1, 5, n)], dtype=StringDType())
+        keys = pd.DataFrame({"case_id": case_id.astype(object), "extracted_at": stamps.astype(object)})
+        latest = set(latest_extractions(keys).itertuples(index=False, name=None))
+        expected = [(c, t) in latest for c, t in zip(keys["case_id"], keys["extracted_at"], strict=True)]
+        assert _of_latest_extraction(case_id, stamps).tolist() == expected
