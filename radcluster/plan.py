@@ -24,7 +24,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ _SMALL_FILE = 1 << 20
 _BATCH_BYTES = 4 << 20
 _BATCH_MAX = 64
 _GUIDED_SHARE = 4  # a group is at most 1/(4 x slots) of the tiny scans left
+_LISTINGS = 16  # folder listings of an object store in flight at once (stat_many)
 
 # Working copies per voxel, in float64-equivalents, by image type: the decoded image and its
 # uint32 mask, one filtered image at a time, and pywt's stationary wavelet transform, which
@@ -138,9 +139,8 @@ def stat_many(paths: Iterable[str]) -> dict[str, str | None]:
         listed: dict[str, str] = {}
         try:
             if len(folders) <= max(1, len(roots) // 20):  # a few folders: list each
-                for folder in folders:
-                    fs.invalidate_cache(folder)
-                    listed.update({e["name"]: _stat_text(e) for e in fs.ls(folder, detail=True)})
+                for entries in _listings(fs, sorted(folders)):
+                    listed.update({e["name"]: _stat_text(e) for e in entries})
             else:  # a folder per scan: one recursive listing of their common prefix
                 prefix = os.path.commonpath(list(folders))
                 fs.invalidate_cache(prefix)
@@ -150,6 +150,20 @@ def stat_many(paths: Iterable[str]) -> dict[str, str | None]:
         for root, url in roots.items():
             out[url] = listed.get(root) or file_stat(url)
     return out
+
+
+def _listings(fs, folders: list[str]) -> Iterator[list[dict]]:
+    """Each folder's listing, _LISTINGS at a time: a listing is a round trip (or several, of
+    1,000 objects each) that an object store answers in tens of milliseconds, so 100 folders
+    one after another would wait seconds for nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def listing(folder: str) -> list[dict]:
+        fs.invalidate_cache(folder)
+        return fs.ls(folder, detail=True)
+
+    with ThreadPoolExecutor(min(_LISTINGS, len(folders))) as pool:
+        yield from pool.map(listing, folders)
 
 
 def _local_header(path: str) -> tuple[int, int] | None:

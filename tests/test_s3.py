@@ -174,6 +174,20 @@ def test_remote_headers_are_read_by_a_ranged_read_and_stats_by_listing(s3_env, t
     assert listed == {**{u: file_stat(u) for u in urls}, "s3://headers/scans/missing.nrrd": None}
 
 
+def test_stats_of_files_in_several_folders_come_from_their_listings(s3_env):
+    import s3fs
+
+    from radcluster.plan import file_stat, stat_many
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("folders")
+    urls = [f"s3://folders/scans/{i % 3:02d}/s{i:02d}.nrrd" for i in range(60)]
+    fs.pipe({u: bytes(i + 1) for i, u in enumerate(urls)})
+    listed = stat_many([*urls, "s3://folders/scans/01/missing.nrrd"])
+    assert listed == {**{u: file_stat(u) for u in urls}, "s3://folders/scans/01/missing.nrrd": None}
+    assert len(set(listed.values())) == 61  # sizes 1..60 differ: every file its own stat, and None
+
+
 # --- the model registry on S3 ------------------------------------------------------------------
 TRAIN = {"target": "outcome", "model": "logistic_regression", "cv": {"folds": 3}, "metrics": {"bootstrap": 0}}
 
