@@ -821,13 +821,6 @@ class Store:
             "stability": None if stability is None else _stability_summary(stability),
         }
 
-    def summary(self) -> dict[str, Any]:
-        info = self.info()
-        return {k: info[k] for k in ("store", "failed_cases", "runs")} | {
-            "rows": info["current_rows"],
-            "cases": info["cases"],
-        }
-
 
 # Koo & Li (2016)'s reading of an ICC (excellent, good, moderate, poor), by which a stability
 # summary counts features: the store does not know the icc_min a training will filter with.
