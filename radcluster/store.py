@@ -851,18 +851,17 @@ def _stability_summary(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def latest_extractions(keys: pd.DataFrame) -> pd.DataFrame:
-    """``case_id`` and ``extracted_at`` of each case's latest extraction in ``keys``.
-
-    A sort, not a groupby: pandas reduces text columns group by group in Python, which at
-    100k cases is seconds; sorting them is vectorised.
-    """
-    ordered = keys[["case_id", "extracted_at"]].sort_values(["case_id", "extracted_at"], kind="stable")
-    return ordered.drop_duplicates("case_id", keep="last").reset_index(drop=True)
+    """``case_id`` and ``extracted_at`` of each case's latest extraction in ``keys``, by case."""
+    current = _of_latest_extraction(keys["case_id"].to_numpy(), keys["extracted_at"].to_numpy())
+    latest = keys.loc[current, ["case_id", "extracted_at"]].drop_duplicates("case_id")
+    return latest.sort_values("case_id", kind="stable").reset_index(drop=True)
 
 
 def _of_latest_extraction(case_id: np.ndarray, extracted_at: np.ndarray) -> np.ndarray:
-    """Whether each row is of its case's latest extraction (what :func:`latest_extractions`
-    selects), by sorting the arrays: no Python object per row."""
+    """Whether each row is of its case's latest extraction: the one rule of current rows, for
+    the Parquet keys (:func:`latest_extractions`) and the matrix's key arrays alike. A sort,
+    not a groupby (pandas reduces text columns group by group in Python: seconds at 100k
+    cases), and no Python object per row for the matrix's arrays."""
     if not len(case_id):
         return np.zeros(0, dtype=bool)
     order = np.lexsort((extracted_at, case_id))

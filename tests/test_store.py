@@ -313,18 +313,21 @@ def test_matrix_append_places_reordered_and_new_features_by_name(tmp_path):
     )
 
 
-def test_current_rows_of_the_matrix_are_those_latest_extractions_selects():
-    """The matrix's current rows are found on its key arrays by sorting (no pandas frame of
-    100k text keys); on random keys they are the rows of each case's latest extraction."""
+def test_current_rows_are_those_of_each_cases_latest_extraction():
+    """One rule finds current rows, by sorting: for the matrix's key arrays (numpy text, no
+    pandas frame of 100k keys) and for the Parquet keys (latest_extractions). On random keys,
+    a row is current exactly when its stamp is its case's latest."""
     from numpy.dtypes import StringDType
 
     from radcluster.store import _of_latest_extraction, latest_extractions
 
     rng = np.random.default_rng(0)
     for n in [0, 1, *rng.integers(2, 60, 200)]:
-        case_id = np.array([f"c{x}" for x in rng.integers(0, 8, n)], dtype=StringDType())
-        stamps = np.array([f"2026-12-0{x}" for x in rng.integers(1, 5, n)], dtype=StringDType())
-        keys = pd.DataFrame({"case_id": case_id.astype(object), "extracted_at": stamps.astype(object)})
-        latest = set(latest_extractions(keys).itertuples(index=False, name=None))
-        expected = [(c, t) in latest for c, t in zip(keys["case_id"], keys["extracted_at"], strict=True)]
-        assert _of_latest_extraction(case_id, stamps).tolist() == expected
+        cases = [f"c{x}" for x in rng.integers(0, 8, n)]
+        stamps = [f"2026-12-0{x}" for x in rng.integers(1, 5, n)]
+        newest = {c: max(t for c2, t in zip(cases, stamps, strict=True) if c2 == c) for c in cases}
+        expected = [t == newest[c] for c, t in zip(cases, stamps, strict=True)]
+        got = _of_latest_extraction(np.array(cases, dtype=StringDType()), np.array(stamps, dtype=StringDType()))
+        assert got.tolist() == expected
+        latest = latest_extractions(pd.DataFrame({"case_id": cases, "extracted_at": stamps}, dtype=object))
+        assert list(latest.itertuples(index=False, name=None)) == sorted(newest.items())
